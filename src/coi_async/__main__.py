@@ -1,0 +1,3 @@
+from coi_async.cli.main import main
+
+main()

@@ -1,0 +1,50 @@
+"""`IncusClient`: one object per connection, one method per endpoint coi uses.
+
+The methods live in one module per resource (instances, exec, files, images, projects,
+events), as the Go client does; this class only joins them and opens the connection.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+
+from coi_async.incus.endpoint import Endpoint, UnixEndpoint, resolve_socket
+from coi_async.incus.events import EventsApi
+from coi_async.incus.files import FilesApi
+from coi_async.incus.images import ImagesApi
+from coi_async.incus.instances import InstancesApi
+from coi_async.incus.models import ServerInfo
+from coi_async.incus.projects import ProfilesApi, ProjectsApi
+from coi_async.incus.transport import Transport
+
+
+class IncusClient(InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi):
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        endpoint: Endpoint | None = None,
+        *,
+        project: str | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[IncusClient]:
+        """Connect to incusd: the given endpoint, else the local socket the Go client would use.
+
+        The project is the one given, else `$INCUS_PROJECT`, else incus-user's own, else default.
+        """
+        environ = os.environ if env is None else env
+        if endpoint is None:
+            endpoint = resolve_socket(environ)
+        default = endpoint.default_project if isinstance(endpoint, UnixEndpoint) else None
+        chosen = project or environ.get("INCUS_PROJECT") or default or "default"
+        async with Transport.open(endpoint) as transport:
+            yield cls(transport, project=chosen)
+
+    def in_project(self, project: str) -> IncusClient:
+        """The same connection, scoped to another project."""
+        return IncusClient(self._transport, project=project)
+
+    async def server_info(self) -> ServerInfo:
+        return await self._get("/1.0", ServerInfo, what="server info")

@@ -1,0 +1,289 @@
+"""Exec: run a command in an instance over incusd's websockets.
+
+incusd starts the command only once every stream is connected (and gives up after 10 s), so the
+sockets are connected concurrently. Data travels in binary frames; an empty text frame marks the
+end of a stream. The exit code arrives in the operation's metadata, which we long-poll from the
+start so it cannot vanish before we look (incusd forgets ended operations after 5 s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+import anyio
+import msgspec
+
+from coi_async.errors import IncusError
+from coi_async.incus.base import ApiBase, decode
+from coi_async.incus.models import STATUS_SUCCESS, AsyncResponse, ExecPost, Operation
+from coi_async.incus.paths import instance_path
+from coi_async.incus.terminal import LocalTerminal
+from coi_async.incus.transport import WebSocket
+
+ByteSink = Callable[[bytes], Awaitable[None]]
+Stdin = bytes | AsyncIterable[bytes] | None
+
+_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+class _Resize(msgspec.Struct):
+    width: str
+    height: str
+
+
+class _Control(msgspec.Struct, omit_defaults=True):
+    command: str
+    args: _Resize | None = None
+    signal: int = 0
+
+
+async def _pump_out(ws: WebSocket, sink: ByteSink | None) -> None:
+    while True:
+        frame = await ws.receive()
+        if frame is None or isinstance(frame, str):
+            return  # the end-of-stream barrier (empty text frame) or a close
+        if sink is not None and frame:
+            await sink(frame)
+
+
+async def _pump_in(ws: WebSocket, stdin: Stdin) -> None:
+    try:
+        await _send_stdin(ws, stdin)
+    except IncusError:
+        # The command ended without reading all its input; its exit code still tells the story.
+        return
+
+
+async def _send_stdin(ws: WebSocket, stdin: Stdin) -> None:
+    if isinstance(stdin, bytes):
+        for start in range(0, len(stdin), _CHUNK):
+            await ws.send_bytes(stdin[start : start + _CHUNK])
+    elif stdin is not None:
+        async for chunk in stdin:
+            if chunk:
+                await ws.send_bytes(chunk)
+    await ws.send_text("")  # EOF
+
+
+def _exit_code(op: Operation) -> int:
+    ret = (op.metadata or {}).get("return")
+    if isinstance(ret, int):
+        # 126/127 fail the operation too, but still carry the code: that is the answer.
+        return ret
+    if op.status_code != STATUS_SUCCESS:
+        raise IncusError(f"exec failed: {op.err or op.status}")
+    raise IncusError("exec ended without an exit code")
+
+
+class ExecApi(ApiBase):
+    async def _start_exec(self, name: str, request: ExecPost) -> tuple[str, dict[str, str]]:
+        envelope = await self._call("POST", f"{instance_path(name)}/exec", body=request)
+        if not isinstance(envelope, AsyncResponse):
+            raise IncusError("exec did not start a background operation")
+        op = decode(envelope.metadata, Operation, what="exec operation")
+        fds = (op.metadata or {}).get("fds") or {}
+        return envelope.operation.split("?", 1)[0], {str(k): str(v) for k, v in fds.items()}
+
+    async def _connect_all(self, operation: str, fds: Mapping[str, str]) -> dict[str, WebSocket]:
+        sockets: dict[str, WebSocket] = {}
+
+        async def connect(fd: str, secret: str) -> None:
+            sockets[fd] = await self._transport.connect_websocket(
+                f"{operation}/websocket", params={"secret": secret}
+            )
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for fd, secret in fds.items():
+                    tg.start_soon(connect, fd, secret)
+        except BaseException:
+            await _close_all(sockets)
+            raise
+        return sockets
+
+    async def exec_stream(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        stdin: Stdin = None,
+        on_stdout: ByteSink | None = None,
+        on_stderr: ByteSink | None = None,
+        env: Mapping[str, str] | None = None,
+        user: int = 0,
+        group: int = 0,
+        cwd: str = "",
+    ) -> int:
+        """Run a command without a terminal, streaming its output; return its exit code."""
+        request = ExecPost(
+            command=command,
+            environment=dict(env or {}),
+            wait_for_websocket=True,
+            user=user,
+            group=group,
+            cwd=cwd,
+        )
+        operation, fds = await self._start_exec(name, request)
+        sockets = await self._connect_all(operation, fds)
+        result: list[Operation] = []
+        try:
+
+            async def wait() -> None:
+                result.append(await self._wait(operation))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(wait)
+                tg.start_soon(_pump_in, sockets["0"], stdin)
+                async with anyio.create_task_group() as outputs:
+                    outputs.start_soon(_pump_out, sockets["1"], on_stdout)
+                    outputs.start_soon(_pump_out, sockets["2"], on_stderr)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_all(sockets)
+        return _exit_code(result[0])
+
+    async def exec(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        stdin: Stdin = None,
+        env: Mapping[str, str] | None = None,
+        user: int = 0,
+        group: int = 0,
+        cwd: str = "",
+    ) -> ExecResult:
+        """Run a command and collect its stdout and stderr byte for byte."""
+        out: list[bytes] = []
+        err: list[bytes] = []
+
+        async def keep_out(data: bytes) -> None:
+            out.append(data)
+
+        async def keep_err(data: bytes) -> None:
+            err.append(data)
+
+        code = await self.exec_stream(
+            name,
+            command,
+            stdin=stdin,
+            on_stdout=keep_out,
+            on_stderr=keep_err,
+            env=env,
+            user=user,
+            group=group,
+            cwd=cwd,
+        )
+        return ExecResult(code, b"".join(out), b"".join(err))
+
+    async def exec_interactive(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        read_input: Callable[[], Awaitable[bytes]],
+        write_output: ByteSink,
+        resizes: AsyncIterator[tuple[int, int]] | None = None,
+        size: tuple[int, int] = (80, 24),
+        env: Mapping[str, str] | None = None,
+        user: int = 0,
+        group: int = 0,
+        cwd: str = "",
+    ) -> int:
+        """Run a command on a PTY in the instance, bridged both ways; return its exit code.
+
+        `read_input` returns the next bytes typed (b"" at end of input), `resizes` yields
+        (columns, rows) whenever the local window changes.
+        """
+        width, height = size
+        request = ExecPost(
+            command=command,
+            environment=dict(env or {}),
+            interactive=True,
+            wait_for_websocket=True,
+            width=width,
+            height=height,
+            user=user,
+            group=group,
+            cwd=cwd,
+        )
+        operation, fds = await self._start_exec(name, request)
+        sockets = await self._connect_all(operation, fds)
+        result: list[Operation] = []
+        try:
+            async with anyio.create_task_group() as tg:
+
+                async def forward_input() -> None:
+                    while data := await read_input():
+                        await sockets["0"].send_bytes(data)
+
+                async def forward_resizes() -> None:
+                    if resizes is None:
+                        return
+                    async for columns, rows in resizes:
+                        await send_resize(sockets["control"], columns, rows)
+
+                tg.start_soon(forward_input)
+                tg.start_soon(forward_resizes)
+                await _pump_out(sockets["0"], write_output)
+                # incusd holds the operation open until our side of the PTY stream ends too.
+                with contextlib.suppress(IncusError):
+                    await sockets["0"].send_text("")
+                result.append(await self._wait(operation))
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_all(sockets)
+        return _exit_code(result[0])
+
+    async def exec_attached(
+        self,
+        name: str,
+        command: list[str],
+        *,
+        terminal: LocalTerminal | None = None,
+        env: Mapping[str, str] | None = None,
+        user: int = 0,
+        group: int = 0,
+        cwd: str = "",
+    ) -> int:
+        """Run a command on a PTY with this process's terminal attached in raw mode."""
+        term = terminal or LocalTerminal()
+        with term.raw():
+            return await self.exec_interactive(
+                name,
+                command,
+                read_input=term.read,
+                write_output=term.write,
+                resizes=term.resizes(),
+                size=term.size(),
+                env=env,
+                user=user,
+                group=group,
+                cwd=cwd,
+            )
+
+
+async def send_resize(control: WebSocket, columns: int, rows: int) -> None:
+    # incusd parses the sizes with Atoi: they must be strings.
+    message = _Control(command="window-resize", args=_Resize(width=str(columns), height=str(rows)))
+    await control.send_text(msgspec.json.encode(message).decode())
+
+
+async def _close_all(sockets: Mapping[str, WebSocket]) -> None:
+    # Control last: closing it kills the command, and by now the streams are done.
+    for fd in sorted(sockets, key=lambda fd: fd == "control"):
+        await sockets[fd].close()

@@ -1,0 +1,52 @@
+"""Projects and profiles."""
+
+from __future__ import annotations
+
+from coi_async.incus.base import ApiBase, decode
+from coi_async.incus.models import AsyncResponse, Profile, Project
+from coi_async.incus.paths import profile_path, project_path
+
+
+class ProjectsApi(ApiBase):
+    async def list_projects(self) -> list[Project]:
+        envelope = await self._transport.request("GET", "/1.0/projects", params={"recursion": "1"})
+        return decode(envelope.metadata, list[Project], what="project list")
+
+    async def get_project(self, name: str) -> Project:
+        envelope = await self._transport.request("GET", project_path(name))
+        return decode(envelope.metadata, Project, what="project")
+
+    async def create_project(
+        self, name: str, *, config: dict[str, str] | None = None, description: str = ""
+    ) -> None:
+        await self._transport.request(
+            "POST", "/1.0/projects", body=Project(name=name, config=config or {}, description=description)
+        )
+
+    async def delete_project(self, name: str) -> None:
+        """Delete an empty project.
+
+        There is deliberately no `force`: incusd 6.0's forced project delete also wipes the
+        *default* project's default profile when the project shares profiles with it
+        (features.profiles=false). Empty the project first instead.
+        """
+        envelope = await self._transport.request("DELETE", project_path(name))
+        if isinstance(envelope, AsyncResponse):
+            await self.wait_operation(envelope.operation)
+
+
+class ProfilesApi(ApiBase):
+    async def list_profiles(self) -> list[Profile]:
+        return await self._get("/1.0/profiles", list[Profile], params={"recursion": "1"}, what="profiles")
+
+    async def get_profile(self, name: str) -> Profile:
+        return await self._get(profile_path(name), Profile, what="profile")
+
+    async def create_profile(self, profile: Profile) -> None:
+        await self._call("POST", "/1.0/profiles", body=profile)
+
+    async def update_profile(self, profile: Profile) -> None:
+        await self._call("PUT", profile_path(profile.name), body=profile)
+
+    async def delete_profile(self, name: str) -> None:
+        await self._call("DELETE", profile_path(name))

@@ -1,0 +1,241 @@
+"""The only module that touches aiohttp: HTTP and websockets to incusd over its unix socket or HTTPS.
+
+Deadlines belong to the callers' cancel scopes; the session sets only a connect timeout, because
+long polls (`/wait`), uploads and exec streams legitimately last as long as the caller wants.
+Every aiohttp or decoding error leaves this module as an `IncusError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import IO, Any
+
+import aiohttp
+import msgspec
+
+from coi_async.errors import IncusError, IncusUnavailableError, api_error
+from coi_async.incus.endpoint import Endpoint, HttpsEndpoint, UnixEndpoint
+from coi_async.incus.models import ENVELOPE_DECODER, AsyncResponse, ErrorResponse, SyncResponse
+
+Params = Mapping[str, str]
+CHUNK = 256 * 1024
+
+_SETUP_HINT = "start it with `sudo systemctl start incus` or this project's scripts/setup-incus"
+
+
+def _unavailable(where: str, exc: OSError | None) -> IncusUnavailableError:
+    code = exc.errno if exc is not None else None
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return IncusUnavailableError(
+            f"cannot reach incusd: no socket at {where}",
+            hint=f"is Incus installed and running? {_SETUP_HINT}; or set INCUS_SOCKET",
+        )
+    if code in (errno.EACCES, errno.EPERM):
+        return IncusUnavailableError(
+            f"cannot reach incusd at {where}: permission denied",
+            hint="add your user to the incus-admin group (sudo usermod -aG incus-admin $USER), "
+            "then log in again",
+        )
+    if code == errno.ECONNREFUSED:
+        return IncusUnavailableError(
+            f"cannot reach incusd at {where}: connection refused (incusd is not running)",
+            hint=_SETUP_HINT,
+        )
+    reason = exc.strerror if exc is not None and exc.strerror else str(exc)
+    return IncusUnavailableError(f"cannot reach incusd at {where}: {reason}", hint=_SETUP_HINT)
+
+
+@dataclass(frozen=True, slots=True)
+class RawResponse:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+
+class WebSocket:
+    """One incusd websocket: binary frames carry data, an empty text frame (or a close) ends it."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send_bytes(self, data: bytes) -> None:
+        try:
+            await self._ws.send_bytes(data)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise IncusError(f"websocket write failed: {exc}") from exc
+
+    async def send_text(self, text: str) -> None:
+        try:
+            await self._ws.send_str(text)
+        except (aiohttp.ClientError, ConnectionError) as exc:
+            raise IncusError(f"websocket write failed: {exc}") from exc
+
+    async def receive(self) -> bytes | str | None:
+        """The next frame's payload; None once the peer has closed."""
+        msg = await self._ws.receive()
+        if msg.type == aiohttp.WSMsgType.BINARY:
+            data: bytes = msg.data
+            return data
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            text: str = msg.data
+            return text
+        return None
+
+    @property
+    def closed(self) -> bool:
+        return self._ws.closed
+
+    async def close(self) -> None:
+        await self._ws.close()
+
+
+class Transport:
+    """One aiohttp session, reused for every request; `open` is the only way to make one."""
+
+    def __init__(self, session: aiohttp.ClientSession, where: str) -> None:
+        self._session = session
+        self.where = where
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, endpoint: Endpoint) -> AsyncIterator[Transport]:
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        connector: aiohttp.BaseConnector
+        if isinstance(endpoint, UnixEndpoint):
+            connector = aiohttp.UnixConnector(path=str(endpoint.socket), limit=0)
+            base_url, where = "http://incus", str(endpoint.socket)
+        else:
+            connector = aiohttp.TCPConnector(ssl=_tls_context(endpoint), limit=0)
+            base_url, where = endpoint.url.rstrip("/"), endpoint.url
+        session = aiohttp.ClientSession(
+            connector=connector, base_url=base_url, timeout=timeout, auto_decompress=False
+        )
+        try:
+            yield cls(session, where)
+        finally:
+            await session.close()
+
+    @asynccontextmanager
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None,
+        data: Any,
+        headers: Mapping[str, str] | None,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        try:
+            async with self._session.request(method, path, params=params, data=data, headers=headers) as resp:
+                yield resp
+        except aiohttp.ClientConnectorError as exc:
+            raise _unavailable(self.where, exc.os_error) from exc
+        except aiohttp.ClientError as exc:
+            raise IncusError(f"request {method} {path} to incusd failed: {exc}") from exc
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        body: object = None,
+        data: bytes | IO[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> SyncResponse | AsyncResponse:
+        """Send one API request and return its envelope; an error envelope raises."""
+        hdrs = dict(headers or {})
+        if body is not None:
+            data = msgspec.json.encode(body)
+            hdrs.setdefault("Content-Type", "application/json")
+        async with self._send(method, path, params=params, data=data, headers=hdrs) as resp:
+            raw = await resp.read()
+            status = resp.status
+        return decode_envelope(method, path, status, raw)
+
+    async def request_raw(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None = None,
+        data: bytes | IO[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> RawResponse:
+        """A request whose success body is not an envelope (file contents); errors still are."""
+        async with self._send(method, path, params=params, data=data, headers=headers) as resp:
+            raw = await resp.read()
+            if resp.status >= 400:
+                decode_envelope(method, path, resp.status, raw)
+            return RawResponse(resp.status, dict(resp.headers), raw)
+
+    @asynccontextmanager
+    async def download(
+        self, path: str, *, params: Params | None = None
+    ) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterator[bytes]]]:
+        """Stream a response body in chunks, for files too large to hold in memory."""
+        async with self._send("GET", path, params=params, data=None, headers=None) as resp:
+            if resp.status >= 400:
+                decode_envelope("GET", path, resp.status, await resp.read())
+
+            async def chunks() -> AsyncIterator[bytes]:
+                try:
+                    async for chunk in resp.content.iter_chunked(CHUNK):
+                        yield chunk
+                except aiohttp.ClientError as exc:
+                    raise IncusError(f"download of {path} failed: {exc}") from exc
+
+            yield dict(resp.headers), chunks()
+
+    async def connect_websocket(self, path: str, *, params: Params | None = None) -> WebSocket:
+        """Open a websocket; the caller closes it."""
+        try:
+            # No Origin header: incusd refuses foreign origins, and aiohttp sends none unless asked.
+            ws = await self._session.ws_connect(path, params=params, autoping=True, max_msg_size=0)
+        except aiohttp.WSServerHandshakeError as exc:
+            raise api_error(exc.status, f"websocket {path} refused: {exc.message}") from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise _unavailable(self.where, exc.os_error) from exc
+        except aiohttp.ClientError as exc:
+            raise IncusError(f"websocket {path} failed: {exc}") from exc
+        return WebSocket(ws)
+
+    @asynccontextmanager
+    async def websocket(self, path: str, *, params: Params | None = None) -> AsyncIterator[WebSocket]:
+        ws = await self.connect_websocket(path, params=params)
+        try:
+            yield ws
+        finally:
+            await ws.close()
+
+
+def decode_envelope(method: str, path: str, status: int, raw: bytes) -> SyncResponse | AsyncResponse:
+    try:
+        envelope = ENVELOPE_DECODER.decode(raw)
+    except msgspec.DecodeError as exc:
+        text = raw[:200].decode(errors="replace").strip()
+        raise IncusError(f"unexpected reply to {method} {path} (HTTP {status}): {text or exc}") from exc
+    if isinstance(envelope, ErrorResponse):
+        raise api_error(envelope.error_code or status, envelope.error)
+    return envelope
+
+
+def _tls_context(endpoint: HttpsEndpoint) -> ssl.SSLContext:
+    try:
+        ctx = ssl.create_default_context(cafile=str(endpoint.server_cert) if endpoint.server_cert else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(str(endpoint.client_cert), str(endpoint.client_key))
+    except (OSError, ssl.SSLError) as exc:
+        raise IncusUnavailableError(
+            f"cannot load the TLS certificates for {endpoint.url}: {exc}",
+            hint="check client.crt, client.key and the server certificate in your Incus config dir",
+        ) from exc
+    if endpoint.server_cert is not None:
+        # Incus certificates name the host as "unspecified" or a DNS name, rarely the address we
+        # dial; the pinned certificate is the only trust anchor, which is what the Go client does.
+        ctx.check_hostname = False
+    return ctx

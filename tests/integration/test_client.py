@@ -1,0 +1,342 @@
+"""The Incus client against a real incusd, in a throwaway project."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import anyio
+import msgspec
+import pexpect
+import pytest
+
+from coi_async.errors import (
+    CoiError,
+    ConflictError,
+    IncusUnavailableError,
+    NotFoundError,
+)
+from coi_async.incus import IncusClient, UnixEndpoint
+from coi_async.incus.instances import config_filter
+from coi_async.incus.models import (
+    InstancePatch,
+    InstanceSource,
+    InstancesPost,
+    LifecycleEvent,
+    Profile,
+)
+from tests.conftest import BUSYBOX_IMAGE
+
+pytestmark = pytest.mark.incus
+
+
+def busybox(name: str, *, start: bool = True, config: dict[str, str] | None = None) -> InstancesPost:
+    return InstancesPost(
+        name=name,
+        source=InstanceSource(type="image", alias=BUSYBOX_IMAGE),
+        start=start,
+        config=config or {},
+    )
+
+
+@pytest.fixture
+async def running(incus: IncusClient, unique: str):
+    name = f"{unique}-run"
+    await incus.create_instance(busybox(name))
+    try:
+        yield name
+    finally:
+        with anyio.move_on_after(30, shield=True):
+            await _remove(incus, name)
+
+
+async def _remove(incus: IncusClient, name: str) -> None:
+    with contextlib.suppress(CoiError):
+        await incus.stop_instance(name, force=True)
+    with contextlib.suppress(NotFoundError):
+        await incus.delete_instance(name)
+
+
+async def test_server_info_lists_api_extensions(incus: IncusClient) -> None:
+    info = await incus.server_info()
+    assert info.has_extension("instance_create_start")
+    assert info.environment.server_version
+
+
+async def test_unknown_instance_is_not_found(incus: IncusClient) -> None:
+    with pytest.raises(NotFoundError) as caught:
+        await incus.get_instance("no-such-instance")
+    assert caught.value.status == 404
+    assert "not found" in str(caught.value).lower()
+    assert not await incus.instance_exists("no-such-instance")
+
+
+async def test_duplicate_create_is_a_conflict(incus: IncusClient, running: str) -> None:
+    with pytest.raises(ConflictError):
+        await incus.create_instance(busybox(running))
+
+
+async def test_lifecycle_list_filter_stop_delete(incus: IncusClient, unique: str) -> None:
+    name = f"{unique}-life"
+    marker = {"user.coi.test": unique}
+    await incus.create_instance(busybox(name, config=marker))
+    try:
+        assert (await incus.get_instance(name)).running
+        found = await incus.list_instances(filter_expr=config_filter(marker))
+        assert [i.name for i in found] == [name]
+        with_state = await incus.list_instances(recursion=2, filter_expr=config_filter(marker))
+        assert with_state[0].state is not None
+        assert with_state[0].state.pid > 0
+
+        await incus.update_instance(name, InstancePatch(config={"user.coi.extra": "1"}))
+        assert (await incus.get_instance(name)).config["user.coi.extra"] == "1"
+
+        started = time.monotonic()
+        await incus.stop_instance(name, grace_s=30)
+        # The busybox init handles SIGPWR: a graceful stop is quick, not the whole grace period.
+        assert time.monotonic() - started < 10
+        assert not (await incus.get_instance(name)).running
+        await incus.start_instance(name)
+        await incus.stop_instance(name, force=True)
+        assert (await incus.get_instance_state(name)).status == "Stopped"
+    finally:
+        await _remove(incus, name)
+    assert not await incus.instance_exists(name)
+
+
+async def test_delete_running_instance_is_refused(incus: IncusClient, running: str) -> None:
+    with pytest.raises(Exception, match="running"):
+        await incus.delete_instance(running)
+    assert await incus.instance_exists(running)
+
+
+@pytest.mark.parametrize("code", [0, 1, 42])
+async def test_exec_exit_codes_and_exact_output(incus: IncusClient, running: str, code: int) -> None:
+    result = await incus.exec(
+        running,
+        ["sh", "-c", f"printf 'out\\000\\377\\n'; printf 'err\\001' >&2; exit {code}"],
+    )
+    assert result.exit_code == code
+    assert result.stdout == b"out\x00\xff\n"
+    assert result.stderr == b"err\x01"
+
+
+async def test_exec_stdin_reaches_the_command_then_eof(incus: IncusClient, running: str) -> None:
+    payload = bytes(range(256)) * 4096  # 1 MiB of every byte value
+    result = await incus.exec(running, ["sh", "-c", "cat > /tmp/in; wc -c < /tmp/in"], stdin=payload)
+    assert result.exit_code == 0
+    assert result.stdout.strip() == str(len(payload)).encode()
+    back = await incus.exec(running, ["cat", "/tmp/in"])
+    assert back.stdout == payload
+
+
+async def test_exec_user_cwd_env(incus: IncusClient, running: str) -> None:
+    result = await incus.exec(
+        running,
+        ["sh", "-c", "id -u; id -g; pwd; echo $GREETING"],
+        user=1000,
+        group=1000,
+        cwd="/tmp",
+        env={"GREETING": "hi there"},
+    )
+    assert result.stdout.decode().split("\n")[:4] == ["1000", "1000", "/tmp", "hi there"]
+
+
+async def test_exec_missing_command_gives_127(incus: IncusClient, running: str) -> None:
+    result = await incus.exec(running, ["/no/such/command"])
+    assert result.exit_code in (126, 127)
+
+
+async def test_interactive_exec_through_a_pty(incus: IncusClient, incus_project: str, running: str) -> None:
+    driver = Path(__file__).with_name("pty_driver.py")
+    child = pexpect.spawn(
+        sys.executable,
+        # A plain read-eval loop: busybox ash's line editor would first query the cursor position.
+        [str(driver), incus_project, running, "sh", "-c", 'while read -r l; do eval "$l"; done'],
+        cwd=str(Path(__file__).parents[2]),
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+        dimensions=(24, 80),
+        timeout=20,
+    )
+    try:
+        child.sendline("echo ab''cd")
+        child.expect("abcd")
+        child.sendline("stty size")
+        child.expect("24 80")
+        child.setwinsize(40, 123)
+        # The resize travels through SIGWINCH and the control socket; give it a moment.
+        for _ in range(20):
+            child.sendline("stty size")
+            if child.expect(["40 123", pexpect.TIMEOUT], timeout=1) == 0:
+                break
+        else:
+            pytest.fail("the resize never reached the instance")
+        child.sendline("exit 7")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close(force=True)
+    assert child.exitstatus == 7
+
+
+async def test_file_round_trip_keeps_bytes_mode_and_owner(incus: IncusClient, running: str) -> None:
+    data = os.urandom(300_000) + b"\x00end"
+    await incus.push_file(running, "/tmp/blob.bin", data, uid=1000, gid=1000, mode=0o640)
+    pulled = await incus.pull_file(running, "/tmp/blob.bin")
+    assert pulled.data == data
+    assert (pulled.info.uid, pulled.info.gid, pulled.info.mode) == (1000, 1000, 0o640)
+    listing = await incus.exec(running, ["stat", "-c", "%u %g %a", "/tmp/blob.bin"])
+    assert listing.stdout.decode().strip() == "1000 1000 640"
+
+
+async def test_streamed_file_push_and_pull(incus: IncusClient, running: str, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(5 * 1024 * 1024))
+    src.chmod(0o751)
+    await incus.push_file_from(running, "/tmp/big.bin", src, uid=1000, gid=1000)
+    dst = tmp_path / "back.bin"
+    info = await incus.pull_file_to(running, "/tmp/big.bin", dst)
+    assert dst.read_bytes() == src.read_bytes()
+    assert info.mode == 0o751
+    assert info.uid == 1000
+    assert stat.S_IMODE(dst.stat().st_mode) == 0o751
+
+
+async def test_directory_round_trip(incus: IncusClient, running: str, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub dir").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha")
+    (src / "sub dir" / "b.bin").write_bytes(b"\x00\x01\x02")
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    (src / "run.sh").chmod(0o755)
+    await incus.push_directory(running, src, "/home/code/proj", uid=1000, gid=1000)
+    owners = await incus.exec(running, ["stat", "-c", "%u:%g", "/home/code/proj/sub dir/b.bin"])
+    assert owners.stdout.decode().strip() == "1000:1000"
+    dst = tmp_path / "dst"
+    await incus.pull_directory(running, "/home/code/proj", dst)
+    assert (dst / "a.txt").read_text() == "alpha"
+    assert (dst / "sub dir" / "b.bin").read_bytes() == b"\x00\x01\x02"
+    assert os.access(dst / "run.sh", os.X_OK)
+
+
+async def test_directory_pull_never_writes_outside_target(
+    incus: IncusClient, running: str, tmp_path: Path
+) -> None:
+    await incus.exec(
+        running,
+        [
+            "sh",
+            "-c",
+            (
+                "mkdir -p /tmp/evil && ln -s /etc /tmp/evil/link && "
+                "ln -s ../../../../../../tmp/escape /tmp/evil/up"
+            ),
+        ],
+    )
+    dst = tmp_path / "dst"
+    await incus.exec(running, ["sh", "-c", "echo ok > /tmp/evil/fine.txt"])
+    skipped = await incus.pull_directory(running, "/tmp/evil", dst)
+    assert (dst / "fine.txt").read_text() == "ok\n"
+    assert set(skipped) == {"./link", "./up"}
+    # Links are copied as links (never followed on the host) or refused; nothing lands outside.
+    for entry in dst.rglob("*"):
+        assert entry.is_symlink() or entry.resolve().is_relative_to(dst.resolve())
+    assert not Path("/tmp/escape").exists()
+
+
+async def test_events_report_create_and_delete(incus: IncusClient, unique: str) -> None:
+    name = f"{unique}-ev"
+    seen: list[str] = []
+    async with incus.events(("lifecycle",)) as stream:
+        await incus.create_instance(busybox(name, start=False))
+        await incus.delete_instance(name)
+        with anyio.fail_after(15):
+            async for event in stream:
+                life = msgspec.json.decode(event.metadata, type=LifecycleEvent)
+                if life.name == name and life.project == incus.project:
+                    seen.append(life.action)
+                if "instance-deleted" in seen:
+                    break
+    assert seen[0] == "instance-created"
+    assert seen[-1] == "instance-deleted"
+
+
+async def test_missing_socket_is_one_clear_error(tmp_path: Path) -> None:
+    endpoint = UnixEndpoint(tmp_path / "nope.socket")
+    with pytest.raises(IncusUnavailableError) as caught:
+        async with IncusClient.connect(endpoint) as client:
+            await client.server_info()
+    assert str(caught.value) == f"cannot reach incusd: no socket at {tmp_path / 'nope.socket'}"
+    assert caught.value.hint
+    assert "INCUS_SOCKET" in caught.value.hint
+
+
+async def test_profiles(incus: IncusClient, unique: str, incus_project: str) -> None:
+    # Profiles are shared from the default project (features.profiles=false), so use a unique name.
+    name = f"coi-test-{unique}"
+    async with IncusClient.connect() as default:
+        await default.create_profile(Profile(name=name, config={"limits.cpu": "1"}))
+        try:
+            assert (await default.get_profile(name)).config == {"limits.cpu": "1"}
+            assert name in [p.name for p in await default.list_profiles()]
+        finally:
+            await default.delete_profile(name)
+        with pytest.raises(NotFoundError):
+            await default.get_profile(name)
+
+
+async def test_projects(incus: IncusClient, unique: str) -> None:
+    name = f"coi-test-{unique}-p"
+    await incus.create_project(name, config={"features.images": "false"})
+    try:
+        assert (await incus.get_project(name)).config["features.images"] == "false"
+        assert name in [p.name for p in await incus.list_projects()]
+    finally:
+        await incus.delete_project(name)
+    with pytest.raises(NotFoundError):
+        await incus.get_project(name)
+
+
+async def test_images_import_alias_publish_delete(
+    incus: IncusClient, running: str, unique: str, tmp_path: Path
+) -> None:
+    async with IncusClient.connect() as default:  # images live in the default project here
+        tarball = tmp_path / "img.tar"
+        rootfs = tmp_path / "rootfs"
+        (rootfs / "bin").mkdir(parents=True)
+        (rootfs / "bin" / "hello").write_text("hi")
+        (tmp_path / "metadata.yaml").write_text(
+            f"architecture: x86_64\ncreation_date: {int(time.time())}\nproperties:\n  description: {unique}\n"
+        )
+        with tarfile.open(tarball, "w") as tar:
+            tar.add(tmp_path / "metadata.yaml", arcname="metadata.yaml")
+            tar.add(rootfs, arcname="rootfs")
+        alias = f"coi-test-{unique}-img"
+        fingerprint = await default.import_image(tarball, aliases=[alias], properties={"os": "test"})
+        try:
+            image = await default.find_image(alias)
+            assert image is not None
+            assert image.fingerprint == fingerprint
+            assert alias in image.alias_names
+            assert fingerprint in [i.fingerprint for i in await default.list_images()]
+            await default.point_image_alias(f"{alias}-2", fingerprint)
+            assert (await default.get_image_alias(f"{alias}-2")).target == fingerprint
+            await default.delete_image_alias(f"{alias}-2")
+            with pytest.raises(NotFoundError):
+                await default.get_image_alias(f"{alias}-2")
+        finally:
+            await default.delete_image(fingerprint)
+        assert await default.find_image(alias) is None
+
+        await incus.stop_instance(running, force=True)
+        published = await incus.publish_image(running, aliases=[f"{alias}-pub"], properties={"k": "v"})
+        try:
+            image = await default.get_image(published)
+            assert f"{alias}-pub" in image.alias_names
+            assert image.properties.get("k") == "v"
+        finally:
+            await default.delete_image(published)
