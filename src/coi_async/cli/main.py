@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from typing import Any
 
 import asyncclick as click
@@ -67,34 +66,14 @@ async def version() -> None:
     click.echo(PROJECT_URL)
 
 
-@cli.group()
-async def container() -> None:
-    """Low-level container operations."""
+# Command families live in coi_async.cli.commands, one module each; register them here.
+def _register() -> None:
+    from coi_async.cli.commands import container
+
+    cli.add_command(container.container)
 
 
-@container.command()
-@click.argument("name")
-@click.pass_obj
-async def exists(app: App, name: str) -> None:
-    """Exit 0 if the container exists, 1 if not."""
-    async with app.incus() as incus:
-        found = await incus.instance_exists(name)
-    sys.exit(0 if found else 1)
-
-
-@container.command()
-@click.argument("name")
-@click.pass_obj
-async def running(app: App, name: str) -> None:
-    """Exit 0 if the container is running, 1 if not."""
-    from coi_async.errors import NotFoundError
-
-    async with app.incus() as incus:
-        try:
-            up = (await incus.get_instance(name)).running
-        except NotFoundError:
-            up = False
-    sys.exit(0 if up else 1)
+_register()
 
 
 def main() -> None:

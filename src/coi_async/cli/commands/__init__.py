@@ -1,0 +1,1 @@
+"""One module per command family; each exposes its asyncclick command(s) for cli.main to register."""
