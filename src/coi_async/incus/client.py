@@ -10,6 +10,7 @@ import os
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+from coi_async.incus.certificates import CertificatesApi
 from coi_async.incus.endpoint import Endpoint, UnixEndpoint, resolve_socket
 from coi_async.incus.events import EventsApi
 from coi_async.incus.files import FilesApi
@@ -20,7 +21,9 @@ from coi_async.incus.projects import ProfilesApi, ProjectsApi
 from coi_async.incus.transport import Transport
 
 
-class IncusClient(InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi):
+class IncusClient(
+    InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi, CertificatesApi
+):
     @classmethod
     @asynccontextmanager
     async def connect(
@@ -48,3 +51,7 @@ class IncusClient(InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, E
 
     async def server_info(self) -> ServerInfo:
         return await self._get("/1.0", ServerInfo, what="server info")
+
+    async def update_server_config(self, config: dict[str, str]) -> None:
+        """Set server configuration keys, leaving the others as they are."""
+        await self._transport.request("PATCH", "/1.0", body={"config": config})
