@@ -340,3 +340,8 @@ async def test_images_import_alias_publish_delete(
             assert image.properties.get("k") == "v"
         finally:
             await default.delete_image(published)
+
+
+async def test_stat_of_missing_path_is_not_found(incus: IncusClient, running: str) -> None:
+    with pytest.raises(NotFoundError):
+        await incus.stat_file(running, "/no/such/file")

@@ -121,6 +121,10 @@ class ApiBase:
                 except IncusApiError:
                     raise OperationFailedError(path.rsplit("/", 1)[-1], str(exc)) from exc
                 if not op.done:
+                    # incusd 6.0 answers a long poll whose timeout passed with an error envelope
+                    # ("context deadline exceeded") instead of the still-running operation.
+                    if "deadline exceeded" in str(exc):
+                        continue
                     raise
             if op.done:
                 return op

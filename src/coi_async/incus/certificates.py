@@ -36,9 +36,7 @@ def fingerprint_of(pem: str) -> str:
 
 
 class CertificatesApi(ApiBase):
-    async def add_trusted_certificate(
-        self, pem: str, *, name: str, projects: list[str] | None = None
-    ) -> str:
+    async def add_trusted_certificate(self, pem: str, *, name: str, projects: list[str] | None = None) -> str:
         """Trust a client certificate (restricted to `projects` when given); return its fingerprint."""
         request = CertificatesPost(
             name=name,

@@ -21,9 +21,7 @@ from coi_async.incus.projects import ProfilesApi, ProjectsApi
 from coi_async.incus.transport import Transport
 
 
-class IncusClient(
-    InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi, CertificatesApi
-):
+class IncusClient(InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi, CertificatesApi):
     @classmethod
     @asynccontextmanager
     async def connect(

@@ -97,20 +97,34 @@ class ExecApi(ApiBase):
         fds = (op.metadata or {}).get("fds") or {}
         return envelope.operation.split("?", 1)[0], {str(k): str(v) for k, v in fds.items()}
 
-    async def _connect_all(self, operation: str, fds: Mapping[str, str]) -> dict[str, WebSocket]:
+    async def _connect_all(
+        self, operation: str, fds: Mapping[str, str], *, last: str
+    ) -> dict[str, WebSocket]:
+        """Connect every stream: all but `last` concurrently, then `last`.
+
+        incusd starts the command the moment its last required stream connects and may write
+        output (and close) at once. Frames that arrive with the upgrade response itself are lost
+        by aiohttp now and then (~1% under load), so the socket that completes the set must be
+        one incusd never writes output to: stdin without a PTY, control with one. Connecting
+        control before the command starts also keeps a fast command from ending, and its
+        operation from vanishing, before control is attached.
+        """
         sockets: dict[str, WebSocket] = {}
 
-        async def connect(fd: str, secret: str) -> None:
+        async def connect(fd: str) -> None:
             sockets[fd] = await self._transport.connect_websocket(
-                f"{operation}/websocket", params={"secret": secret}
+                f"{operation}/websocket", params={"secret": fds[fd]}
             )
 
         try:
             async with anyio.create_task_group() as tg:
-                for fd, secret in fds.items():
-                    tg.start_soon(connect, fd, secret)
+                for fd in fds:
+                    if fd != last:
+                        tg.start_soon(connect, fd)
+            await connect(last)
         except BaseException:
-            await _close_all(sockets)
+            with anyio.CancelScope(shield=True):
+                await _close_all(sockets)
             raise
         return sockets
 
@@ -137,7 +151,7 @@ class ExecApi(ApiBase):
             cwd=cwd,
         )
         operation, fds = await self._start_exec(name, request)
-        sockets = await self._connect_all(operation, fds)
+        sockets = await self._connect_all(operation, fds, last="0")
         result: list[Operation] = []
         try:
 
@@ -221,7 +235,7 @@ class ExecApi(ApiBase):
             cwd=cwd,
         )
         operation, fds = await self._start_exec(name, request)
-        sockets = await self._connect_all(operation, fds)
+        sockets = await self._connect_all(operation, fds, last="control")
         result: list[Operation] = []
         try:
             async with anyio.create_task_group() as tg:

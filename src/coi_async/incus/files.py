@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from coi_async.errors import CoiError, IncusError
+from coi_async.incus.base import decode
 from coi_async.incus.exec import ExecApi
 from coi_async.incus.paths import instance_path
 
@@ -143,6 +144,15 @@ class FilesApi(ExecApi):
                     await anyio.Path(partial).unlink(missing_ok=True)
                 raise
         return info
+
+    async def list_directory(self, name: str, path: str) -> list[str]:
+        """The entry names of a directory in the instance; works on stopped instances too."""
+        response = await self._transport.request(
+            "GET", self._files(name), params=self._params({"path": path})
+        )
+        if bytes(response.metadata).strip() in (b"", b"null"):
+            return []  # an empty directory
+        return decode(response.metadata, list[str], what="directory listing")
 
     async def delete_file(self, name: str, path: str) -> None:
         await self._transport.request("DELETE", self._files(name), params=self._params({"path": path}))

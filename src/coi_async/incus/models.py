@@ -90,11 +90,33 @@ class ServerInfo(msgspec.Struct, kw_only=True):
 # --- instances -------------------------------------------------------------------------------
 
 
+class InstanceAddress(msgspec.Struct, kw_only=True):
+    family: str = ""  # "inet" or "inet6"
+    address: str = ""
+    netmask: str = ""
+    scope: str = ""
+
+
+class InstanceNetwork(msgspec.Struct, kw_only=True):
+    addresses: list[InstanceAddress] = []
+    state: str = ""
+    type: str = ""
+
+
 class InstanceState(msgspec.Struct, kw_only=True):
     status: str = ""
     status_code: int = 0
     pid: int = 0
     processes: int = 0
+    network: dict[str, InstanceNetwork] | None = None
+
+    def ipv4(self, interface: str = "eth0") -> str:
+        """The interface's first global IPv4 address, or ""."""
+        nic = (self.network or {}).get(interface)
+        for addr in nic.addresses if nic else []:
+            if addr.family == "inet" and addr.scope != "link":
+                return addr.address
+        return ""
 
 
 class Instance(msgspec.Struct, kw_only=True):

@@ -76,14 +76,20 @@ class WebSocket:
 
     async def receive(self) -> bytes | str | None:
         """The next frame's payload; None once the peer has closed."""
-        msg = await self._ws.receive()
-        if msg.type == aiohttp.WSMsgType.BINARY:
-            data: bytes = msg.data
-            return data
-        if msg.type == aiohttp.WSMsgType.TEXT:
-            text: str = msg.data
-            return text
-        return None
+        while True:
+            try:
+                msg = await self._ws.receive()
+            except (aiohttp.ClientError, ConnectionError):
+                return None
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                data: bytes = msg.data
+                return data
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                text: str = msg.data
+                return text
+            if msg.type in (aiohttp.WSMsgType.PING, aiohttp.WSMsgType.PONG):
+                continue
+            return None
 
     @property
     def closed(self) -> bool:
@@ -195,7 +201,9 @@ class Transport:
         """Open a websocket; the caller closes it."""
         try:
             # No Origin header: incusd refuses foreign origins, and aiohttp sends none unless asked.
-            ws = await self._session.ws_connect(path, params=params, autoping=True, max_msg_size=0)
+            # No pongs: incusd's keepalive pings need no answer, and a pong written after incusd
+            # closed its end makes asyncio abort the connection, dropping output not yet read.
+            ws = await self._session.ws_connect(path, params=params, autoping=False, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
             raise api_error(exc.status, f"websocket {path} refused: {exc.message}") from exc
         except aiohttp.ClientConnectorError as exc:
@@ -214,6 +222,9 @@ class Transport:
 
 
 def decode_envelope(method: str, path: str, status: int, raw: bytes) -> SyncResponse | AsyncResponse:
+    if not raw.strip() and status >= 400:
+        # HEAD answers carry no body: the status is all there is.
+        raise api_error(status, f"{method} {path}: HTTP {status}")
     try:
         envelope = ENVELOPE_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
