@@ -76,6 +76,33 @@ class OperationFailedError(IncusError):
         self.operation_id = operation_id
 
 
+class EgressError(CoiError):
+    """The egress proxy could not start (e.g. its port is taken) or was misconfigured."""
+
+
+class SessionError(CoiError):
+    """Domain errors about coi sessions, slots and saved session data."""
+
+
+class SessionNotFoundError(SessionError):
+    """No saved session (or no session container) of that id or name."""
+
+
+class NoFreeSlotError(SessionError):
+    """Every slot of the workspace is taken."""
+
+    def __init__(self, max_slots: int) -> None:
+        super().__init__(
+            f"all {max_slots} slots are in use",
+            hint="stop a session with 'coi shutdown' or raise defaults.max_slots",
+        )
+        self.max_slots = max_slots
+
+
+class BuildError(CoiError):
+    """An image build failed: the base, the recipe, or publishing."""
+
+
 _NAME_TAKEN_MARKERS = ("already exists", "UNIQUE constraint failed")
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import asyncclick as click
 
-from coi_async import __version__
 from coi_async.cli.app import App
 from coi_async.cli.render import show_error
 from coi_async.errors import CoiError
@@ -30,12 +29,68 @@ def user_errors(exc: BaseException) -> list[CoiError] | None:
     return None
 
 
+def _print_version(ctx: click.Context, *, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    import coi_async  # read from the package metadata only when asked: it costs ~50 ms
+
+    click.echo(f"coi version {coi_async.__version__}")
+    raise click.exceptions.Exit(0)
+
+
+class OneLineUsageError(click.UsageError):
+    """A usage error as one `Error:` line that says where help is, without click's usage dump."""
+
+    def show(self, file: Any = None) -> None:
+        where = f" (see '{self.ctx.command_path} --help')" if self.ctx is not None else ""
+        click.echo(f"Error: {self.format_message()}{where}", file=file, err=file is None)
+
+
+def _one_line(exc: click.UsageError) -> click.UsageError:
+    if isinstance(exc, (OneLineUsageError, click.exceptions.NoArgsIsHelpError)):
+        return exc
+    return OneLineUsageError(exc.format_message(), exc.ctx)
+
+
+def default_to_shell(group: click.Group, args: list[str]) -> list[str]:
+    """`coi [root options] --shell-flag ...` means `coi [root options] shell --shell-flag ...`.
+
+    Plain `coi` runs shell too (see `cli`); a first word that is not a command stays an unknown
+    command, as in the reference.
+    """
+    takes_value = {o for p in group.params if isinstance(p, click.Option) and not p.is_flag for o in p.opts}
+    own = {o for p in group.params for o in p.opts} | {"-h", "--help"}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        name = word.split("=", 1)[0]
+        if name not in own:
+            break
+        i += 2 if word in takes_value else 1
+    if i < len(args) and args[i].startswith("-") and args[i] != "--":
+        return [*args[:i], "shell", *args[i:]]
+    return args
+
+
 class CoiGroup(click.Group):
     """Turns every CoiError into `Error: ...` on stderr and its exit code; bugs keep their traceback."""
+
+    async def make_context(
+        self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
+    ) -> click.Context:
+        try:
+            return await super().make_context(info_name, args, parent, **extra)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
+
+    async def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return await super().parse_args(ctx, default_to_shell(self, args))
 
     async def invoke(self, ctx: click.Context) -> Any:
         try:
             return await super().invoke(ctx)
+        except click.UsageError as exc:
+            raise _one_line(exc) from None
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:
@@ -49,28 +104,67 @@ class CoiGroup(click.Group):
             raise click.exceptions.Exit(max(e.exit_code for e in errors)) from None
 
 
-@click.group(cls=CoiGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-v", "--version", prog_name="coi", message="coi version %(version)s")
+@click.group(
+    cls=CoiGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]}
+)
+@click.option(
+    "-v",
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=lambda ctx, _param, value: _print_version(ctx, value=value),
+    help="Show the version and exit.",
+)
 @click.option("--debug", is_flag=True, envvar="COI_DEBUG", help="Show full tracebacks for errors.")
 @click.option("--project", envvar="COI_INCUS_PROJECT", help="Incus project to work in.")
 @click.pass_context
 async def cli(ctx: click.Context, *, debug: bool, project: str | None) -> None:
-    """coi: AI coding sessions in isolated Incus containers."""
+    """coi: AI coding sessions in isolated Incus containers (no command: `coi shell`)."""
     ctx.obj = App(debug=debug, project=project)
+    if ctx.invoked_subcommand is None:
+        from coi_async.cli.commands.shell import shell
+
+        await ctx.invoke(shell)
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 async def version() -> None:
     """Show the version and the project's address."""
-    click.echo(f"coi-async (coi) v{__version__}")
+    import coi_async  # the version is read from the package metadata on first use
+
+    click.echo(f"coi-async (coi) v{coi_async.__version__}")
     click.echo(PROJECT_URL)
 
 
 # Command families live in coi_async.cli.commands, one module each; register them here.
 def _register() -> None:
-    from coi_async.cli.commands import container
+    from coi_async.cli.commands import completion, container, file, image, tmux
 
     cli.add_command(container.container)
+    cli.add_command(file.file)
+    cli.add_command(image.image)
+    cli.add_command(image.images)
+    cli.add_command(tmux.tmux)
+    cli.add_command(completion.completion)
+    from coi_async.cli.commands import build
+
+    cli.add_command(build.build)
+    from coi_async.cli.commands import run, sessions
+
+    cli.add_command(run.run)
+    cli.add_command(sessions.list_)
+    cli.add_command(sessions.info)
+    cli.add_command(sessions.persist)
+    from coi_async.cli.commands import shell
+
+    cli.add_command(shell.shell)
+    cli.add_command(shell.attach)
+    from coi_async.cli.commands import bulk
+
+    cli.add_command(bulk.shutdown)
+    cli.add_command(bulk.kill)
+    cli.add_command(bulk.clean)
 
 
 _register()

@@ -1,0 +1,261 @@
+"""Session start: `coi run -- true` and `coi shell --background` (until its tmux session is
+ready) end to end, each against the reference's sequence of `incus` calls for the same job.
+
+The reference (cli-contract.md §3, `run` row) makes every Incus call a fresh subprocess,
+`sg incus-admin -c "incus --project P <args>"`, strictly one after the other:
+
+    info → list (json) → image list (json) → list ^N$ (csv) → launch I N --ephemeral →
+    config set ×3 → list N (json) + exec echo ready → config device add workspace (hot-plug) →
+    exec --user 1000 --group 1000 --cwd /workspace -- true → delete --force
+
+Both jobs run in the same process here, alternately, on the same image and workspace; the script
+prints the medians and the ratio (target: coi at most 0.3× the reference sequence).
+
+    .venv/bin/python benchmarks/session_start.py [--runs 7] [--image coi-test-busybox] [--project default]
+                                                 [--job run|shell|both] [--shell-image coi-test-debian]
+
+The shell job's reference sequence is §3's `shell` row for a new ephemeral session with a host
+~/.claude (credentials copied, sandbox settings merged by python3, tmux server started, session
+created); both sides end when the detached tmux session exists, and deletion is not timed.
+
+Containers are named with the prefix `bench-` (COI_CONTAINER_PREFIX for coi) and removed after
+each run; HOME points at a temporary directory so ~/.coi is not touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+COI = str(Path(sys.executable).with_name("coi"))
+
+
+def incus(project: str, *args: str, check: bool = True) -> str:
+    """One reference-style call: a fresh `sg` + `sh` + `incus` process."""
+    line = " ".join(shlex.quote(a) for a in ["incus", "--project", project, *args])
+    done = subprocess.run(["sg", "incus-admin", "-c", line], capture_output=True, check=False)
+    if check and done.returncode != 0:
+        raise SystemExit(f"{line} failed ({done.returncode}): {done.stderr.decode().strip()}")
+    return done.stdout.decode().strip()
+
+
+def reference_run(project: str, image: str, workspace: str) -> None:
+    name = f"bench-ref-{secrets.token_hex(3)}"
+    incus(project, "info")
+    incus(project, "list", "--format=json")  # slot allocation
+    incus(project, "image", "list", "--format=json")  # image exists
+    incus(project, "list", f"^{name}$", "--format=csv", "--columns=n")  # container exists
+    try:
+        incus(project, "launch", image, name, "--ephemeral")
+        for key in (
+            "security.nesting=true",
+            "security.syscalls.intercept.mknod=true",
+            "security.syscalls.intercept.setxattr=true",
+        ):
+            incus(project, "config", "set", name, key)
+        for _ in range(30):  # wait until ready: state + an exec, no sleep
+            incus(project, "list", name, "--format=json")
+            if incus(project, "exec", name, "--", "echo", "ready", check=False) == "ready":
+                break
+        incus(
+            project,
+            "config",
+            "device",
+            "add",
+            name,
+            "workspace",
+            "disk",
+            f"source={workspace}",
+            "path=/workspace",
+            "shift=true",
+        )
+        incus(project, "exec", name, "--user", "1000", "--group", "1000", "--cwd", "/workspace", "--", "true")
+    finally:
+        incus(project, "delete", name, "--force", check=False)
+
+
+def coi_run(env: dict[str, str], workspace: str) -> None:
+    done = subprocess.run(
+        [COI, "run", "--", "true"], env=env, cwd=workspace, capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"coi run failed ({done.returncode}): {done.stderr.decode().strip()}")
+
+
+SHELL_HOME_FILES = {
+    ".claude/.credentials.json": '{"claudeAiOauth": {"accessToken": "bench"}}',
+    ".claude/settings.json": '{"env": {"A": "1"}, "permissions": {"allow": ["Bash(ls)"]}}',
+    ".claude.json": '{"userID": "bench"}',
+}
+SANDBOX_MERGE = (
+    "import json,sys; p=sys.argv[1]; d=json.load(open(p)); "
+    "d.update({'allowDangerouslySkipPermissions': True, 'bypassPermissionsModeAccepted': True, "
+    "'permissions': {'defaultMode': 'bypassPermissions'}}); json.dump(d, open(p, 'w'), indent=2)"
+)
+
+
+def reference_shell_background(project: str, image: str, workspace: str, home: str) -> str:
+    """The reference's `coi shell --background` (new, ephemeral, host ~/.claude present), §3 + §2.3/2.4.
+
+    Returns the container name; the caller deletes it, untimed.
+    """
+    name = f"bench-ref-{secrets.token_hex(3)}"
+    session = f"coi-{name}"
+    as_code = ["--user", "1000", "--group", "1000", "--env", "HOME=/home/code"]
+    incus(project, "info")
+    incus(project, "list", "--format=json")  # slot allocation
+    incus(project, "image", "list", "--format=json")  # image exists
+    incus(project, "list", f"^{name}$", "--format=csv", "--columns=n")  # container exists
+    incus(project, "init", image, name)
+    incus(
+        project, "config", "device", "add", name, "workspace", "disk",
+        f"source={workspace}", "path=/workspace", "shift=true",
+    )  # fmt: skip
+    incus(project, "start", name)
+    for _ in range(30):  # wait until ready: state + an exec (the reference sleeps 1 s between tries)
+        incus(project, "list", name, "--format=json")
+        if incus(project, "exec", name, "--", "bash", "-c", "echo ready", check=False) == "ready":
+            break
+        time.sleep(1)
+    # injectCredentials / fresh-session setup: mkdir, pushes, python3 merges, chowns.
+    claude = "/home/code/.claude"
+    incus(project, "exec", name, "--", "mkdir", "-p", claude)
+    incus(project, "file", "push", f"{home}/.claude/.credentials.json", f"{name}{claude}/.credentials.json")
+    incus(project, "file", "push", f"{home}/.claude/settings.json", f"{name}{claude}/settings.json")
+    incus(project, "exec", name, "--", "test", "-f", f"{claude}/settings.json")
+    incus(project, "exec", name, "--", "python3", "-c", SANDBOX_MERGE, f"{claude}/settings.json")
+    incus(project, "file", "push", f"{home}/.claude.json", f"{name}/home/code/.claude.json")
+    incus(project, "exec", name, "--", "python3", "-c", SANDBOX_MERGE, "/home/code/.claude.json")
+    incus(project, "exec", name, "--", "chown", "1000:1000", "/home/code/.claude.json")
+    incus(project, "exec", name, "--", "chown", "-R", "1000:1000", claude)
+    # The tmux flow: start the server, look for the session, create it detached.
+    incus(
+        project,
+        "exec",
+        name,
+        *as_code,
+        "--",
+        "bash",
+        "-c",
+        "tmux start-server 2>/dev/null || true; sleep 0.1",
+    )
+    incus(project, "exec", name, *as_code, "--", "bash", "-c", "tmux list-sessions 2>/dev/null || true")
+    incus(project, "exec", name, *as_code, "--", "tmux", "has-session", "-t", session, check=False)
+    command = "bash -c 'trap : INT; export IS_SANDBOX=\"1\"; claude --verbose --permission-mode bypassPermissions; exec bash'"
+    incus(
+        project, "exec", name, *as_code, "--cwd", "/workspace", "--",
+        "tmux", "new-session", "-d", "-s", session, "-c", "/workspace", command,
+    )  # fmt: skip
+    return name
+
+
+def coi_shell_background(env: dict[str, str], workspace: str) -> None:
+    done = subprocess.run(
+        [COI, "shell", "--background"], env=env, cwd=workspace, capture_output=True, check=False
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"coi shell --background failed ({done.returncode}): {done.stderr.decode().strip()}")
+
+
+def remove_all(project: str, prefix: str) -> None:
+    """Delete (untimed) every instance of the project whose name starts with `prefix`."""
+    names = incus(project, "list", f"^{prefix}", "--format=csv", "--columns=n").split()
+    for name in names:
+        incus(project, "delete", name, "--force", check=False)
+
+
+def bench_shell(opts: argparse.Namespace) -> tuple[float, float]:
+    """Median seconds of `coi shell --background` and of the reference's sequence for it."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-home-") as home,
+        tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
+    ):
+        for rel, text in SHELL_HOME_FILES.items():
+            (Path(home) / rel).parent.mkdir(parents=True, exist_ok=True)
+            (Path(home) / rel).write_text(text)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))} | {
+            "HOME": home,
+            "COI_CONTAINER_PREFIX": "bench-coi-",
+            "COI_INCUS_PROJECT": opts.project,
+            "CLAUDE_ON_INCUS_IMAGE": opts.shell_image,
+        }
+        coi_times: list[float] = []
+        ref_times: list[float] = []
+        try:
+            # Warm-up, not measured.
+            coi_shell_background(env, workspace)
+            reference_shell_background(opts.project, opts.shell_image, workspace, home)
+            remove_all(opts.project, "bench-")
+            for _ in range(opts.runs):
+                start = time.perf_counter()
+                coi_shell_background(env, workspace)
+                coi_times.append(time.perf_counter() - start)
+                start = time.perf_counter()
+                reference_shell_background(opts.project, opts.shell_image, workspace, home)
+                ref_times.append(time.perf_counter() - start)
+                remove_all(opts.project, "bench-")
+        finally:
+            remove_all(opts.project, "bench-")
+    return statistics.median(coi_times), statistics.median(ref_times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--image", default="coi-test-busybox")
+    parser.add_argument("--project", default="default")
+    parser.add_argument("--job", choices=("run", "shell", "both"), default="both")
+    parser.add_argument("--shell-image", default="coi-test-debian", help="needs tmux (the shell job)")
+    opts = parser.parse_args()
+
+    if opts.job in ("shell", "both"):
+        coi_median, ref_median = bench_shell(opts)
+        print(f"image {opts.shell_image}, {opts.runs} runs each, medians:")
+        print(f"  coi shell --background     {coi_median:7.3f} s")
+        print(f"  reference incus sequence   {ref_median:7.3f} s")
+        print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+    if opts.job == "shell":
+        return
+
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-home-") as home,
+        tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
+    ):
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))} | {
+            "HOME": home,
+            "COI_CONTAINER_PREFIX": "bench-",
+            "COI_INCUS_PROJECT": opts.project,
+            "CLAUDE_ON_INCUS_IMAGE": opts.image,
+        }
+        # Warm-up, not measured: page cache, incusd's image cache, Python's bytecode.
+        coi_run(env, workspace)
+        reference_run(opts.project, opts.image, workspace)
+        coi_times: list[float] = []
+        ref_times: list[float] = []
+        for _ in range(opts.runs):
+            start = time.perf_counter()
+            coi_run(env, workspace)
+            coi_times.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            reference_run(opts.project, opts.image, workspace)
+            ref_times.append(time.perf_counter() - start)
+
+    coi_median, ref_median = statistics.median(coi_times), statistics.median(ref_times)
+    print(f"image {opts.image}, {opts.runs} runs each, medians:")
+    print(f"  coi run -- true            {coi_median:7.3f} s")
+    print(f"  reference incus sequence   {ref_median:7.3f} s")
+    print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,273 @@
+"""How bulk commands show progress: the contract's lines, a live rich table, or JSON.
+
+- Not a terminal: each container's lines (as the reference printed them) come out as one block
+  when that container is done, so concurrent work never interleaves mid-block.
+- A terminal: a live table (done/total, each container's state and time), then a summary.
+- `--format json`: nothing while running; one result per container at the end on stdout.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, TextIO
+
+import msgspec
+
+from coi_async.orchestration import lifecycle as lc
+from coi_async.orchestration.bulk import BulkReport, ItemResult
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+
+
+class Verb(msgspec.Struct, frozen=True, kw_only=True):
+    """The wording of one bulk command."""
+
+    started: str  # "Shutting down container {name} (timeout: 60s)..."
+    done: str  # "  ✓ Shutdown {name}"
+    failed: str  # "  ✗ Failed to shutdown {name}: {error}"
+    live: str  # "Shutting down" (the live table's title)
+
+
+def shutdown_verb(timeout_s: int) -> Verb:
+    return Verb(
+        started=f"Shutting down container {{name}} (timeout: {timeout_s}s)...",
+        done="  ✓ Shutdown {name}",
+        failed="  ✗ Failed to shutdown {name}: {error}",
+        live="Shutting down",
+    )
+
+
+KILL = Verb(
+    started="Killing container {name}...",
+    done="  ✓ Killed {name}",
+    failed="  ✗ Failed to kill {name}: {error}",
+    live="Killing",
+)
+CLEAN_CONTAINERS = Verb(
+    started="Deleting container {name}...",
+    done="",
+    failed="  ✗ Failed to delete {name}: {error}",
+    live="Deleting containers",
+)
+CLEAN_SESSIONS = Verb(
+    started="Deleting session {name}...",
+    done="",
+    failed="  ✗ Failed to delete session {name}: {error}",
+    live="Deleting sessions",
+)
+
+
+def step_line(state: str, detail: str) -> str | None:
+    """The contract's line for a step, if it has one."""
+    if state == lc.SAVED:
+        return f"  Session data saved to {detail}"
+    if state == lc.NO_SESSION_DATA:
+        return f"  No {detail} directory found in container"
+    if state == lc.STOPPING:
+        return "  Attempting graceful shutdown..."
+    if state == lc.STOPPED:
+        return "  Graceful shutdown successful"
+    if state == lc.FORCE_STOPPING:
+        return {
+            "timeout": "  Timeout reached, force-killing...",
+            "interrupted": "  Interrupted, force-stopping...",
+        }.get(detail)
+    if state == lc.STOPPED_DURING_TIMEOUT:
+        return "  Container stopped during timeout"
+    return None
+
+
+def _state_label(state: str, detail: str) -> str:
+    return {
+        lc.SAVING: "saving session",
+        lc.SAVED: "session saved",
+        lc.NO_SESSION_DATA: "no session data",
+        lc.STOPPING: f"stopping (up to {detail}s)",
+        lc.STOPPED: "stopped",
+        lc.FORCE_STOPPING: "force-stopping",
+        lc.STOPPED_DURING_TIMEOUT: "stopped",
+        lc.DELETING: "deleting",
+    }.get(state, state)
+
+
+class LineReporter:
+    """Non-terminal output: each item's block of lines, written when the item is done."""
+
+    def __init__(self, verb: Verb, out: TextIO) -> None:
+        self._verb = verb
+        self._out = out
+        self._lines: dict[str, list[str]] = {}
+
+    def started(self, name: str) -> None:
+        self._lines[name] = [self._verb.started.format(name=name)]
+
+    def step(self, name: str, state: str, detail: str = "") -> None:
+        line = step_line(state, detail)
+        if line is not None:
+            self._lines.setdefault(name, []).append(line)
+
+    def finished(self, result: ItemResult) -> None:
+        lines = self._lines.pop(result.name, None)
+        if result.outcome == "cancelled" and lines is None:
+            return  # never started: reported in the summary
+        lines = lines or [self._verb.started.format(name=result.name)]
+        if result.ok:
+            if self._verb.done:
+                lines.append(self._verb.done.format(name=result.name))
+        elif result.outcome == "cancelled":
+            lines.append("  Interrupted before anything was changed")
+        else:
+            lines.append(self._verb.failed.format(name=result.name, error=result.error))
+        self._out.write("\n".join(lines) + "\n")
+        self._out.flush()
+
+
+class QuietReporter:
+    def started(self, name: str) -> None:
+        pass
+
+    def step(self, name: str, state: str, detail: str = "") -> None:
+        pass
+
+    def finished(self, result: ItemResult) -> None:
+        pass
+
+
+class _Row:
+    __slots__ = ("began", "ended", "error", "state")
+
+    def __init__(self) -> None:
+        self.state = "queued"
+        self.began: float | None = None
+        self.ended: float | None = None
+        self.error: str | None = None
+
+
+class LiveTable:
+    """Terminal output: a table kept current by the reporter callbacks, redrawn by rich."""
+
+    def __init__(self, verb: Verb, names: Sequence[str]) -> None:
+        self._verb = verb
+        self._rows = {name: _Row() for name in names}
+        self._began = time.monotonic()
+        self._lock = threading.Lock()  # rich redraws from its own thread
+
+    def started(self, name: str) -> None:
+        with self._lock:
+            row = self._rows.setdefault(name, _Row())
+            row.state, row.began = "started", time.monotonic()
+
+    def step(self, name: str, state: str, detail: str = "") -> None:
+        with self._lock:
+            self._rows.setdefault(name, _Row()).state = _state_label(state, detail)
+
+    def finished(self, result: ItemResult) -> None:
+        with self._lock:
+            row = self._rows.setdefault(result.name, _Row())
+            row.ended = time.monotonic()
+            row.state = {"ok": "done", "cancelled": "not touched"}.get(result.outcome, result.outcome)
+            row.error = result.error if not result.ok and result.outcome != "cancelled" else None
+
+    def __rich__(self) -> RenderableType:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        now = time.monotonic()
+        with self._lock:
+            rows = list(self._rows.items())
+        done = sum(1 for _, r in rows if r.ended is not None)
+        failed = sum(1 for _, r in rows if r.error is not None)
+        title = f"{self._verb.live}: {done}/{len(rows)} done"
+        if failed:
+            title += f", {failed} failed"
+        title += f"  [{now - self._began:.1f}s]"
+        table = Table(expand=False, box=None, pad_edge=False)
+        table.add_column("container")
+        table.add_column("state")
+        table.add_column("time", justify="right")
+        for name, row in rows:
+            if row.began is None:
+                elapsed = ""
+            else:
+                elapsed = f"{(row.ended or now) - row.began:.1f}s"
+            if row.error is not None:
+                state = f"[red]✗ {row.error}[/]"
+            elif row.state == "done":
+                state = "[green]✓ done[/]"
+            else:
+                state = row.state
+            table.add_row(name, state, elapsed)
+        # The title on a line of its own: as a table title it would wrap to the table's width.
+        return Group(Text(title, style="bold"), table)
+
+
+@contextmanager
+def live_view(table: LiveTable | None) -> Iterator[None]:
+    """Keep `table` on screen while the block runs (nothing without a table)."""
+    if table is None:
+        yield
+        return
+    from rich.console import Console
+    from rich.live import Live
+
+    console = Console(highlight=False)
+    with Live(table, console=console, refresh_per_second=8, transient=False):
+        yield
+
+
+def is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def report_json(report: BulkReport, *, command: str) -> str:
+    results: list[dict[str, Any]] = []
+    for r in report.results:
+        item: dict[str, Any] = {
+            "name": r.name,
+            "outcome": r.outcome,
+            "duration_s": r.duration_s,
+            "error": r.error,
+        }
+        if r.detail:
+            item["session_dir"] = r.detail
+        results.append(item)
+    doc = {
+        "command": command,
+        "results": results,
+        "succeeded": len(report.succeeded),
+        "failed": len(report.failed),
+        "cancelled": len(report.cancelled),
+        "elapsed_s": round(report.elapsed_s, 3),
+        "interrupted": report.interrupted,
+    }
+    return msgspec.json.format(msgspec.json.encode(doc), indent=2).decode()
+
+
+def failure_summary(report: BulkReport, echo: Callable[[str], None]) -> None:
+    failed = report.failed
+    if failed:
+        echo(f"\n{len(failed)} of {len(report.results)} failed:")
+        for r in failed:
+            echo(f"  ✗ {r.name}: {r.error}")
+    untouched = report.cancelled
+    if untouched:
+        names = ", ".join(r.name for r in untouched)
+        echo(f"\nInterrupted: {len(untouched)} left as they were ({names}); run the command again to finish.")
+
+
+def write(stream: TextIO, text: str) -> None:
+    stream.write(text)
+    stream.flush()
+
+
+def stdout() -> TextIO:
+    return sys.stdout

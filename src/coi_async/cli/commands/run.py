@@ -1,0 +1,121 @@
+"""`coi run -- COMMAND...`: run one command in a fresh container."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+
+import anyio
+import asyncclick as click
+
+from coi_async.cli.app import App
+from coi_async.errors import CoiError, UsageError
+
+
+def _say(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`-e KEY=VALUE` pairs (values may contain commas and `=`: no splitting, unlike the reference)."""
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"invalid environment variable '{pair}': expected KEY=VALUE")
+        env[key] = value
+    return env
+
+
+async def _write(stream: int, data: bytes) -> None:
+    out = sys.stdout.buffer if stream == 1 else sys.stderr.buffer
+    out.write(data)
+    out.flush()
+
+
+@click.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("-w", "--workspace", default=".", show_default=True, help="Workspace directory to mount.")
+@click.option(
+    "--slot", type=int, default=None, help="Slot to use, 1..defaults.max_slots (default: first free)."
+)
+@click.option("--image", default=None, help="Image to use (default: defaults.image from config).")
+@click.option("--persistent", is_flag=True, default=None, help="Keep (stop) the container afterwards.")
+@click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
+@click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable.")
+@click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
+@click.pass_obj
+async def run(
+    app: App,
+    *,
+    command: tuple[str, ...],
+    workspace: str,
+    slot: int | None,
+    image: str | None,
+    persistent: bool | None,
+    profile: str | None,
+    env_pairs: tuple[str, ...],
+    mounts: tuple[str, ...],
+    timeout_s: float | None,
+) -> None:
+    """Run COMMAND in a fresh container as the code user in /workspace; exit with its code.
+
+    Use `--` before the command: coi run -- sh -c 'echo hi'.
+    """
+    from coi_async.naming import absolute_workspace
+    from coi_async.orchestration.launch import check_workspace, prepare_mounts
+    from coi_async.orchestration.run import RunRequest, exit_status, run_command
+    from coi_async.slots import validate_slot
+
+    config = app.config(profile=profile, image=image, persistent=persistent)
+    if slot is not None:
+        validate_slot(slot, max_slots=config.defaults.max_slots)
+    ws = absolute_workspace(workspace, os.getcwd())
+    check_workspace(ws)
+    extra = prepare_mounts(config, mounts)
+    request = RunRequest(
+        workspace=ws,
+        argv=command,
+        env=parse_env(env_pairs),
+        slot=slot or 0,
+        mounts=extra,
+        host_uid=os.getuid(),
+        host_gid=os.getgid(),
+    )
+
+    async def out(data: bytes) -> None:
+        await _write(1, data)
+
+    async def err(data: bytes) -> None:
+        await _write(2, data)
+
+    signals: list[int] = []
+    code: int | None = None
+    async with app.incus() as incus, anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
+                async for signum in received:
+                    signals.append(signum)
+                    tg.cancel_scope.cancel()
+                    return
+
+        tg.start_soon(watch_signals)
+        try:
+            with anyio.fail_after(timeout_s) if timeout_s else contextlib.nullcontext():
+                code = await run_command(incus, config, request, on_stdout=out, on_stderr=err, say=_say)
+        except TimeoutError:
+            raise CoiError(
+                f"the command did not finish within {timeout_s:g} s; the container was removed"
+            ) from None
+        tg.cancel_scope.cancel()
+    if signals:
+        _say("\nInterrupted; the container was removed")
+        raise click.exceptions.Exit(128 + signals[0])
+    assert code is not None
+    _say("\n" + exit_status(code))
+    raise click.exceptions.Exit(code)

@@ -1,0 +1,161 @@
+"""`coi shell` (also plain `coi`) and `coi attach`: interactive sessions in a container's tmux."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import asyncclick as click
+
+from coi_async.cli.app import App
+from coi_async.errors import UsageError
+
+if TYPE_CHECKING:
+    from coi_async.config import Config, Mount
+
+_RESUME_HELP = "Resume a saved session: the latest of this workspace, or --resume=ID."
+
+
+def _say(line: str) -> None:
+    # The terminal may be gone (SIGHUP): losing a progress line must not stop the cleanup.
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[str, tuple[Mount, ...], str]:
+    """The absolute workspace (checked), the extra mounts (validated, host dirs made), the home."""
+    from coi_async.naming import absolute_workspace
+    from coi_async.orchestration.launch import check_workspace, prepare_mounts
+
+    ws = absolute_workspace(workspace, os.getcwd())
+    check_workspace(ws)
+    return ws, prepare_mounts(config, mounts), os.path.expanduser("~")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("args", nargs=-1, required=False)
+@click.option("-w", "--workspace", default=".", show_default=True, help="Workspace directory to mount.")
+@click.option("--slot", type=int, default=0, show_default=True, help="Slot for parallel sessions (0 = auto).")
+@click.option("--persistent", is_flag=True, default=None, help="Keep the container between sessions.")
+@click.option("--resume", is_flag=False, flag_value="auto", default=None, help=_RESUME_HELP)
+@click.option(
+    "--continue", "continue_", is_flag=False, flag_value="auto", default=None, help="Alias for --resume."
+)
+@click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable.")
+@click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
+@click.option("--image", default=None, help="Image to use (default: defaults.image from config).")
+@click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
+@click.option("--network", default=None, help="Network mode: restricted, open or allowlist.")
+@click.option("--background", is_flag=True, help="Start the tool in a detached tmux session and return.")
+@click.option("--debug", is_flag=True, help="Run bash instead of the tool.")
+@click.option(
+    "--tmux",
+    "use_tmux",
+    type=click.BOOL,
+    is_flag=False,
+    flag_value=True,
+    default=True,
+    show_default=True,
+    help="Run the tool in tmux (--tmux=false runs it directly).",
+)
+@click.pass_obj
+async def shell(
+    app: App,
+    *,
+    args: tuple[str, ...],
+    workspace: str,
+    slot: int,
+    persistent: bool | None,
+    resume: str | None,
+    continue_: str | None,
+    env_pairs: tuple[str, ...],
+    mounts: tuple[str, ...],
+    image: str | None,
+    profile: str | None,
+    network: str | None,
+    background: bool,
+    debug: bool,
+    use_tmux: bool,
+) -> None:
+    """Start an interactive AI coding session in a container (the default command)."""
+    from coi_async.cli.commands.run import parse_env
+    from coi_async.orchestration import shell as flow
+
+    if args:
+        raise UsageError(
+            f"unexpected argument '{args[0]}' - did you mean --resume={args[0]}? "
+            "(note: use = when specifying session ID)"
+        )
+    del network  # accepted for compatibility; the egress policy comes from config
+    # `persistent` stays out of the config here: an explicit flag must win over a resumed
+    # session's mode, and only the flow can tell the two apart.
+    config = app.config(profile=profile, image=image)
+    ws, extra, home = _prepare(workspace, mounts, config)
+    request = flow.ShellRequest(
+        workspace=ws,
+        slot=slot,
+        persistent=persistent,
+        resume=continue_ or resume,
+        env=parse_env(env_pairs),
+        mounts=extra,
+        background=background,
+        debug=debug,
+        use_tmux=use_tmux,
+        term=os.environ.get("TERM"),
+        host_uid=os.getuid(),
+        host_gid=os.getgid(),
+    )
+    async with app.incus() as incus:
+        code = await flow.run_shell(incus, config, request, host_home=Path(home), say=_say)
+    if code:
+        raise click.exceptions.Exit(code)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("container", required=False)
+@click.option("--bash", "use_bash", is_flag=True, help="Open bash instead of the tmux session.")
+@click.option("--slot", type=int, default=0, show_default=True, help="Attach to this slot of the workspace.")
+@click.option("-w", "--workspace", default=".", show_default=True, help="Workspace of --slot.")
+@click.pass_obj
+async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, workspace: str) -> None:
+    """Attach to a running session (by name, by --slot, or the only one)."""
+    from coi_async.naming import absolute_workspace
+    from coi_async.orchestration import shell as flow
+
+    config = app.config()
+    async with app.incus() as incus:
+        choice = await flow.choose_attach_target(
+            incus,
+            config,
+            workspace=absolute_workspace(workspace, os.getcwd()),
+            slot=slot,
+            name=container,
+        )
+        if isinstance(choice, flow.AttachList):
+            if not choice.running:
+                click.echo("No active sessions")
+                return
+            click.echo("Active sessions:")
+            for i, name in enumerate(choice.running, 1):
+                click.echo(f"  {i}. {name}")
+            click.echo("\nUse: coi attach <container-name>")
+            return
+        suffix = f" (slot {slot})" if slot > 0 else ""
+        click.echo(f"Attaching to {choice.container}{suffix}...")
+        outcome = await flow.attach_session(
+            incus,
+            config,
+            choice,
+            use_bash=use_bash,
+            host_home=Path.home(),
+            term=os.environ.get("TERM"),
+            say=_say,
+        )
+    if outcome is flow.Outcome.NO_TMUX:
+        click.echo("\nNo tmux session found in container.")
+        click.echo("The container is still running. To get a shell, use:")
+        click.echo(f"  coi attach {choice.container} --bash")

@@ -1,0 +1,559 @@
+"""Layered configuration. Pure: the CLI reads the files and passes their text in.
+
+Order, later wins: built-in defaults → /etc/coi/config.toml → ~/.config/coi/config.toml →
+./.coi.toml → $COI_CONFIG → environment variables → `--profile` → command-line flags.
+
+Each file is decoded into a struct whose fields default to `UNSET`, and only the keys a file
+actually contains are laid over the layers below: a file that says nothing about
+`network.block_private_networks` leaves it as it was (the reference copied every boolean from
+every file, so `[network] mode = "restricted"` alone switched RFC1918 blocking off). Unknown keys
+and values of the wrong type are errors naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os.path
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+from coi_async.errors import ConfigError, UsageError
+from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
+from coi_async.tools import DEFAULT_TOOL, get_tool
+
+SYSTEM_CONFIG = "/etc/coi/config.toml"
+USER_CONFIG = "~/.config/coi/config.toml"
+PROJECT_CONFIG = ".coi.toml"
+CONFIG_ENV = "COI_CONFIG"
+
+NETWORK_MODES = ("restricted", "open", "allowlist")
+DEFAULT_ALLOWED_DOMAINS = (
+    "8.8.8.8",
+    "1.1.1.1",
+    "registry.npmjs.org",
+    "npm.pkg.github.com",
+    "api.anthropic.com",
+    "platform.claude.com",
+)
+MAX_SLOTS_LIMIT = 999  # three digits keep every name within Incus's 63 characters
+
+# --- resolved configuration (what the rest of coi reads) ---------------------------------------
+
+
+class Mount(msgspec.Struct, frozen=True):
+    host: str  # absolute, ~ expanded
+    container: str  # absolute
+
+
+class Defaults(msgspec.Struct, frozen=True, kw_only=True):
+    image: str = "coi"
+    persistent: bool = False
+    model: str = "claude-sonnet-4-5"
+    max_slots: int = 10
+    parallel: int = 8  # concurrency of bulk commands
+    mount_claude_config: bool = True  # copy host ~/.claude credentials into fresh sessions
+
+
+class Paths(msgspec.Struct, frozen=True, kw_only=True):
+    sessions_dir: str
+    storage_dir: str
+    logs_dir: str
+
+    def tool_sessions_dir(self, tool: str) -> str:
+        """Where a tool's sessions live: `sessions-<tool>` beside `sessions_dir` (~/.coi/sessions-claude)."""
+        return os.path.join(os.path.dirname(self.sessions_dir), get_tool(tool).sessions_dir_name)
+
+
+class IncusSettings(msgspec.Struct, frozen=True, kw_only=True):
+    project: str = "default"
+    group: str = "incus-admin"
+    code_uid: int = 1000
+    code_user: str = "code"
+    disable_shift: bool = False
+
+
+class NetworkLogging(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool = True
+    path: str
+
+
+class Network(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "restricted"
+    block_private_networks: bool = True
+    block_metadata_endpoint: bool = True
+    allow_local_network_access: bool = False
+    allowed_domains: tuple[str, ...] = DEFAULT_ALLOWED_DOMAINS
+    refresh_interval_minutes: int = 30
+    logging: NetworkLogging
+
+
+class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
+    name: str = DEFAULT_TOOL
+    binary: str = ""  # "" means the tool's own binary name
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True):
+    image: str | None = None
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    persistent: bool | None = None
+    mounts: tuple[Mount, ...] = ()
+
+
+class Build(msgspec.Struct, frozen=True, kw_only=True):
+    base: str = ""  # "" means the builder's own default
+    allowed_hosts: tuple[str, ...] = ()
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    defaults: Defaults = msgspec.field(default_factory=Defaults)
+    paths: Paths
+    incus: IncusSettings = msgspec.field(default_factory=IncusSettings)
+    network: Network
+    tool: ToolSettings = msgspec.field(default_factory=ToolSettings)
+    mounts: tuple[Mount, ...] = ()
+    profiles: dict[str, Profile] = msgspec.field(default_factory=dict)
+    build: Build = msgspec.field(default_factory=Build)
+    container_prefix: str = DEFAULT_PREFIX
+    # Set by `--profile`: its name and the environment it passes to every command in a session.
+    profile: str = ""
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    # The files that were read, in order (for `--debug` and error messages).
+    sources: tuple[str, ...] = ()
+
+    @property
+    def sessions_dir(self) -> str:
+        """The current tool's session store, e.g. ~/.coi/sessions-claude."""
+        return self.paths.tool_sessions_dir(self.tool.name)
+
+
+# --- what one file may contain ------------------------------------------------------------------
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class _DefaultsFile(_Strict):
+    image: str | UnsetType = UNSET
+    persistent: bool | UnsetType = UNSET
+    model: str | UnsetType = UNSET
+    max_slots: int | UnsetType = UNSET
+    parallel: int | UnsetType = UNSET
+    mount_claude_config: bool | UnsetType = UNSET
+
+
+class _PathsFile(_Strict):
+    sessions_dir: str | UnsetType = UNSET
+    storage_dir: str | UnsetType = UNSET
+    logs_dir: str | UnsetType = UNSET
+
+
+class _IncusFile(_Strict):
+    project: str | UnsetType = UNSET
+    group: str | UnsetType = UNSET
+    code_uid: int | UnsetType = UNSET
+    claude_uid: int | UnsetType = UNSET  # the old name of code_uid, still in the reference README
+    code_user: str | UnsetType = UNSET
+    disable_shift: bool | UnsetType = UNSET
+
+
+class _LoggingFile(_Strict):
+    enabled: bool | UnsetType = UNSET
+    path: str | UnsetType = UNSET
+
+
+class _NetworkFile(_Strict):
+    mode: str | UnsetType = UNSET
+    block_private_networks: bool | UnsetType = UNSET
+    block_metadata_endpoint: bool | UnsetType = UNSET
+    allow_local_network_access: bool | UnsetType = UNSET
+    allowed_domains: list[str] | UnsetType = UNSET
+    refresh_interval_minutes: int | UnsetType = UNSET
+    logging: _LoggingFile | UnsetType = UNSET
+
+
+class _ToolFile(_Strict):
+    name: str | UnsetType = UNSET
+    binary: str | UnsetType = UNSET
+
+
+class _MountFile(_Strict):
+    host: str
+    container: str
+
+
+class _MountsFile(_Strict):
+    default: list[_MountFile] | UnsetType = UNSET
+
+
+class _ProfileFile(_Strict):
+    image: str | UnsetType = UNSET
+    environment: dict[str, str] | UnsetType = UNSET
+    persistent: bool | UnsetType = UNSET
+    mounts: list[_MountFile] | UnsetType = UNSET
+
+
+class _BuildFile(_Strict):
+    base: str | UnsetType = UNSET
+    allowed_hosts: list[str] | UnsetType = UNSET
+
+
+class _File(_Strict):
+    defaults: _DefaultsFile | UnsetType = UNSET
+    paths: _PathsFile | UnsetType = UNSET
+    incus: _IncusFile | UnsetType = UNSET
+    network: _NetworkFile | UnsetType = UNSET
+    tool: _ToolFile | UnsetType = UNSET
+    mounts: _MountsFile | UnsetType = UNSET
+    # Decoded one profile at a time, so that errors can name the profile.
+    profiles: dict[str, dict[str, Any]] | UnsetType = UNSET
+    build: _BuildFile | UnsetType = UNSET
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
+_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
+
+
+def _key(path: str) -> str:
+    return path.lstrip(".")
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p).replace(".[", "[")
+
+
+def _validation_error(source: str, exc: msgspec.ValidationError, *, under: str = "") -> ConfigError:
+    """msgspec's message rewritten as `<file>: <problem> 'section.key'`."""
+    match = _AT.match(str(exc))
+    what = match["what"] if match else str(exc)
+    path = _key(match["path"] or "") if match else ""
+    if unknown := _UNKNOWN.fullmatch(what):
+        return ConfigError(f"{source}: unknown key '{_join(under, path, unknown['field'])}'")
+    if missing := _MISSING.fullmatch(what):
+        return ConfigError(f"{source}: missing key '{_join(under, path, missing['field'])}'")
+    shown = what.replace("`", "")
+    return ConfigError(f"{source}: wrong type for '{_join(under, path)}': {shown[:1].lower()}{shown[1:]}")
+
+
+def _decode(source: str, text: str) -> tuple[_File, dict[str, _ProfileFile]]:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        layer = msgspec.convert(raw, _File)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(source, exc) from exc
+    profiles: dict[str, _ProfileFile] = {}
+    for name, body in (layer.profiles or {}).items():
+        try:
+            profiles[name] = msgspec.convert(body, _ProfileFile)
+        except msgspec.ValidationError as exc:
+            raise _validation_error(source, exc, under=f"profiles.{name}") from exc
+    return layer, profiles
+
+
+# --- merging --------------------------------------------------------------------------------------
+
+
+class _Builder:
+    """Mutable accumulation of the layers; turned into a frozen Config at the end."""
+
+    def __init__(self, home: str) -> None:
+        self.home = home
+        self.values: dict[str, Any] = {}
+        self.origin: dict[str, str] = {}
+        self.mounts: list[Mount] = []
+        self.profiles: dict[str, dict[str, Any]] = {}
+
+    def set(self, key: str, value: Any, source: str) -> None:
+        self.values[key] = value
+        self.origin[key] = source
+
+    def expand(self, path: str) -> str:
+        if path == "~" or path.startswith("~/"):
+            path = self.home + path[1:]
+        return path
+
+    def mount(self, source: str, key: str, entry: _MountFile) -> Mount:
+        if not entry.container.startswith("/"):
+            raise ConfigError(f"{source}: config mount container path must be absolute: {entry.container}")
+        host = self.expand(entry.host)
+        if not os.path.isabs(host):
+            raise ConfigError(f"{source}: '{key}': host path must be absolute or start with ~: {entry.host}")
+        return Mount(os.path.normpath(host), os.path.normpath(entry.container))
+
+    def apply_file(self, source: str, layer: _File, profiles: Mapping[str, _ProfileFile]) -> None:
+        for section in ("defaults", "paths", "incus", "network", "tool", "build"):
+            body = getattr(layer, section)
+            if body is UNSET:
+                continue
+            for field in body.__struct_fields__:
+                value = getattr(body, field)
+                if value is UNSET:
+                    continue
+                if isinstance(value, _LoggingFile):
+                    for sub in value.__struct_fields__:
+                        if (inner := getattr(value, sub)) is not UNSET:
+                            self.set(f"{section}.{field}.{sub}", inner, source)
+                    continue
+                # The old name of code_uid sets the new key.
+                key = "code_uid" if (section, field) == ("incus", "claude_uid") else field
+                self.set(f"{section}.{key}", value, source)
+        if layer.mounts is not UNSET and layer.mounts.default is not UNSET:
+            # Mounts accumulate across files, as in the reference.
+            for i, entry in enumerate(layer.mounts.default):
+                self.mounts.append(self.mount(source, f"mounts.default[{i}]", entry))
+        for name, prof in profiles.items():
+            merged = self.profiles.setdefault(name, {"environment": {}, "mounts": []})
+            if prof.image is not UNSET:
+                merged["image"] = prof.image
+            if prof.persistent is not UNSET:
+                merged["persistent"] = prof.persistent
+            if prof.environment is not UNSET:
+                merged["environment"].update(prof.environment)
+            if prof.mounts is not UNSET:
+                merged["mounts"].extend(
+                    self.mount(source, f"profiles.{name}.mounts[{i}]", m) for i, m in enumerate(prof.mounts)
+                )
+
+    def apply_env(self, env: Mapping[str, str]) -> None:
+        for var, key in (
+            ("CLAUDE_ON_INCUS_IMAGE", "defaults.image"),
+            ("CLAUDE_ON_INCUS_SESSIONS_DIR", "paths.sessions_dir"),
+            ("CLAUDE_ON_INCUS_STORAGE_DIR", "paths.storage_dir"),
+        ):
+            if env.get(var):
+                self.set(key, env[var], var)
+        if (flag := env.get("CLAUDE_ON_INCUS_PERSISTENT")) is not None and flag != "":
+            var = "CLAUDE_ON_INCUS_PERSISTENT"
+            self.set("defaults.persistent", parse_bool(flag, source=var), var)
+
+    def get(self, key: str, default: Any) -> Any:
+        return self.values.get(key, default)
+
+    def where(self, key: str) -> str:
+        return self.origin.get(key, "built-in defaults")
+
+
+def parse_bool(value: str, *, source: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{source}: expected true or false, got {value!r}")
+
+
+def _positive(b: _Builder, key: str, default: int, *, upper: int | None = None) -> int:
+    value = int(b.get(key, default))
+    if value < 1 or (upper is not None and value > upper):
+        bound = f"between 1 and {upper}" if upper is not None else "at least 1"
+        raise ConfigError(f"{b.where(key)}: '{key}' must be {bound}, got {value}")
+    return value
+
+
+def _build(b: _Builder, env: Mapping[str, str]) -> Config:
+    coi_dir = os.path.join(b.home, ".coi")
+
+    def path(key: str, default: str) -> str:
+        value = b.expand(str(b.get(key, default)))
+        if not os.path.isabs(value):
+            raise ConfigError(f"{b.where(key)}: '{key}' must be an absolute path or start with ~: {value}")
+        return os.path.normpath(value)
+
+    mode = b.get("network.mode", "restricted")
+    if mode not in NETWORK_MODES:
+        raise ConfigError(
+            f"{b.where('network.mode')}: 'network.mode' must be one of {', '.join(NETWORK_MODES)}, "
+            f"got {mode!r}"
+        )
+    tool_name = b.get("tool.name", DEFAULT_TOOL)
+    try:
+        get_tool(tool_name)
+    except ConfigError as exc:
+        raise ConfigError(f"{b.where('tool.name')}: {exc}") from None
+    code_uid = int(b.get("incus.code_uid", 1000))
+    if code_uid < 0:
+        raise ConfigError(f"{b.where('incus.code_uid')}: 'incus.code_uid' must not be negative")
+    image = str(b.get("defaults.image", "coi"))
+    if not image:
+        raise ConfigError(f"{b.where('defaults.image')}: 'defaults.image' must not be empty")
+    prefix = env.get(PREFIX_ENV) or DEFAULT_PREFIX
+    check_prefix(prefix, source=PREFIX_ENV)
+    logs_dir = path("paths.logs_dir", os.path.join(coi_dir, "logs"))
+
+    profiles = {
+        name: Profile(
+            image=body.get("image"),
+            environment=dict(body["environment"]),
+            persistent=body.get("persistent"),
+            mounts=tuple(body["mounts"]),
+        )
+        for name, body in b.profiles.items()
+    }
+    return Config(
+        defaults=Defaults(
+            image=image,
+            persistent=bool(b.get("defaults.persistent", False)),
+            model=str(b.get("defaults.model", "claude-sonnet-4-5")),
+            max_slots=_positive(b, "defaults.max_slots", 10, upper=MAX_SLOTS_LIMIT),
+            parallel=_positive(b, "defaults.parallel", 8, upper=256),
+            mount_claude_config=bool(b.get("defaults.mount_claude_config", True)),
+        ),
+        paths=Paths(
+            sessions_dir=path("paths.sessions_dir", os.path.join(coi_dir, "sessions")),
+            storage_dir=path("paths.storage_dir", os.path.join(coi_dir, "storage")),
+            logs_dir=logs_dir,
+        ),
+        incus=IncusSettings(
+            project=str(b.get("incus.project", "default")),
+            group=str(b.get("incus.group", "incus-admin")),
+            code_uid=code_uid,
+            code_user=str(b.get("incus.code_user", "code")),
+            disable_shift=bool(b.get("incus.disable_shift", False)),
+        ),
+        network=Network(
+            mode=mode,
+            block_private_networks=bool(b.get("network.block_private_networks", True)),
+            block_metadata_endpoint=bool(b.get("network.block_metadata_endpoint", True)),
+            allow_local_network_access=bool(b.get("network.allow_local_network_access", False)),
+            allowed_domains=tuple(b.get("network.allowed_domains", DEFAULT_ALLOWED_DOMAINS)),
+            refresh_interval_minutes=_positive(b, "network.refresh_interval_minutes", 30),
+            logging=NetworkLogging(
+                enabled=bool(b.get("network.logging.enabled", True)),
+                path=path("network.logging.path", os.path.join(logs_dir, "network.log")),
+            ),
+        ),
+        tool=ToolSettings(name=tool_name, binary=str(b.get("tool.binary", ""))),
+        mounts=tuple(b.mounts),
+        profiles=profiles,
+        build=Build(
+            base=str(b.get("build.base", "")),
+            allowed_hosts=tuple(b.get("build.allowed_hosts", ())),
+        ),
+        container_prefix=prefix,
+    )
+
+
+# --- the public API ------------------------------------------------------------------------------
+
+
+def config_paths(env: Mapping[str, str], *, home: str, cwd: str) -> list[tuple[str, bool]]:
+    """The config files to read, in order, each with whether it must exist.
+
+    Only `$COI_CONFIG` must: naming a file that is not there is a mistake worth reporting.
+    """
+    user = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "coi", "config.toml")
+    paths = [(SYSTEM_CONFIG, False), (user, False), (os.path.join(cwd, PROJECT_CONFIG), False)]
+    if explicit := env.get(CONFIG_ENV):
+        explicit = home + explicit[1:] if explicit == "~" or explicit.startswith("~/") else explicit
+        paths.append((os.path.join(cwd, explicit), True))
+    return paths
+
+
+def display_path(path: str, home: str) -> str:
+    """A path as error messages show it, with the home directory as `~`."""
+    if home and (path == home or path.startswith(home.rstrip("/") + "/")):
+        return "~" + path[len(home.rstrip("/")) :]
+    return path
+
+
+def resolve_config(
+    files: Sequence[tuple[str, str]],
+    env: Mapping[str, str],
+    *,
+    home: str,
+    profile: str | None = None,
+) -> Config:
+    """The configuration from (path, text) pairs in precedence order, the environment and a profile.
+
+    Raises ConfigError naming the file (or variable) and the key for anything malformed.
+    """
+    builder = _Builder(home)
+    sources: list[str] = []
+    for path, text in files:
+        shown = display_path(path, home)
+        layer, profiles = _decode(shown, text)
+        builder.apply_file(shown, layer, profiles)
+        sources.append(path)
+    builder.apply_env(env)
+    config = _build(builder, env)
+    config = msgspec.structs.replace(config, sources=tuple(sources))
+    if profile:
+        config = apply_profile(config, profile)
+    return config
+
+
+def apply_profile(config: Config, name: str) -> Config:
+    """Lay `[profiles.<name>]` over the config: image, persistence, environment and mounts."""
+    prof = config.profiles.get(name)
+    if prof is None:
+        raise ConfigError(f"profile '{name}' not found")
+    defaults = config.defaults
+    if prof.image is not None:
+        defaults = msgspec.structs.replace(defaults, image=prof.image)
+    # Unlike the reference, a profile that says nothing about persistence leaves it alone.
+    if prof.persistent is not None:
+        defaults = msgspec.structs.replace(defaults, persistent=prof.persistent)
+    return msgspec.structs.replace(
+        config,
+        defaults=defaults,
+        profile=name,
+        environment={**config.environment, **prof.environment},
+        mounts=config.mounts + prof.mounts,
+    )
+
+
+def apply_flags(config: Config, *, image: str | None = None, persistent: bool | None = None) -> Config:
+    """The last layer: command-line flags (None means the flag was not given)."""
+    defaults = config.defaults
+    if image:
+        defaults = msgspec.structs.replace(defaults, image=image)
+    if persistent is not None:
+        defaults = msgspec.structs.replace(defaults, persistent=persistent)
+    return msgspec.structs.replace(config, defaults=defaults)
+
+
+# --- mounts given on the command line ------------------------------------------------------------
+
+
+def parse_mount(spec: str, *, home: str, cwd: str) -> Mount:
+    """`--mount HOST:CONTAINER`: the host side made absolute (~ expanded), the container side absolute."""
+    parts = spec.split(":")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        raise UsageError(f"invalid mount format '{spec}': expected HOST:CONTAINER")
+    host, container = parts
+    if host == "~" or host.startswith("~/"):
+        host = home + host[1:]
+    if not container.startswith("/"):
+        raise UsageError(f"invalid mount configuration: container path must be absolute: {container}")
+    return Mount(os.path.normpath(os.path.join(cwd, host)), os.path.normpath(container))
+
+
+def combine_mounts(configured: Sequence[Mount], given: Sequence[Mount]) -> tuple[Mount, ...]:
+    """Config mounts, then command-line ones; a command-line mount replaces one at the same path.
+
+    Raises UsageError when two container paths are equal or nested, or one is /workspace itself.
+    """
+    by_path = {m.container: m for m in configured}
+    for mount in given:
+        by_path[mount.container] = mount
+    mounts = tuple(by_path.values())
+    if "/workspace" in by_path:
+        raise UsageError("invalid mount configuration: /workspace is where the workspace is mounted")
+    paths = [m.container for m in mounts]
+    for i, a in enumerate(paths):
+        for b in paths[i + 1 :]:
+            if a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/"):
+                raise UsageError(
+                    f"mount validation failed: nested mount paths detected: '{a}' and '{b}' conflict"
+                )
+    return mounts

@@ -1,0 +1,246 @@
+"""Save a session's tool state (e.g. `~/.claude`) out of its container, and restore it into one.
+
+Saving never destroys the previous good copy: the new copy is pulled into a staging directory
+beside the target (`<session>/.claude.new-<random>`) and swapped in with one atomic
+`renameat2(RENAME_EXCHANGE)`; only then is the old copy removed. Where the kernel or libc lacks
+the exchange, the old copy is first renamed aside and put back by `recover_directory` if the
+process dies between the two renames.
+
+How the data travels depends on the container's state:
+- running: one `tar` over exec each way (fast, keeps relative symlinks that stay inside);
+- stopped: incusd's files API, which reaches a stopped container's filesystem without starting
+  it. Every file and directory comes across with its mode; symbolic links are left out (the
+  files API shows a link's resolved target, not the link) and reported as skipped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from coi_async.errors import ConflictError, NotFoundError
+from coi_async.incus import IncusClient
+
+# How many file requests a files-API walk keeps in flight.
+_WALK_PARALLEL = 8
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+class SaveOutcome(msgspec.Struct, frozen=True, kw_only=True):
+    saved: bool  # a fresh copy is now in place
+    missing: bool = False  # the container has no such directory; the old copy (if any) is kept
+    method: str = ""  # "exec" (tar over exec) or "files" (files API, stopped container)
+    skipped: tuple[str, ...] = ()  # entries left out: symlinks, names that would escape
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False if the system cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    return bool(renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0)
+
+
+def recover_directory(target: Path) -> None:
+    """Undo a swap that was interrupted between its two renames, and drop stale staging dirs."""
+    parent = target.parent
+    if not parent.is_dir():
+        return
+    olds = sorted(parent.glob(f"{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not target.exists():
+        os.rename(olds.pop(), target)
+    for stale in [*olds, *parent.glob(f"{target.name}.new-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def install_directory(staging: Path, target: Path) -> None:
+    """Put `staging` in place of `target`, which is at every moment either old or new, never gone."""
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)  # it holds the old copy now
+        return
+    aside = target.with_name(f"{target.name}.old-{secrets.token_hex(4)}")
+    os.rename(target, aside)
+    os.rename(staging, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _safe_entry(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
+
+
+async def _pull_tree(
+    incus: IncusClient,
+    container: str,
+    remote: str,
+    local: Path,
+    limiter: anyio.CapacityLimiter,
+    skipped: list[str],
+    rel: str = "",
+) -> None:
+    async with limiter:
+        entries = await incus.list_directory(container, remote)
+    await anyio.Path(local).mkdir(parents=True, exist_ok=True)
+
+    async def one(entry: str) -> None:
+        shown = f"{rel}{entry}"
+        if not _safe_entry(entry):
+            skipped.append(shown)
+            return
+        path = f"{remote}/{entry}"
+        async with limiter:
+            info = await incus.stat_file(container, path)
+        if info.type == "directory":
+            await _pull_tree(incus, container, path, local / entry, limiter, skipped, f"{shown}/")
+            await anyio.Path(local / entry).chmod(info.mode & 0o777 | 0o700)
+        elif info.type == "file":
+            async with limiter:
+                await incus.pull_file_to(container, path, local / entry)
+        else:
+            skipped.append(shown)
+
+    async with anyio.create_task_group() as tg:
+        for entry in entries:
+            tg.start_soon(one, entry)
+
+
+async def save_session_data(
+    incus: IncusClient,
+    container: str,
+    session_dir: Path,
+    home: str,
+    *,
+    config_dir: str = ".claude",
+    running: bool | None = None,
+) -> SaveOutcome:
+    """Copy `<home>/<config_dir>` out of the container into `<session_dir>/<config_dir>`.
+
+    Works on running and stopped containers (`running` saves a state lookup when known). If
+    the container has no such directory, nothing changes on disk and `missing` is set. Any
+    failure or cancellation leaves the previous copy as it was. NotFoundError if the container
+    does not exist.
+    """
+    remote = f"{home.rstrip('/')}/{config_dir}"
+    target = session_dir / config_dir
+    if running is None:
+        running = (await incus.get_instance(container)).running
+    try:
+        # A GET, not a HEAD: incusd answers a HEAD for a missing path with an empty 404.
+        await incus.list_directory(container, remote)
+    except NotFoundError:
+        return SaveOutcome(saved=False, missing=True)
+
+    await anyio.Path(session_dir).mkdir(parents=True, exist_ok=True)
+    await anyio.to_thread.run_sync(recover_directory, target)
+    staging = session_dir / f"{config_dir}.new-{secrets.token_hex(4)}"
+    skipped: list[str] = []
+    try:
+        if running:
+            skipped = await incus.pull_directory(container, remote, staging)
+            method = "exec"
+        else:
+            limiter = anyio.CapacityLimiter(_WALK_PARALLEL)
+            await _pull_tree(incus, container, remote, staging, limiter, skipped)
+            method = "files"
+        await anyio.Path(staging).chmod(0o700)
+        # Not cancellable: once the copy is complete, putting it in place takes two syscalls.
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(install_directory, staging, target)
+    except BaseException:
+        with anyio.move_on_after(30, shield=True):
+            await anyio.to_thread.run_sync(lambda: shutil.rmtree(staging, ignore_errors=True))
+        raise
+    return SaveOutcome(saved=True, method=method, skipped=tuple(sorted(skipped)))
+
+
+async def _push_tree(
+    incus: IncusClient,
+    container: str,
+    local: Path,
+    remote: str,
+    *,
+    uid: int,
+    gid: int,
+    limiter: anyio.CapacityLimiter,
+    skipped: list[str],
+    rel: str = "",
+) -> None:
+    st = await anyio.Path(local).stat()
+    async with limiter:
+        with contextlib.suppress(ConflictError):
+            await incus.make_directory(container, remote, uid=uid, gid=gid, mode=st.st_mode & 0o777)
+
+    async def one(entry: os.DirEntry[str]) -> None:
+        path, shown = f"{remote}/{entry.name}", f"{rel}{entry.name}"
+        if entry.is_symlink():
+            skipped.append(shown)
+        elif entry.is_dir():
+            await _push_tree(
+                incus,
+                container,
+                Path(entry.path),
+                path,
+                uid=uid,
+                gid=gid,
+                limiter=limiter,
+                skipped=skipped,
+                rel=f"{shown}/",
+            )
+        elif entry.is_file():
+            async with limiter:
+                await incus.push_file_from(container, path, Path(entry.path), uid=uid, gid=gid)
+        else:
+            skipped.append(shown)
+
+    entries = await anyio.to_thread.run_sync(lambda: list(os.scandir(local)))
+    async with anyio.create_task_group() as tg:
+        for entry in entries:
+            tg.start_soon(one, entry)
+
+
+async def restore_session_data(
+    incus: IncusClient,
+    container: str,
+    session_dir: Path,
+    home: str,
+    uid: int,
+    gid: int,
+    *,
+    config_dir: str = ".claude",
+    running: bool | None = None,
+) -> bool:
+    """Copy `<session_dir>/<config_dir>` into the container's `<home>/<config_dir>`, owned by uid:gid.
+
+    Existing files there are overwritten, others kept. Works before the container's first start
+    too (files API), so the tool never starts without its state. False if nothing was saved.
+    """
+    local = session_dir / config_dir
+    if not await anyio.Path(local).is_dir():
+        return False
+    remote = f"{home.rstrip('/')}/{config_dir}"
+    if running is None:
+        running = (await incus.get_instance(container)).running
+    if running:
+        await incus.push_directory(container, local, remote, uid=uid, gid=gid)
+        # tar made the directory itself as root; the tool must own it.
+        await incus.exec(container, ["chown", f"{uid}:{gid}", remote])
+    else:
+        skipped: list[str] = []
+        limiter = anyio.CapacityLimiter(_WALK_PARALLEL)
+        await _push_tree(incus, container, local, remote, uid=uid, gid=gid, limiter=limiter, skipped=skipped)
+    return True

@@ -1,0 +1,426 @@
+"""Image builds: a recipe run as root in a throwaway container, published as a versioned image.
+
+Phases: base (make sure the base image exists), launch (a uniquely named build container), recipe
+(the script, its output streamed), publish (stop, publish uncompressed as `<alias>-YYYYMMDD-HHMMSS`,
+move `<alias>` to it). The build container is deleted on every exit path, Ctrl-C included, and the
+alias moves only after a successful publish, so a failed build leaves the previous image as it was.
+
+A build container without a network interface gets egress through an allowlisting proxy on host
+loopback, reached through an Incus `proxy` device on the container's own loopback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Protocol
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from coi_async.egress import DEFAULT_ALLOWLIST, Allowlist, EgressProxy, ProxyEvent
+from coi_async.errors import BuildError, CoiError, NotFoundError
+from coi_async.incus.client import IncusClient
+from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
+from coi_async.orchestration.base import ensure_debian_base, load_base_recipe
+from coi_async.recipes import COI_SCRIPT, DUMMY, files_hash
+
+# `[build] base` values: this one builds the base from Debian packages with debootstrap.
+DEBIAN_BASE = "debian"
+# Remote image servers a base may name as `remote:alias` (used only when configured so).
+REMOTES: Mapping[str, str] = {"images": "https://images.linuxcontainers.org"}
+
+APT_PROXY_CONF = "/etc/apt/apt.conf.d/99coi-egress"
+EGRESS_DEVICE = "coi-egress"
+_WORK_DIR = "/tmp/coi-build"
+_READY_S = 60
+_CLEANUP_S = 60
+_TAIL_LINES = 20
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class BuildReporter(Protocol):
+    """What a build tells whoever shows progress. Calls are synchronous and must be cheap."""
+
+    def phase_started(self, phase: str, detail: str) -> None: ...
+    def phase_finished(self, phase: str, seconds: float) -> None: ...
+    def output(self, data: bytes) -> None: ...
+    def note(self, message: str) -> None: ...
+    def egress(self, event: ProxyEvent) -> None: ...
+
+
+class NullBuildReporter:
+    def phase_started(self, phase: str, detail: str) -> None:
+        pass
+
+    def phase_finished(self, phase: str, seconds: float) -> None:
+        pass
+
+    def output(self, data: bytes) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def egress(self, event: ProxyEvent) -> None:
+        pass
+
+
+class BuildRequest(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    script: Path
+    base: str = DEBIAN_BASE
+    force: bool = False
+    # Files pushed into the build container before the script runs: container path -> local file.
+    files: dict[str, Path] = {}
+    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST
+    proxy_port: int = 0
+    container_prefix: str = "coi-"
+    env: dict[str, str] = {}
+    description: str = ""
+    # Extra CA certificates Node.js (npm) trusts during the build, e.g. a TLS-intercepting
+    # egress's; they are not baked into the image.
+    ca_certs: tuple[Path, ...] = ()
+
+
+class BuildResult(msgspec.Struct, frozen=True, kw_only=True):
+    alias: str
+    fingerprint: str
+    version: str = ""
+    skipped: bool = False
+    recipe: str = ""
+    size: int = 0
+    timings: dict[str, float] = {}
+
+
+def host_ca_certificates(root: Path = Path("/usr/local/share/ca-certificates")) -> tuple[Path, ...]:
+    """The CA certificates added locally on this host (Debian's place for them)."""
+    if not root.is_dir():
+        return ()
+    return tuple(sorted(p for p in root.rglob("*.crt") if p.is_file()))
+
+
+def coi_request(
+    *,
+    base: str = DEBIAN_BASE,
+    force: bool = False,
+    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST,
+    proxy_port: int = 0,
+    container_prefix: str = "coi-",
+    ca_certs: tuple[Path, ...] | None = None,
+) -> BuildRequest:
+    """The `coi` image: the shipped recipe on the configured base."""
+    return BuildRequest(
+        alias="coi",
+        script=COI_SCRIPT,
+        base=base,
+        force=force,
+        files={"/tmp/dummy": DUMMY},
+        allowlist=allowlist,
+        proxy_port=proxy_port,
+        container_prefix=container_prefix,
+        ca_certs=host_ca_certificates() if ca_certs is None else ca_certs,
+        description="coi: AI coding CLIs in a container",
+    )
+
+
+def custom_request(
+    alias: str,
+    script: Path,
+    *,
+    base: str = "coi",
+    force: bool = False,
+    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST,
+    proxy_port: int = 0,
+    container_prefix: str = "coi-",
+    ca_certs: tuple[Path, ...] | None = None,
+) -> BuildRequest:
+    """A custom image: the user's script on any base (the `coi` image by default)."""
+    if not script.is_file():
+        raise BuildError(f"build script not found: {script}")
+    return BuildRequest(
+        alias=alias,
+        script=script.resolve(),
+        base=base,
+        force=force,
+        files={"/tmp/dummy": DUMMY},
+        allowlist=allowlist,
+        proxy_port=proxy_port,
+        container_prefix=container_prefix,
+        ca_certs=host_ca_certificates() if ca_certs is None else ca_certs,
+        description=f"coi custom image {alias}",
+    )
+
+
+async def recipe_hash(incus: IncusClient, request: BuildRequest) -> str:
+    """What the image depends on: script, pushed files, and the base (its recipe or fingerprint)."""
+    if request.base == DEBIAN_BASE:
+        base_id = f"debian:{load_base_recipe().hash}"
+    elif ":" in request.base:
+        base_id = request.base
+    else:
+        image = await incus.find_image(request.base)
+        base_id = image.fingerprint if image is not None else request.base
+    paths = [request.script, *(request.files[k] for k in sorted(request.files))]
+    return await anyio.to_thread.run_sync(lambda: files_hash(*paths, extra=(request.alias, base_id)))
+
+
+async def build_image(
+    incus: IncusClient, request: BuildRequest, reporter: BuildReporter | None = None
+) -> BuildResult:
+    """Build `request.alias`, or reuse it when it exists and its recipe is unchanged (unless forced)."""
+    rep = reporter or NullBuildReporter()
+    if not request.script.is_file():
+        raise BuildError(f"build script not found: {request.script}")
+    recipe = await recipe_hash(incus, request)
+    existing = await incus.find_image(request.alias)
+    if existing is not None and not request.force:
+        recorded = existing.properties.get("user.coi.recipe", "")
+        if recorded in ("", recipe):
+            return BuildResult(
+                alias=request.alias, fingerprint=existing.fingerprint, skipped=True, recipe=recipe
+            )
+        rep.note(f"the recipe of '{request.alias}' changed since it was built; rebuilding")
+    return await _Build(incus, request, rep, recipe).run()
+
+
+class _Build:
+    def __init__(
+        self, incus: IncusClient, request: BuildRequest, reporter: BuildReporter, recipe: str
+    ) -> None:
+        self.incus = incus
+        self.request = request
+        self.rep = reporter
+        self.recipe = recipe
+        self.timings: dict[str, float] = {}
+        self.name = f"{request.container_prefix}build-{secrets.token_hex(4)}"
+
+    @contextlib.contextmanager
+    def _phase(self, phase: str, detail: str) -> Iterator[None]:
+        self.rep.phase_started(phase, detail)
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[phase] = round(time.monotonic() - started, 2)
+        self.rep.phase_finished(phase, self.timings[phase])
+
+    async def run(self) -> BuildResult:
+        with self._phase("base", f"base image '{self.request.base}'"):
+            source = await self._resolve_base()
+        try:
+            with self._phase("launch", f"build container {self.name}"):
+                await self.incus.create_instance(
+                    InstancesPost(
+                        name=self.name,
+                        source=source,
+                        start=True,
+                        config={"user.coi.build": self.request.alias},
+                        description=f"coi build of {self.request.alias}; safe to delete",
+                    )
+                )
+                await self._wait_ready()
+            async with self._egress() as env:
+                with self._phase("recipe", f"{self.request.script.name} as root"):
+                    await self._run_recipe(env)
+            with self._phase("publish", "stop, publish uncompressed, move the alias"):
+                fingerprint, version = await self._publish()
+        finally:
+            await self._remove_container()
+        image = await self.incus.get_image(fingerprint)
+        return BuildResult(
+            alias=self.request.alias,
+            fingerprint=fingerprint,
+            version=version,
+            recipe=self.recipe,
+            size=image.size,
+            timings=self.timings,
+        )
+
+    async def _resolve_base(self) -> InstanceSource:
+        base = self.request.base
+        if base == DEBIAN_BASE:
+            fingerprint = await ensure_debian_base(
+                self.incus, on_output=self.rep.output, on_note=self.rep.note
+            )
+            return InstanceSource(type="image", fingerprint=fingerprint)
+        if ":" in base:
+            remote, _, alias = base.partition(":")
+            server = REMOTES.get(remote)
+            if server is None or not alias:
+                raise BuildError(
+                    f"unknown base image '{base}': no remote image server called '{remote}'",
+                    hint=f"known remotes: {', '.join(REMOTES)}; or use a local image alias",
+                )
+            return InstanceSource(type="image", alias=alias, server=server, protocol="simplestreams")
+        image = await self.incus.find_image(base)
+        if image is None:
+            hint = "build it with `coi build`" if base == "coi" else "see `incus image list` for local images"
+            raise BuildError(
+                f"unknown base image '{base}': no local image has that alias or fingerprint", hint=hint
+            )
+        return InstanceSource(type="image", fingerprint=image.fingerprint)
+
+    async def _wait_ready(self) -> None:
+        # exec works as soon as the container's init runs; the recipe needs nothing more.
+        with anyio.move_on_after(_READY_S):
+            while True:
+                with contextlib.suppress(CoiError):
+                    if (await self.incus.exec(self.name, ["true"])).ok:
+                        return
+                await anyio.sleep(0.5)
+        raise BuildError(f"build container {self.name} did not become ready within {_READY_S} s")
+
+    @asynccontextmanager
+    async def _egress(self) -> AsyncIterator[dict[str, str]]:
+        instance = await self.incus.get_instance(self.name)
+        if any(device.get("type") == "nic" for device in instance.expanded_devices.values()):
+            self.rep.note("the build container has a network interface; the recipe uses it directly")
+            yield {}
+            return
+        allowlist = Allowlist.parse(self.request.allowlist)
+        proxy = EgressProxy(allowlist, on_event=self.rep.egress)
+        async with proxy.serve(port=self.request.proxy_port) as port:
+            address = f"tcp:127.0.0.1:{port}"
+            device = {"type": "proxy", "listen": address, "connect": address, "bind": "instance"}
+            await self.incus.update_instance(self.name, InstancePatch(devices={EGRESS_DEVICE: device}))
+            url = f"http://127.0.0.1:{port}"
+            self.rep.note(
+                f"no network interface: egress through the host proxy {url} (allowed: {allowlist.describe()})"
+            )
+            # apt ignores http_proxy when run by some tools; its own setting always applies.
+            # No pipelining: the proxy answers one request per connection.
+            apt_conf = (
+                f'Acquire::http::Proxy "{url}";\nAcquire::https::Proxy "{url}";\n'
+                'Acquire::http::Pipeline-Depth "0";\n'
+            )
+            has_apt = await self._exists(APT_PROXY_CONF.rsplit("/", 1)[0])
+            if has_apt:
+                await self.incus.push_file(self.name, APT_PROXY_CONF, apt_conf.encode())
+            no_proxy = "localhost,127.0.0.1,::1"
+            yield {
+                "http_proxy": url,
+                "https_proxy": url,
+                "HTTP_PROXY": url,
+                "HTTPS_PROXY": url,
+                "no_proxy": no_proxy,
+                "NO_PROXY": no_proxy,
+                "npm_config_proxy": url,
+                "npm_config_https_proxy": url,
+            }
+            if has_apt:
+                await self.incus.delete_file(self.name, APT_PROXY_CONF)
+
+    async def _exists(self, path: str) -> bool:
+        # Not a HEAD on the files API: incusd answers a missing path there with an empty 404.
+        return (await self.incus.exec(self.name, ["test", "-e", path])).ok
+
+    async def _run_recipe(self, egress_env: Mapping[str, str]) -> None:
+        await self.incus.make_directory(self.name, _WORK_DIR, mode=0o700)
+        script = f"{_WORK_DIR}/build.sh"
+        await self.incus.push_file_from(self.name, script, self.request.script, mode=0o755)
+        for path, local in self.request.files.items():
+            await self.incus.push_file_from(self.name, path, local, mode=0o755)
+        env = {
+            "PATH": _PATH,
+            "HOME": "/root",
+            "LANG": "C.UTF-8",
+            "DEBIAN_FRONTEND": "noninteractive",
+            "COI_BUILD": self.request.alias,
+            **egress_env,
+            **self.request.env,
+        }
+        if self.request.ca_certs:
+            bundle = b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in self.request.ca_certs)
+            await self.incus.push_file(self.name, f"{_WORK_DIR}/extra-ca.pem", bundle)
+            env.setdefault("NODE_EXTRA_CA_CERTS", f"{_WORK_DIR}/extra-ca.pem")
+        tail = _Tail(_TAIL_LINES)
+
+        async def sink(data: bytes) -> None:
+            self.rep.output(data)
+            tail.add(data)
+
+        # Through sh: a script without a #! line still runs (sh's fallback on ENOEXEC); one
+        # stream keeps stdout and stderr in the order they were written.
+        code = await self.incus.exec_stream(
+            self.name,
+            ["/bin/sh", "-c", f"exec {script} 2>&1"],
+            on_stdout=sink,
+            on_stderr=sink,
+            env=env,
+            cwd="/root",
+        )
+        if code != 0:
+            raise BuildError(
+                f"build script {self.request.script.name} failed with exit code {code}; "
+                f"its last lines:\n{tail.text()}",
+                hint=f"the previous '{self.request.alias}' image is unchanged",
+            )
+        pushed = [_WORK_DIR, *self.request.files]
+        await self.incus.exec(self.name, ["rm", "-rf", "--", *pushed])
+
+    async def _publish(self) -> tuple[str, str]:
+        # A synced filesystem is all publishing needs; a clean shutdown would only add seconds,
+        # or 30 s of grace with an init that ignores SIGPWR.
+        await self.incus.exec(self.name, ["sync"])
+        await self.incus.stop_instance(self.name, force=True)
+        version = f"{self.request.alias}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+        properties = {
+            "description": f"{self.request.description or self.request.alias} ({version})",
+            "user.coi.image": self.request.alias,
+            "user.coi.recipe": self.recipe,
+            "user.coi.base": self.request.base,
+        }
+        fingerprint = await self.incus.publish_image(
+            self.name, aliases=[version], properties=properties, compression="none"
+        )
+        try:
+            await self.incus.point_image_alias(
+                self.request.alias, fingerprint, description=properties["description"]
+            )
+        except BaseException:
+            with anyio.move_on_after(_CLEANUP_S, shield=True), contextlib.suppress(CoiError):
+                await self.incus.delete_image(fingerprint)
+            raise
+        return fingerprint, version
+
+    async def _remove_container(self) -> None:
+        started = time.monotonic()
+        with anyio.move_on_after(_CLEANUP_S, shield=True) as scope:
+            with contextlib.suppress(CoiError):
+                await self.incus.stop_instance(self.name, force=True)
+            try:
+                await self.incus.delete_instance(self.name)
+            except NotFoundError:
+                pass
+            except CoiError as exc:
+                self.rep.note(f"could not delete build container {self.name}: {exc}")
+        if scope.cancelled_caught:
+            self.rep.note(f"could not delete build container {self.name} within {_CLEANUP_S} s")
+        self.timings["cleanup"] = round(time.monotonic() - started, 2)
+
+
+class _Tail:
+    """The last lines of a byte stream, for error messages."""
+
+    def __init__(self, lines: int) -> None:
+        self._lines = lines
+        self._buffer = bytearray()
+
+    def add(self, data: bytes) -> None:
+        self._buffer += data
+        if len(self._buffer) > 64 * 1024:
+            del self._buffer[: -32 * 1024]
+
+    def text(self) -> str:
+        # A progress line redrawn with \r shows as what the terminal would show: its last state.
+        text = bytes(self._buffer).decode(errors="replace")
+        lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
+        lines = [line for line in lines if line.strip()]
+        return "\n".join(lines[-self._lines :])

@@ -1,0 +1,151 @@
+"""Copy the host's tool credentials and preferences into a session, with the sandbox settings on top.
+
+Settings files are merged on the host, in Python, and pushed whole: no interpreter is needed in
+the image, every file lands with the right owner in one request, and a user's key is never lost
+(the merge is deep; see `tools.deep_merge`). A file that is not valid JSON is never rewritten: it
+is copied as it is and reported, because dropping what we cannot parse would lose the user's data.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from coi_async.errors import NotFoundError
+from coi_async.incus import IncusClient
+from coi_async.tools import Tool, deep_merge
+
+Say = Callable[[str], None]
+
+# Secrets stay private to the user inside too.
+_SECRET_FILES = frozenset({".credentials.json"})
+
+
+def _parse(data: bytes | None) -> dict[str, Any] | None:
+    """The JSON object in `data`; {} for no data; None when it is not a JSON object."""
+    if data is None or not data.strip():
+        return {}
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def merge_settings(
+    existing: bytes | None, host: bytes | None, sandbox: Mapping[str, Any]
+) -> tuple[bytes, list[str]]:
+    """The settings file to write: what the session had, the host's on top, the sandbox's on top.
+
+    Returns the bytes and the names ("existing", "host") of inputs that were not JSON objects and
+    were therefore left out of the merge. An unparseable host file wins verbatim over everything,
+    so the user's own file is never dropped.
+    """
+    old, new = _parse(existing), _parse(host)
+    skipped = [name for name, value in (("existing", old), ("host", new)) if value is None]
+    if new is None and host is not None:
+        return host, skipped
+    merged = deep_merge(deep_merge(old or {}, new or {}), sandbox)
+    return (json.dumps(merged, indent=2, ensure_ascii=False) + "\n").encode(), skipped
+
+
+async def _read_host(path: Path) -> bytes | None:
+    try:
+        return await anyio.Path(path).read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+async def _read_container(incus: IncusClient, container: str, path: str) -> bytes | None:
+    try:
+        return (await incus.pull_file(container, path)).data
+    except NotFoundError:
+        return None
+
+
+async def inject_credentials(
+    incus: IncusClient,
+    container: str,
+    tool: Tool,
+    *,
+    host_home: Path,
+    home: str,
+    uid: int,
+    say: Say,
+) -> None:
+    """Put the host's credentials and config for `tool` into `home` in the container.
+
+    Runs after a resumed session's state has been restored, so fresh credentials win over the
+    saved ones while every other saved setting stays.
+    """
+    if not tool.saves_state:
+        return
+    host_dir = host_home / tool.config_dir
+    remote_dir = posixpath.join(home, tool.config_dir)
+    plain = [name for name in tool.host_files if name != tool.settings_file]
+
+    host: dict[str, bytes | None] = {}
+    remote: dict[str, bytes | None] = {}
+
+    async def read_host(key: str, path: Path) -> None:
+        host[key] = await _read_host(path)
+
+    async def read_remote(key: str, path: str) -> None:
+        remote[key] = await _read_container(incus, container, path)
+
+    settings_remote = posixpath.join(remote_dir, tool.settings_file) if tool.settings_file else ""
+    home_remote = posixpath.join(home, tool.home_settings_file) if tool.home_settings_file else ""
+    async with anyio.create_task_group() as tg:
+        for name in tool.host_files:
+            tg.start_soon(read_host, name, host_dir / name)
+        if tool.home_settings_file:
+            tg.start_soon(read_host, tool.home_settings_file, host_home / tool.home_settings_file)
+            tg.start_soon(read_remote, tool.home_settings_file, home_remote)
+        if tool.settings_file:
+            tg.start_soon(read_remote, tool.settings_file, settings_remote)
+        # The directory must exist (owned by the user) before anything is pushed into it.
+        await incus.make_directory(container, remote_dir, uid=uid, gid=uid, mode=0o755)
+
+    writes: list[tuple[str, bytes, int]] = []
+    for name in plain:
+        data = host.get(name)
+        if data is not None:
+            mode = 0o600 if name in _SECRET_FILES else 0o644
+            writes.append((posixpath.join(remote_dir, name), data, mode))
+    if tool.settings_file:
+        data, skipped = merge_settings(
+            remote.get(tool.settings_file), host.get(tool.settings_file), tool.sandbox_settings
+        )
+        _warn(say, skipped, f"~/{tool.config_dir}/{tool.settings_file}")
+        writes.append((settings_remote, data, 0o644))
+    if tool.home_settings_file:
+        existing, mine = remote.get(tool.home_settings_file), host.get(tool.home_settings_file)
+        # Written only where the user has one: the tool creates it on first run otherwise.
+        if existing is not None or mine is not None:
+            data, skipped = merge_settings(existing, mine, tool.sandbox_settings)
+            _warn(say, skipped, f"~/{tool.home_settings_file}")
+            writes.append((home_remote, data, 0o600))
+
+    async with anyio.create_task_group() as tg:
+        for path, data, mode in writes:
+            tg.start_soon(_push, incus, container, path, data, uid, mode)
+    if host.get(".credentials.json") is None and ".credentials.json" in tool.host_files:
+        say(
+            f"[setup] No credentials found at {host_dir / '.credentials.json'}; the tool may ask you to log in"
+        )
+
+
+async def _push(incus: IncusClient, container: str, path: str, data: bytes, uid: int, mode: int) -> None:
+    await incus.push_file(container, path, data, uid=uid, gid=uid, mode=mode)
+
+
+def _warn(say: Say, skipped: list[str], what: str) -> None:
+    if "host" in skipped:
+        say(f"[setup] Warning: {what} is not a JSON object; copied as it is, without the sandbox settings")
+    elif "existing" in skipped:
+        say(f"[setup] Warning: the session's {what} was not a JSON object; replaced by the host's")

@@ -1,0 +1,90 @@
+"""`coi run -- CMD ARGS...`: one command in a fresh container, output streamed, container removed.
+
+The command runs as the code user in /workspace with only the environment it was given (-e and the
+profile), and its exit code is the answer. The container goes away on every path out (success,
+failure, cancellation by Ctrl-C or SIGTERM); a persistent one is stopped and kept instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import msgspec
+
+from coi_async.config import Config, Mount
+from coi_async.incus import IncusClient
+from coi_async.orchestration.launch import (
+    WORKSPACE_PATH,
+    LaunchSpec,
+    Say,
+    launch,
+    remove_container,
+    session_env,
+    stop_container,
+)
+
+ByteSink = Callable[[bytes], Awaitable[None]]
+
+
+class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
+    workspace: str  # absolute, checked to be a directory by the caller
+    argv: tuple[str, ...]
+    env: dict[str, str] = msgspec.field(default_factory=dict)  # from -e
+    slot: int = 0
+    mounts: tuple[Mount, ...] = ()  # config and command line, combined and validated
+    host_uid: int = 1000
+    host_gid: int = 1000
+
+
+async def run_command(
+    incus: IncusClient,
+    config: Config,
+    request: RunRequest,
+    *,
+    on_stdout: ByteSink,
+    on_stderr: ByteSink,
+    say: Say,
+) -> int:
+    """Run the command; return its exit code. The image and persistence come from `config`."""
+    persistent = config.defaults.persistent
+    spec = LaunchSpec(
+        workspace=request.workspace,
+        image=config.defaults.image,
+        prefix=config.container_prefix,
+        max_slots=config.defaults.max_slots,
+        slot=request.slot,
+        persistent=persistent,
+        ephemeral=not persistent,
+        tool=config.tool.name,
+        code_uid=config.incus.code_uid,
+        host_uid=request.host_uid,
+        host_gid=request.host_gid,
+        disable_shift=config.incus.disable_shift,
+        mounts=request.mounts,
+    )
+    launched = await launch(incus, spec, say=say)
+    say(f"Launching container {launched.name} from image {spec.image}...")
+    try:
+        user = config.incus.code_user
+        env = session_env(home=f"/home/{user}", user=user, profile_env=config.environment, given=request.env)
+        return await incus.exec_stream(
+            launched.name,
+            list(request.argv),
+            on_stdout=on_stdout,
+            on_stderr=on_stderr,
+            env=env,
+            user=config.incus.code_uid,
+            group=config.incus.code_uid,
+            cwd=WORKSPACE_PATH,
+        )
+    finally:
+        if persistent:
+            say(f"Stopping persistent container {launched.name}...")
+            await stop_container(incus, launched.name)
+        else:
+            say(f"Cleaning up container {launched.name}...")
+            await remove_container(incus, launched.name)
+
+
+def exit_status(code: int) -> str:
+    return "Command completed successfully" if code == 0 else f"Command exited with code {code}"

@@ -1,0 +1,134 @@
+"""The tmux session a coi shell runs its tool in, always as the session's user (uid 1000).
+
+tmux's server socket lives in /tmp/tmux-<uid>/, so every command here runs as that uid with its
+HOME: a tmux command run as root would talk to another server and see no sessions (upstream #588).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+
+from coi_async.errors import CoiError
+from coi_async.incus import IncusClient
+
+WORKDIR = "/workspace"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Terminals whose terminfo entries images rarely ship; they all speak xterm-256color.
+_START_ATTEMPTS = 3
+# The exit code incusd reports when it lost track of an exec's process.
+LOST_EXEC = -1
+_FOREIGN_TERMS = ("xterm-ghostty", "wezterm", "alacritty", "kitty", "tmux-256color", "screen-256color")
+
+
+def sanitize_term(term: str | None) -> str:
+    """A TERM the image knows: the reference's map (internal/terminal/sanitize.go)."""
+    if not term:
+        return "xterm-256color"
+    if term.startswith(_FOREIGN_TERMS):
+        return "xterm-256color"
+    return term
+
+
+def user_env(
+    *, home: str, user: str, term: str | None, extra: Mapping[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of every process coi starts for the session's user.
+
+    incusd sets PATH, HOME and USER only for root, so they are passed here; `extra` (the -e pairs)
+    comes last and wins, except TERM, which is sanitised wherever it comes from.
+    """
+    env = {
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "PATH": _PATH,
+        "LANG": "C.UTF-8",
+        "IS_SANDBOX": "1",
+    }
+    env.update(extra or {})
+    env["TERM"] = sanitize_term((extra or {}).get("TERM") or term)
+    return env
+
+
+def wrapped_command(argv: Sequence[str]) -> str:
+    """The pane's shell command: run the tool, then stay in bash when it exits.
+
+    `trap : INT` keeps Ctrl-C aimed at the tool from also ending the wrapper, so the user lands
+    in bash rather than losing the pane.
+    """
+    return f"trap : INT; {shlex.join(argv)}; exec bash"
+
+
+class TmuxSession:
+    """One named tmux session in one container, driven as `uid`."""
+
+    def __init__(
+        self, incus: IncusClient, container: str, session: str, *, uid: int, env: Mapping[str, str]
+    ) -> None:
+        self.incus = incus
+        self.container = container
+        self.session = session
+        self.uid = uid
+        self.env = dict(env)
+
+    async def _tmux(self, *args: str) -> int:
+        result = await self.incus.exec(
+            self.container, ["tmux", *args], env=self.env, user=self.uid, group=self.uid, cwd=WORKDIR
+        )
+        return result.exit_code
+
+    async def exists(self) -> bool:
+        """Whether the session is there; CoiError when the answer stays unknown."""
+        code = -1
+        for _ in range(_START_ATTEMPTS):
+            code = await self._tmux("has-session", "-t", f"={self.session}")
+            # -1: incusd lost track of the exec ("Failed to retrieve PID of executing child
+            # process", seen on loaded hosts); asking again is harmless.
+            if code != LOST_EXEC:
+                break
+        if code not in (0, 1):
+            raise CoiError(f"cannot ask tmux in {self.container} about {self.session}: exit {code}")
+        return code == 0
+
+    async def start(self, argv: Sequence[str], *, size: tuple[int, int] = (80, 24)) -> None:
+        """Start the session detached, running `argv` (then bash) in /workspace."""
+        columns, rows = size
+        env_args = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
+        command = [
+            "tmux",
+            "new-session",
+            "-d",
+            "-s",
+            self.session,
+            "-c",
+            WORKDIR,
+            "-x",
+            str(columns),
+            "-y",
+            str(rows),
+            *env_args,
+            "--",
+            "bash",
+            "-c",
+            wrapped_command(argv),
+        ]
+        failure = ""
+        for _ in range(_START_ATTEMPTS):
+            result = await self.incus.exec(
+                self.container, command, env=self.env, user=self.uid, group=self.uid, cwd=WORKDIR
+            )
+            if result.ok:
+                return
+            failure = result.stderr.decode(errors="replace").strip() or f"tmux exited {result.exit_code}"
+            # incusd can lose track of an exec (-1) on a loaded host although tmux did its work.
+            if await self.exists():
+                return
+        raise CoiError(f"cannot start tmux session {self.session} in {self.container}: {failure}")
+
+    async def send_command(self, argv: Sequence[str]) -> None:
+        """Type `argv` into the session's pane, as if the user had (reference behaviour for reuse)."""
+        await self._tmux("send-keys", "-t", self.session, "--", shlex.join(argv), "Enter")
+
+    def attach_argv(self) -> list[str]:
+        return ["tmux", "attach-session", "-t", f"={self.session}"]

@@ -1,0 +1,292 @@
+"""`build custom` on the real incusd: egress through the proxy, failures, Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import anyio.abc
+import anyio.to_thread
+import pytest
+
+from coi_async.egress import ProxyEvent
+from coi_async.errors import BuildError, CoiError, EgressError, NotFoundError
+from coi_async.incus import IncusClient
+from coi_async.incus.models import InstanceSource, InstancesPost
+from coi_async.orchestration.build import BuildResult, build_image, custom_request
+from tests.conftest import BUSYBOX_IMAGE, DEBIAN_IMAGE
+
+pytestmark = pytest.mark.incus
+
+PREFIX = "h6-"
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.phases: list[str] = []
+        self.out = bytearray()
+        self.notes: list[str] = []
+        self.events: list[ProxyEvent] = []
+        self.seen = anyio.Event()
+        self.marker = b""
+
+    def phase_started(self, phase: str, detail: str) -> None:
+        self.phases.append(phase)
+
+    def phase_finished(self, phase: str, seconds: float) -> None:
+        pass
+
+    def output(self, data: bytes) -> None:
+        self.out += data
+        if self.marker and self.marker in self.out:
+            self.seen.set()
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+    def egress(self, event: ProxyEvent) -> None:
+        self.events.append(event)
+
+
+async def build_leftovers(incus: IncusClient) -> list[str]:
+    return [i.name for i in await incus.list_instances() if i.name.startswith(f"{PREFIX}build-")]
+
+
+async def remove_images(incus: IncusClient, alias: str) -> None:
+    """Delete every image this test made: the alias's and its `<alias>-YYYYMMDD-HHMMSS` versions."""
+    with anyio.move_on_after(60, shield=True):
+        for image in await incus.list_images():
+            if any(a == alias or a.startswith(f"{alias}-") for a in image.alias_names):
+                with contextlib.suppress(NotFoundError):
+                    await incus.delete_image(image.fingerprint)
+
+
+async def remove_instance(incus: IncusClient, name: str) -> None:
+    with anyio.move_on_after(30, shield=True):
+        with contextlib.suppress(CoiError):
+            await incus.stop_instance(name, force=True)
+        with contextlib.suppress(NotFoundError):
+            await incus.delete_instance(name)
+
+
+def script(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "build.sh"
+    path.write_text("#!/bin/sh\nset -e\n" + body)
+    return path
+
+
+async def test_custom_build_installs_a_debian_package_through_the_proxy(
+    incus: IncusClient, unique: str, tmp_path: Path
+) -> None:
+    alias = f"{PREFIX}{unique}-custom"
+    recipe = script(
+        tmp_path,
+        """
+apt-get update -q
+apt-get install -y -q --no-install-recommends hello
+# Outside the allowlist: the proxy must refuse it (and send nothing anywhere).
+if python3 -c "import urllib.request; urllib.request.urlopen('https://github.com/', timeout=20)" 2>/tmp/err; then
+    echo "github.com was reachable"; exit 1
+fi
+cat /tmp/err
+grep -q '403 Forbidden' /tmp/err
+rm -f /tmp/err
+echo custom-built >/etc/h6-marker
+test -x /tmp/dummy
+""",
+    )
+    check = f"{PREFIX}{unique}-check"
+    rec = Recorder()
+    try:
+        with anyio.fail_after(600):
+            result = await build_image(
+                incus, custom_request(alias, recipe, base=DEBIAN_IMAGE, container_prefix=PREFIX), rec
+            )
+        assert not result.skipped
+        assert result.version.startswith(f"{alias}-")
+        assert set(result.timings) >= {"base", "launch", "recipe", "publish"}
+        assert rec.phases == ["base", "launch", "recipe", "publish"]
+        assert ("refused", "github.com", 443) in [(e.action, e.host, e.port) for e in rec.events]
+        assert ("allowed", "deb.debian.org", 80) in [(e.action, e.host, e.port) for e in rec.events]
+        assert b"Hello, world!" not in rec.out  # not run, only installed
+        assert await build_leftovers(incus) == []
+
+        image = await incus.find_image(alias)
+        assert image is not None
+        assert image.fingerprint == result.fingerprint
+        assert image.properties["user.coi.recipe"] == result.recipe
+        assert (await incus.find_image(result.version)) is not None
+
+        await incus.create_instance(
+            InstancesPost(name=check, source=InstanceSource(type="image", alias=alias), start=True)
+        )
+        hello = await incus.exec(check, ["hello"])
+        assert hello.stdout == b"Hello, world!\n"
+        marker = await incus.exec(check, ["cat", "/etc/h6-marker"])
+        assert marker.stdout == b"custom-built\n"
+        # The build's scaffolding is gone from the image.
+        leftovers = await incus.exec(
+            check, ["ls", "/tmp/coi-build", "/tmp/dummy", "/etc/apt/apt.conf.d/99coi-egress"]
+        )
+        assert leftovers.exit_code != 0
+        assert leftovers.stdout == b""
+
+        # Unchanged recipe: reused.
+        again = await build_image(
+            incus, custom_request(alias, recipe, base=DEBIAN_IMAGE, container_prefix=PREFIX)
+        )
+        assert again.skipped
+        assert again.fingerprint == result.fingerprint
+    finally:
+        await remove_instance(incus, check)
+        await remove_images(incus, alias)
+
+
+async def _tiny_image(incus: IncusClient, alias: str, tmp_path: Path) -> BuildResult:
+    first = script(tmp_path, "echo v1 >/etc/h6-version\n")
+    return await build_image(incus, custom_request(alias, first, base=BUSYBOX_IMAGE, container_prefix=PREFIX))
+
+
+async def test_failing_script_shows_its_last_lines_and_keeps_the_previous_image(
+    incus: IncusClient, unique: str, tmp_path: Path
+) -> None:
+    alias = f"{PREFIX}{unique}-fail"
+    try:
+        with anyio.fail_after(120):
+            before = await _tiny_image(incus, alias, tmp_path)
+            failing = tmp_path / "fail.sh"
+            failing.write_text("#!/bin/sh\necho line-one\necho line-two >&2\nexit 3\n")
+            with pytest.raises(BuildError) as caught:
+                await build_image(
+                    incus,
+                    custom_request(alias, failing, base=BUSYBOX_IMAGE, force=True, container_prefix=PREFIX),
+                )
+        message = str(caught.value)
+        assert "fail.sh failed with exit code 3" in message
+        assert message.endswith("line-one\nline-two")
+        assert caught.value.hint is not None
+        assert "unchanged" in caught.value.hint
+        image = await incus.find_image(alias)
+        assert image is not None
+        assert image.fingerprint == before.fingerprint
+        assert await build_leftovers(incus) == []
+    finally:
+        await remove_images(incus, alias)
+
+
+async def test_ctrl_c_mid_build_leaves_nothing_behind(
+    incus: IncusClient, unique: str, tmp_path: Path
+) -> None:
+    alias = f"{PREFIX}{unique}-cancel"
+    slow = script(tmp_path, "echo recipe-started\nsleep 600\n")
+    rec = Recorder()
+    rec.marker = b"recipe-started"
+    try:
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as tg:
+
+                async def run() -> None:
+                    await build_image(
+                        incus, custom_request(alias, slow, base=BUSYBOX_IMAGE, container_prefix=PREFIX), rec
+                    )
+
+                tg.start_soon(run)
+                await rec.seen.wait()
+                assert len(await build_leftovers(incus)) == 1
+                tg.cancel_scope.cancel()
+        assert await build_leftovers(incus) == []
+        assert await incus.find_image(alias) is None
+    finally:
+        await remove_images(incus, alias)
+
+
+async def test_proxy_port_in_use_is_a_clear_error_and_leaves_nothing(
+    incus: IncusClient, unique: str, tmp_path: Path
+) -> None:
+    alias = f"{PREFIX}{unique}-port"
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    try:
+        async with listener:
+            with (
+                anyio.fail_after(60),
+                pytest.raises(EgressError, match=f"127.0.0.1:{port} is already in use"),
+            ):
+                await build_image(
+                    incus,
+                    custom_request(
+                        alias,
+                        script(tmp_path, "true\n"),
+                        base=BUSYBOX_IMAGE,
+                        proxy_port=port,
+                        container_prefix=PREFIX,
+                    ),
+                )
+        assert await build_leftovers(incus) == []
+        assert await incus.find_image(alias) is None
+    finally:
+        await remove_images(incus, alias)
+
+
+async def test_unknown_base_is_refused_before_anything_is_created(incus: IncusClient, tmp_path: Path) -> None:
+    request = custom_request(
+        "h6-never", script(tmp_path, "true\n"), base="h6-no-such-image", container_prefix=PREFIX
+    )
+    with pytest.raises(BuildError, match="unknown base image 'h6-no-such-image'"):
+        await build_image(incus, request)
+    assert await build_leftovers(incus) == []
+
+
+def run_coi(*args: str, project: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COI_CONTAINER_PREFIX": PREFIX, "INCUS_PROJECT": project}
+    return subprocess.run(
+        [sys.executable, "-m", "coi_async", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_cli_missing_script_and_unknown_base(incus_project: str, tmp_path: Path) -> None:
+    missing = run_coi("build", "custom", "h6-x", "--script", str(tmp_path / "nope.sh"), project=incus_project)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"Error: build script not found: {tmp_path / 'nope.sh'}"
+    assert missing.stdout == ""
+
+    ok_script = script(tmp_path, "true\n")
+    unknown = run_coi(
+        "build", "custom", "h6-x", "--script", str(ok_script), "--base", "h6-nope", project=incus_project
+    )
+    assert unknown.returncode == 1
+    assert "Error: unknown base image 'h6-nope'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+    usage = run_coi("build", "custom", "h6-x", project=incus_project)
+    assert usage.returncode == 2
+    assert "--script" in usage.stderr
+
+
+async def test_cli_custom_build_prints_json(
+    incus: IncusClient, incus_project: str, unique: str, tmp_path: Path
+) -> None:
+    alias = f"{PREFIX}{unique}-cli"
+    recipe = script(tmp_path, "echo cli >/etc/h6-cli\n")
+    args = ("build", "custom", alias, "--script", str(recipe), "--base", BUSYBOX_IMAGE)
+    try:
+        built = await anyio.to_thread.run_sync(lambda: run_coi(*args, project=incus_project))
+        assert built.returncode == 0, built.stderr
+        assert built.stdout.startswith(f'{{"alias":"{alias}","fingerprint":"')
+        assert "Building custom image" in built.stderr
+        assert "Build phases: base" in built.stderr
+        again = await anyio.to_thread.run_sync(lambda: run_coi(*args, project=incus_project))
+        assert again.returncode == 0
+        assert again.stdout.strip() == f'{{"alias":"{alias}","skipped":true}}'
+        assert "Image already exists. Use --force to rebuild." in again.stderr
+    finally:
+        await remove_images(incus, alias)

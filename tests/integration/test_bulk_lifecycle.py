@@ -1,0 +1,326 @@
+"""`coi shutdown`, `coi kill`, `coi clean` end to end, against the real incusd.
+
+Each test gets a project of its own (`h4-<hex>`), because `--all` acts on every coi container of
+the project. Containers are busybox ones named like coi's (`h4-<hash8>-<slot>`), each with some
+session data in /home/code/.claude and its session id stamped in `user.coi.session`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from coi_async.errors import CoiError, NotFoundError
+from coi_async.incus import IncusClient
+from coi_async.incus.models import InstanceSource, InstancesPost
+from coi_async.naming import KEY_SESSION
+from tests.conftest import BUSYBOX_IMAGE, delete_project_fully
+
+pytestmark = pytest.mark.incus
+
+PREFIX = "h4-"
+
+
+@pytest.fixture
+async def project(incus_socket: str) -> AsyncIterator[str]:
+    name = f"h4-{secrets.token_hex(4)}"
+    async with IncusClient.connect() as client:
+        await client.create_project(
+            name,
+            config={"features.images": "false", "features.profiles": "false"},
+            description="coi-async bulk lifecycle test; safe to delete",
+        )
+    try:
+        yield name
+    finally:
+        with anyio.move_on_after(180, shield=True):
+            async with IncusClient.connect() as client:
+                await delete_project_fully(client, name)
+
+
+@pytest.fixture
+async def client(project: str) -> AsyncIterator[IncusClient]:
+    async with IncusClient.connect(project=project) as c:
+        yield c
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+def container_names(n: int) -> list[str]:
+    stem = secrets.token_hex(4)
+    return [f"{PREFIX}{stem}-{i}" for i in range(1, n + 1)]
+
+
+async def make_containers(
+    incus: IncusClient,
+    names: list[str],
+    *,
+    ignore_stop: set[str] | frozenset[str] = frozenset(),
+    data_bytes: int = 2048,
+    start: bool = True,
+) -> dict[str, str]:
+    """Create the containers with session data; returns container -> session id."""
+    sessions = {name: str(uuid.uuid4()) for name in names}
+
+    async def one(name: str) -> None:
+        await incus.create_instance(
+            InstancesPost(
+                name=name,
+                source=InstanceSource(type="image", alias=BUSYBOX_IMAGE),
+                config={KEY_SESSION: sessions[name]},
+            )
+        )
+        if name in ignore_stop:
+            await incus.push_file(name, "/etc/coi-ignore-stop", b"")
+        for d in (
+            "/home/code/.claude",
+            "/home/code/.claude/projects",
+            "/home/code/.claude/projects/-workspace",
+        ):
+            await incus.make_directory(name, d, uid=1000, gid=1000)
+        await incus.push_file(name, "/home/code/.claude/settings.json", b'{"x": 1}\n', uid=1000, gid=1000)
+        await incus.push_file(
+            name,
+            f"/home/code/.claude/projects/-workspace/{sessions[name]}.jsonl",
+            name.encode() + b"\n" + os.urandom(data_bytes),
+            uid=1000,
+            gid=1000,
+        )
+        if start:
+            await incus.start_instance(name)
+
+    async with anyio.create_task_group() as tg:
+        for name in names:
+            tg.start_soon(one, name)
+    return sessions
+
+
+def coi_env(project: str, home: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "INCUS_PROJECT"))}
+    env.update(COI_CONTAINER_PREFIX=PREFIX, HOME=str(home), COI_INCUS_PROJECT=project, NO_COLOR="1")
+    return env
+
+
+async def coi(project: str, home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
+    return await anyio.run_process(
+        [sys.executable, "-m", "coi_async", *args], env=coi_env(project, home), check=False
+    )
+
+
+def saved_data(home: Path, session_id: str) -> Path:
+    return (
+        home
+        / ".coi"
+        / "sessions-claude"
+        / session_id
+        / ".claude"
+        / "projects"
+        / "-workspace"
+        / f"{session_id}.jsonl"
+    )
+
+
+def assert_saved(home: Path, name: str, session_id: str) -> None:
+    data = saved_data(home, session_id)
+    assert data.is_file(), f"no session data saved for {name}"
+    assert data.read_bytes().startswith(name.encode() + b"\n")
+    meta = json.loads((home / ".coi" / "sessions-claude" / session_id / "metadata.json").read_text())
+    assert meta["container_name"] == name
+    assert meta["saved_at"]
+
+
+async def remaining(incus: IncusClient) -> dict[str, str]:
+    return {i.name: i.status for i in await incus.list_instances()}
+
+
+async def test_shutdown_all_saves_every_session_and_leaves_none(
+    project: str, client: IncusClient, home: Path
+) -> None:
+    names = container_names(8)
+    sessions = await make_containers(client, names)
+
+    result = await coi(project, home, "shutdown", "--all", "--force", "--timeout", "20", "--format", "json")
+
+    assert result.returncode == 0, result.stderr.decode()
+    doc = json.loads(result.stdout)
+    assert sorted(r["name"] for r in doc["results"]) == sorted(names)
+    assert all(r["outcome"] == "ok" and r["error"] is None for r in doc["results"])
+    assert all(isinstance(r["duration_s"], float) for r in doc["results"])
+    assert await remaining(client) == {}
+    for name in names:
+        assert_saved(home, name, sessions[name])
+
+
+async def test_ignoring_container_is_forced_after_its_timeout_others_finish_early(
+    project: str, client: IncusClient, home: Path
+) -> None:
+    names = container_names(4)
+    stubborn = names[0]
+    await make_containers(client, names, ignore_stop={stubborn})
+
+    start = time.monotonic()
+    result = await coi(project, home, "shutdown", *names, "--force", "--timeout", "4")
+    elapsed = time.monotonic() - start
+
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert await remaining(client) == {}
+    blocks = {b.splitlines()[0]: b for b in out.split("Shutting down container ")[1:]}
+    stubborn_block = next(b for first, b in blocks.items() if first.startswith(stubborn))
+    assert "  Attempting graceful shutdown..." in stubborn_block
+    assert "  Timeout reached, force-killing..." in stubborn_block
+    assert f"  ✓ Shutdown {stubborn}" in stubborn_block
+    for name in names[1:]:
+        block = next(b for first, b in blocks.items() if first.startswith(name))
+        assert "  Graceful shutdown successful" in block
+    # The polite ones finished before the stubborn one's timeout: their blocks come first.
+    assert out.index(f"✓ Shutdown {stubborn}") > max(out.index(f"✓ Shutdown {n}") for n in names[1:])
+    assert "\nShutdown 4 container(s)" in out
+    assert elapsed < 4 + 8
+
+
+async def test_unknown_name_is_reported_and_the_rest_proceed(
+    project: str, client: IncusClient, home: Path
+) -> None:
+    names = container_names(2)
+    sessions = await make_containers(client, names)
+    ghost = f"{PREFIX}00000000-9"
+
+    result = await coi(project, home, "kill", names[0], ghost, names[1], "--force")
+
+    err = result.stderr.decode()
+    assert result.returncode == 1
+    assert f"Warning: Container {ghost} does not exist" in err
+    assert err.strip().splitlines()[-1].startswith("Error: failed to kill specified containers")
+    assert ghost in err.strip().splitlines()[-1]
+    assert await remaining(client) == {}
+    for name in names:
+        assert f"  ✓ Killed {name}" in result.stdout.decode()
+        assert_saved(home, name, sessions[name])
+
+
+async def test_bad_input_touches_nothing(project: str, client: IncusClient, home: Path) -> None:
+    names = container_names(1)
+    await make_containers(client, names)
+    for args in (
+        ["shutdown", names[0], "--timeout", "0"],
+        ["shutdown", names[0], "--timeout", "-3"],
+        ["kill", names[0], "--parallel", "0"],
+        ["kill", "--all", names[0]],
+        ["shutdown"],
+    ):
+        result = await coi(project, home, *args)
+        assert result.returncode == 2, args
+        lines = result.stderr.decode().strip().splitlines()
+        assert len(lines) == 1, (args, lines)
+        assert lines[0].startswith("Error: "), (args, lines)
+    result = await coi(project, home, "kill", f"{PREFIX}00000000-1", "--force")
+    assert result.returncode == 1
+    assert result.stderr.decode().strip().splitlines()[-1].startswith("Error: no such container")
+    assert await remaining(client) == {names[0]: "Running"}
+
+
+async def test_sigint_mid_shutdown_leaves_each_untouched_or_done_and_a_rerun_finishes(
+    project: str, client: IncusClient, home: Path
+) -> None:
+    names = container_names(8)
+    # Enough data that saving takes a while, so the run is caught with items in every phase.
+    sessions = await make_containers(client, names, data_bytes=4 * 1024 * 1024)
+    args = ["shutdown", "--all", "--force", "--timeout", "30", "--parallel", "1"]
+    # Driven by hand (a signal mid-run), so a plain Popen.
+    proc = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, "-m", "coi_async", *args],
+        env=coi_env(project, home),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # Interrupt as soon as the first session is saved: that container is then being shut
+        # down, the next one is saving, the rest wait for a slot.
+        store = home / ".coi" / "sessions-claude"
+        with anyio.fail_after(60):
+            # Polling a directory: there is nothing to wait on.
+            while not any(store.glob("*/metadata.json")) and proc.poll() is None:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+        proc.send_signal(signal.SIGINT)
+        rest, err = await anyio.to_thread.run_sync(lambda: proc.communicate(timeout=60))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err.decode()
+    assert b"Interrupted:" in rest
+
+    left = await remaining(client)
+    assert 0 < len(left) < len(names), left  # caught in the middle
+    for name in names:
+        if name in left:
+            assert left[name] == "Running", (
+                f"{name} was touched: {left[name]}\n{rest.decode()}\n{err.decode()}"
+            )
+        else:
+            assert_saved(home, name, sessions[name])
+
+    again = await coi(project, home, *args[:-2])
+    assert again.returncode == 0, again.stderr.decode()
+    assert await remaining(client) == {}
+    for name in names:
+        assert_saved(home, name, sessions[name])
+
+
+async def test_clean_saves_and_deletes_stopped_then_sessions(
+    project: str, client: IncusClient, home: Path
+) -> None:
+    stopped = container_names(2)
+    running = container_names(1)
+    sessions = await make_containers(client, stopped, start=False)
+    await make_containers(client, running)
+
+    result = await coi(project, home, "clean", "--force")
+
+    out = result.stdout.decode()
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Found 2 stopped container(s):" in out
+    for name in stopped:
+        assert f"Deleting container {name}..." in out
+        assert_saved(home, name, sessions[name])
+    assert "\n✓ Cleaned 2 item(s)" in out
+    assert await remaining(client) == {running[0]: "Running"}
+
+    result = await coi(project, home, "clean", "--sessions", "--force")
+    assert result.returncode == 0, result.stderr.decode()
+    assert "Found 2 session(s):" in result.stdout.decode()
+    assert not any((home / ".coi" / "sessions-claude").iterdir())
+
+    result = await coi(project, home, "clean", "--sessions")
+    assert "  (no saved sessions found)" in result.stdout.decode()
+    assert "Nothing to clean." in result.stdout.decode()
+
+
+async def test_already_gone_counts_as_done(project: str, client: IncusClient) -> None:
+    from coi_async.orchestration import lifecycle as lc
+
+    names = container_names(1)
+    await make_containers(client, names)
+    await lc.force_stop(client, names[0])
+    await lc.force_stop(client, names[0])  # already stopped: fine
+    await lc.delete(client, names[0])
+    await lc.delete(client, names[0])  # gone: fine
+    with pytest.raises(NotFoundError):
+        await client.get_instance(names[0])
+    assert isinstance(NotFoundError(404, "x"), CoiError)

@@ -1,0 +1,119 @@
+"""`coi tmux ...` end to end, on a Debian container with a tmux session owned by uid 1000, the way
+`coi shell` leaves one. The reference ran tmux as root and saw nothing (upstream #588)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from coi_async.errors import CoiError, NotFoundError
+from coi_async.incus import IncusClient
+from coi_async.incus.models import InstanceSource, InstancesPost
+from tests.conftest import BUSYBOX_IMAGE, DEBIAN_IMAGE
+from tests.integration.coi_cli import coi
+
+pytestmark = pytest.mark.incus
+
+CODE_ENV = {"HOME": "/home/code", "TERM": "xterm-256color"}
+
+
+async def remove(incus: IncusClient, name: str) -> None:
+    with anyio.move_on_after(30, shield=True):
+        with contextlib.suppress(CoiError):
+            await incus.stop_instance(name, force=True)
+        with contextlib.suppress(NotFoundError):
+            await incus.delete_instance(name)
+
+
+async def launch(incus: IncusClient, name: str, image: str) -> None:
+    await incus.create_instance(
+        InstancesPost(name=name, source=InstanceSource(type="image", alias=image), start=True)
+    )
+
+
+@pytest.fixture
+async def debian(incus: IncusClient, unique: str) -> AsyncIterator[str]:
+    if await incus.find_image(DEBIAN_IMAGE) is None:
+        pytest.skip(f"image {DEBIAN_IMAGE} is not built (scripts/build-test-images)")
+    name = f"h5-{unique}-tmux"
+    await launch(incus, name, DEBIAN_IMAGE)
+    try:
+        # systemd empties /tmp while it boots, which would take a tmux socket made earlier with it.
+        with anyio.fail_after(90):
+            await incus.exec(name, ["systemctl", "is-system-running", "--wait"])
+        yield name
+    finally:
+        await remove(incus, name)
+
+
+async def wait_for_screen(incus_project: str, name: str, text: str) -> str:
+    screen = ""
+    with anyio.move_on_after(15):
+        while text not in screen:
+            run = await coi("tmux", "capture", name, project=incus_project)
+            assert run.code == 0, run.stderr
+            screen = run.stdout
+            await anyio.sleep(0.2)
+    return screen
+
+
+async def test_send_capture_list_as_the_session_user(
+    incus: IncusClient, incus_project: str, unique: str, debian: str
+) -> None:
+    prefix = f"h5-{unique}-"
+    env = {"COI_CONTAINER_PREFIX": prefix}
+    none = await coi("tmux", "list", project=incus_project, **env)
+    assert (none.code, none.stdout) == (0, "No active sessions\n")
+    no_session = await coi("tmux", "send", debian, "echo hi", project=incus_project)
+    no_session.one_error(1, f"no tmux session coi-{debian} in container {debian}")
+
+    started = await incus.exec(
+        debian,
+        ["tmux", "new-session", "-d", "-s", f"coi-{debian}", "-x", "120", "-y", "30", "bash", "--norc"],
+        env=CODE_ENV,
+        user=1000,
+        group=1000,
+        cwd="/home/code",
+    )
+    assert started.ok, started.stderr
+    # A container of the prefix without tmux is reported, and the listing goes on.
+    other = f"{prefix}plain"
+    await launch(incus, other, BUSYBOX_IMAGE)
+    try:
+        listed = await coi("tmux", "list", project=incus_project, **env)
+        assert listed.code == 0, listed.stderr
+        assert listed.stdout == f"Active sessions:\n  - {debian} (tmux session: coi-{debian})\n"
+        assert f"Warning: cannot check {other}: tmux is not installed" in listed.stderr
+    finally:
+        await remove(incus, other)
+
+    sent = await coi("tmux", "send", debian, "echo h5-$((6*7)) $(id -u)", project=incus_project)
+    assert (sent.code, sent.stdout) == (0, f"Sent command to session coi-{debian}\n")
+    screen = await wait_for_screen(incus_project, debian, "h5-42 1000")
+    assert "h5-42 1000" in screen
+    # A command that starts with "-" is typed, not taken for a tmux option.
+    dash = await coi("tmux", "send", debian, "--", "-x", project=incus_project)
+    assert dash.code == 0, dash.stderr
+    assert "-x" in await wait_for_screen(incus_project, debian, "-x: command not found")
+
+
+async def test_errors(incus: IncusClient, incus_project: str, unique: str) -> None:
+    ghost = f"h5-{unique}-ghost"
+    (await coi("tmux", "send", ghost, "ls", project=incus_project)).one_error(
+        1, f"container '{ghost}' not found"
+    )
+    (await coi("tmux", "capture", ghost, project=incus_project)).one_error(1, "not found")
+    stopped = f"h5-{unique}-stopped"
+    await incus.create_instance(
+        InstancesPost(name=stopped, source=InstanceSource(type="image", alias=BUSYBOX_IMAGE), start=False)
+    )
+    try:
+        run = await coi("tmux", "capture", stopped, project=incus_project)
+        run.one_error(1, f"container {stopped} is not running")
+    finally:
+        await remove(incus, stopped)
+    (await coi("tmux", "send", "onlyname", project=incus_project)).one_error(2, "Missing argument 'COMMAND'")
+    (await coi("tmux", "capture", project=incus_project)).one_error(2, "Missing argument 'CONTAINER'")
