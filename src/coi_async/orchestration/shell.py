@@ -127,6 +127,8 @@ class Session:
     env: dict[str, str] = field(default_factory=dict)
     # Setup is complete and the tool was started (a signal before that is a failed setup).
     ready: bool = False
+    # `tool.binary` from config ("" for the tool's own name).
+    binary: str = ""
 
 
 def coi_error(exc: BaseException) -> CoiError | None:
@@ -244,7 +246,7 @@ def _foreign_owner(session: SavedSession, prefix: str, workspace: str) -> str | 
 def _tool_command(session: Session, request: ShellRequest, resumed: SavedSession | None) -> list[str]:
     if request.debug:
         return ["bash"]
-    binary = ""
+    binary = session.binary
     if resumed is not None:
         cli_id = (resumed.metadata.cli_session_id if resumed.metadata else "") or _discover_cli_id(
             session.tool, resumed.path
@@ -301,6 +303,7 @@ async def run_shell(
                     uid=config.incus.code_uid,
                 )
                 session.env = {**config.environment, **request.env}
+                session.binary = config.tool.binary
                 say(f"Setting up session {session.session_id}...")
                 await _setup(incus, config, request, session, resumed, host_home=host_home, say=say)
                 session.ready = True
@@ -544,7 +547,8 @@ async def _run_tool(
         return await _after_session(incus, session.container, None)
 
     tmux = TmuxSession(incus, session.container, tmux_session(session.container), uid=session.uid, env=env)
-    exists = await tmux.exists()
+    # A container made a moment ago has no tmux session yet: one exec saved.
+    exists = False if session.created else await tmux.exists()
     if request.background:
         if exists:
             await tmux.send_command(argv)

@@ -1,0 +1,198 @@
+"""`coi shell` and `coi attach` end to end: a real terminal (pexpect), the real incusd, the fake
+Claude CLI of the coi-test-debian image."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import pexpect
+import pytest
+
+from coi_async.incus import IncusClient
+from tests.integration.shell_harness import DETACH, ShellWorld, finish, killing
+
+pytestmark = [pytest.mark.incus, pytest.mark.timeout(240)]
+
+
+@pytest.fixture
+async def world(tmp_path: Path, incus_project: str, incus: IncusClient) -> AsyncIterator[ShellWorld]:
+    w = ShellWorld(tmp_path, incus_project, incus)
+    w.setup()
+    try:
+        yield w
+    finally:
+        w.show_terminal()  # shown by pytest only when the test failed
+        await w.remove_all()
+
+
+def _talk(child: pexpect.spawn, text: str) -> None:
+    child.expect("You: ")
+    child.sendline(text)
+    child.expect(f"Claude: {text}")
+
+
+def _end_session(child: pexpect.spawn) -> None:
+    """Leave the tool, then the bash it falls back to: the tmux session ends."""
+    child.sendline("exit")
+    child.expect(r"code@.*\$ ")
+    child.sendline("exit")
+
+
+async def test_shell_detach_attach_exit_resume(world: ShellWorld) -> None:
+    # Start, talk to the tool, detach.
+    with killing(world.spawn("shell")) as child:
+        _talk(child, "hello from the test")
+        child.send(DETACH)
+        child.expect(r"\[detached")
+        child.expect("Container kept running")
+        assert finish(child) == 0
+    instance = await world.instance(1)
+    assert instance is not None
+    assert instance.running, "a detached session keeps its container"
+    [session] = world.saved_sessions()
+    assert "hello from the test" in world.conversation(session), "detach saves the session data"
+    meta = json.loads((session / "metadata.json").read_text())
+    assert meta["container_name"] == world.container(1)
+    assert meta["persistent"] is False
+    assert meta["workspace"] == str(world.workspace)
+
+    # Credentials are in, the sandbox settings merged without losing the user's keys.
+    home = "/home/code"
+    settings = json.loads(
+        (await world.incus.pull_file(world.container(1), f"{home}/.claude/settings.json")).data
+    )
+    assert settings["env"] == {"MY_VAR": "kept"}
+    assert settings["permissions"] == {"allow": ["Bash(ls:*)"], "defaultMode": "bypassPermissions"}
+    assert settings["bypassPermissionsModeAccepted"] is True
+    dot = json.loads((await world.incus.pull_file(world.container(1), f"{home}/.claude.json")).data)
+    assert dot["userID"] == "u-1"
+    assert dot["projects"] == {"/x": {}}
+    assert dot["allowDangerouslySkipPermissions"]
+    creds = await world.incus.pull_file(world.container(1), f"{home}/.claude/.credentials.json")
+    assert b"test-token" in creds.data
+    assert creds.info.uid == 1000
+    assert creds.info.mode == 0o600
+
+    # Attach again (the only session there is): the conversation is on screen; end it.
+    with killing(world.spawn("attach")) as child:
+        child.expect("hello from the test")
+        child.sendline("second message")
+        child.expect("Claude: second message")
+        _end_session(child)
+        child.expect("Container removed")
+        assert finish(child) == 0
+    assert await world.instance(1) is None, "an ephemeral container is deleted when its session ends"
+    assert "second message" in world.conversation(session)
+
+    # Resume: the earlier conversation is restored in a fresh container.
+    with killing(world.spawn("shell", "--resume")) as child:
+        child.expect(f"Auto-detected session: {session.name}")
+        child.expect(r"Resuming session .* \(4 earlier messages\)")
+        child.expect("You: hello from the test")
+        child.expect("You: second message")
+        _talk(child, "third message")
+        _end_session(child)
+        assert finish(child) == 0
+    assert await world.ours() == []
+    assert world.saved_sessions() == [session], "a resume keeps the same session id"
+    assert "third message" in world.conversation(session)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+async def test_signal_to_coi_saves_and_removes_ephemeral(world: ShellWorld, signum: int) -> None:
+    with killing(world.spawn("shell")) as child:
+        _talk(child, "before the signal")
+        child.kill(signum)
+        code = finish(child)
+    assert code == 128 + signum
+    assert await world.ours() == [], "the ephemeral container is removed"
+    [session] = world.saved_sessions()
+    assert "before the signal" in world.conversation(session)
+
+
+async def test_poweroff_inside_saves_and_removes_ephemeral(world: ShellWorld) -> None:
+    with killing(world.spawn("shell")) as child:
+        _talk(child, "then power off")
+        child.sendline("exit")
+        child.expect(r"code@.*\$ ")
+        child.sendline("sudo poweroff")
+        child.expect("Container removed")
+        assert finish(child) == 0
+    assert await world.ours() == []
+    [session] = world.saved_sessions()
+    assert "then power off" in world.conversation(session)
+
+
+async def test_persistent_is_kept_and_resumed_in_its_own_container(world: ShellWorld) -> None:
+    with killing(world.spawn("shell", "--persistent")) as child:
+        _talk(child, "persistent hello")
+        child.sendline("exit")
+        child.expect(r"code@.*\$ ")
+        child.sendline("touch ~/installed-tool")
+        child.sendline("exit")
+        child.expect("Container kept running")
+        assert finish(child) == 0
+    instance = await world.instance(1)
+    assert instance is not None
+    assert instance.running
+    [session] = world.saved_sessions()
+    assert json.loads((session / "metadata.json").read_text())["persistent"] is True
+
+    await world.incus.stop_instance(world.container(1), force=True)
+    # A stopped persistent container is restarted in its own slot; the mode is inherited.
+    with killing(world.spawn("shell", f"--resume={session.name}")) as child:
+        child.expect("Inherited persistent mode from session")
+        child.expect("You: persistent hello")
+        child.sendline("exit")
+        child.expect(r"code@.*\$ ")
+        child.sendline("ls ~/installed-tool && exit")
+        child.expect("Container kept running")
+        assert finish(child) == 0
+    assert [i.name for i in await world.ours()] == [world.container(1)]
+
+
+async def test_ctrl_c_during_setup_leaves_nothing(world: ShellWorld) -> None:
+    with killing(world.spawn("shell")) as child:
+        child.expect("Setting up session")
+        child.kill(signal.SIGINT)
+        code = finish(child)
+    assert code == 128 + signal.SIGINT
+    assert await world.ours() == []
+
+
+async def test_setup_failure_removes_the_container(world: ShellWorld) -> None:
+    # busybox has no tmux and no /home/code: setup fails after the container exists.
+    code, _out, err = await world.run("shell", "--image", "coi-test-busybox")
+    assert code == 1, err
+    assert err.strip().splitlines()[-1].startswith("Error: ")
+    assert "Traceback" not in err
+    assert await world.ours() == []
+
+
+async def test_ten_background_shells_take_ten_slots(world: ShellWorld) -> None:
+    results: list[tuple[int, str, str]] = []
+
+    async def one() -> None:
+        results.append(await world.run("shell", "--background"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(10):
+            tg.start_soon(one)
+    assert [r[0] for r in results] == [0] * 10, [r[2] for r in results if r[0]]
+    names = sorted(i.name for i in await world.ours())
+    assert names == sorted(world.container(slot) for slot in range(1, 11))
+    assert all("Created background tmux session: coi-" in r[2] for r in results)
+    # Every one has its tmux session, as the code user.
+    for slot in (1, 10):
+        result = await world.incus.exec(
+            world.container(slot),
+            ["tmux", "has-session", "-t", f"coi-{world.container(slot)}"],
+            env={"HOME": "/home/code"},
+            user=1000,
+            group=1000,
+        )
+        assert result.ok, result.stderr
