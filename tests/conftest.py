@@ -7,18 +7,17 @@ run must never mean "skipped everything".
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
-import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
+from coi_async.errors import CoiError
 from coi_async.incus import IncusClient, resolve_socket
-
-BUSYBOX_IMAGE = "coi-test-busybox"
-DEBIAN_IMAGE = "coi-test-debian"
+from tests.helpers import busybox, remove_instance, throwaway_project
 
 
 def incus_required() -> bool:
@@ -48,48 +47,14 @@ def incus_socket() -> str:
 @pytest.fixture(scope="session")
 async def incus_project(incus_socket: str) -> AsyncIterator[str]:
     """A throwaway project sharing the default project's images and profiles, removed at the end."""
-    name = f"coi-test-{secrets.token_hex(4)}"
-    try:
-        async with IncusClient.connect() as client:
-            await client.create_project(
-                name,
-                config={"features.images": "false", "features.profiles": "false"},
-                description="coi-async test run; safe to delete",
-            )
-    except CoiError as exc:
-        _no_incus(f"cannot use incusd: {exc}")
-    try:
-        yield name
-    finally:
-        with anyio.move_on_after(180, shield=True):
-            async with IncusClient.connect() as client:
-                await delete_project_fully(client, name)
-
-
-async def delete_project_fully(client: IncusClient, name: str) -> None:
-    """Delete a test project and every instance in it.
-
-    Never `?force=true`: on incusd 6.0 that also wipes the default project's default profile
-    when the project shares it (features.profiles=false).
-    """
-    scoped = client.in_project(name)
-    try:
-        instances = await scoped.list_instances()
-    except NotFoundError:
-        return
-
-    async def remove(instance_name: str, running: bool) -> None:
+    async with contextlib.AsyncExitStack() as stack:
         try:
-            if running:
-                await scoped.stop_instance(instance_name, force=True)
-            await scoped.delete_instance(instance_name)
-        except CoiError:
-            pass
-
-    async with anyio.create_task_group() as tg:
-        for instance in instances:
-            tg.start_soon(remove, instance.name, instance.running)
-    await client.delete_project(name)
+            name = await stack.enter_async_context(
+                throwaway_project("coi-test-", description="coi-async test run; safe to delete")
+            )
+        except CoiError as exc:
+            _no_incus(f"cannot use incusd: {exc}")
+        yield name
 
 
 @pytest.fixture
@@ -102,3 +67,27 @@ async def incus(incus_project: str) -> AsyncIterator[IncusClient]:
 def unique() -> Iterator[str]:
     """A short unique name stem for instances made by one test."""
     return f"t{secrets.token_hex(3)}"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """An empty directory to use as HOME."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def box_name(unique: str) -> str:
+    """The name of the `box` container; a module overrides it to keep its own name prefix."""
+    return f"{unique}-box"
+
+
+@pytest.fixture
+async def box(incus: IncusClient, box_name: str) -> AsyncIterator[str]:
+    """A running busybox container, removed after the test."""
+    await incus.create_instance(busybox(box_name))
+    try:
+        yield box_name
+    finally:
+        await remove_instance(incus, box_name)

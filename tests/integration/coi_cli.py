@@ -38,6 +38,21 @@ class Run:
         return lines[0]
 
 
+def isolated_env(
+    *,
+    home: Path,
+    project: str,
+    prefix: str,
+    drop: tuple[str, ...] = ("COI_", "INCUS_PROJECT"),
+    **extra: str,
+) -> dict[str, str]:
+    """This process's environment without the variables starting with `drop`, for a coi run with
+    its own HOME, container prefix and Incus project."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env.update(HOME=str(home), COI_CONTAINER_PREFIX=prefix, COI_INCUS_PROJECT=project, NO_COLOR="1", **extra)
+    return env
+
+
 async def coi(*args: str, project: str | None = None, cwd: Path | None = None, **env: str) -> Run:
     environ = {**os.environ, "NO_COLOR": "1", **env}
     environ.pop("COI_DEBUG", None)

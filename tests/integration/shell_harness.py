@@ -23,7 +23,7 @@ from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
 from coi_async.naming import workspace_hash
-from tests.conftest import DEBIAN_IMAGE
+from tests.helpers import DEBIAN_IMAGE
 
 COI = str(Path(sys.executable).with_name("coi"))
 PREFIX = "h3b-"

@@ -2,42 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
 from coi_async.orchestration.archive import restore_session_data, save_session_data
-from tests.conftest import BUSYBOX_IMAGE
 
 pytestmark = pytest.mark.incus
 
 HOME = "/home/code"
 
 
-async def _remove(incus: IncusClient, name: str) -> None:
-    with contextlib.suppress(CoiError):
-        await incus.stop_instance(name, force=True)
-    with contextlib.suppress(NotFoundError):
-        await incus.delete_instance(name)
-
-
 @pytest.fixture
-async def box(incus: IncusClient, unique: str) -> AsyncIterator[str]:
-    name = f"h3a-{unique}"
-    post = InstancesPost(name=name, source=InstanceSource(type="image", alias=BUSYBOX_IMAGE), start=True)
-    await incus.create_instance(post)
-    try:
-        yield name
-    finally:
-        with anyio.move_on_after(30, shield=True):
-            await _remove(incus, name)
+def box_name(unique: str) -> str:
+    return f"h3a-{unique}"
 
 
 async def sh(incus: IncusClient, name: str, script: str) -> str:

@@ -3,22 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import anyio
 import anyio.abc
-import anyio.to_thread
 import pytest
 
 from coi_async.egress import ProxyEvent
-from coi_async.errors import BuildError, CoiError, EgressError, NotFoundError
+from coi_async.errors import BuildError, EgressError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
 from coi_async.orchestration.build import BuildResult, build_image, custom_request
-from tests.conftest import BUSYBOX_IMAGE, DEBIAN_IMAGE
+from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE, from_image, remove_instance
+from tests.integration.coi_cli import Run, coi
 
 pytestmark = pytest.mark.incus
 
@@ -63,14 +59,6 @@ async def remove_images(incus: IncusClient, alias: str) -> None:
             if any(a == alias or a.startswith(f"{alias}-") for a in image.alias_names):
                 with contextlib.suppress(NotFoundError):
                     await incus.delete_image(image.fingerprint)
-
-
-async def remove_instance(incus: IncusClient, name: str) -> None:
-    with anyio.move_on_after(30, shield=True):
-        with contextlib.suppress(CoiError):
-            await incus.stop_instance(name, force=True)
-        with contextlib.suppress(NotFoundError):
-            await incus.delete_instance(name)
 
 
 def script(tmp_path: Path, body: str) -> Path:
@@ -121,9 +109,7 @@ test -x /tmp/dummy
         assert image.properties["user.coi.recipe"] == result.recipe
         assert (await incus.find_image(result.version)) is not None
 
-        await incus.create_instance(
-            InstancesPost(name=check, source=InstanceSource(type="image", alias=alias), start=True)
-        )
+        await incus.create_instance(from_image(check, alias))
         hello = await incus.exec(check, ["hello"])
         assert hello.stdout == b"Hello, world!\n"
         marker = await incus.exec(check, ["cat", "/etc/h6-marker"])
@@ -241,34 +227,28 @@ async def test_unknown_base_is_refused_before_anything_is_created(incus: IncusCl
     assert await build_leftovers(incus) == []
 
 
-def run_coi(*args: str, project: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COI_CONTAINER_PREFIX": PREFIX, "INCUS_PROJECT": project}
-    return subprocess.run(
-        [sys.executable, "-m", "coi_async", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
+async def run_coi(*args: str, project: str) -> Run:
+    return await coi(*args, project=project, COI_CONTAINER_PREFIX=PREFIX)
+
+
+async def test_cli_missing_script_and_unknown_base(incus_project: str, tmp_path: Path) -> None:
+    missing = await run_coi(
+        "build", "custom", "h6-x", "--script", str(tmp_path / "nope.sh"), project=incus_project
     )
-
-
-def test_cli_missing_script_and_unknown_base(incus_project: str, tmp_path: Path) -> None:
-    missing = run_coi("build", "custom", "h6-x", "--script", str(tmp_path / "nope.sh"), project=incus_project)
-    assert missing.returncode == 1
+    assert missing.code == 1
     assert missing.stderr.strip() == f"Error: build script not found: {tmp_path / 'nope.sh'}"
     assert missing.stdout == ""
 
     ok_script = script(tmp_path, "true\n")
-    unknown = run_coi(
+    unknown = await run_coi(
         "build", "custom", "h6-x", "--script", str(ok_script), "--base", "h6-nope", project=incus_project
     )
-    assert unknown.returncode == 1
+    assert unknown.code == 1
     assert "Error: unknown base image 'h6-nope'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
-    usage = run_coi("build", "custom", "h6-x", project=incus_project)
-    assert usage.returncode == 2
+    usage = await run_coi("build", "custom", "h6-x", project=incus_project)
+    assert usage.code == 2
     assert "--script" in usage.stderr
 
 
@@ -279,13 +259,13 @@ async def test_cli_custom_build_prints_json(
     recipe = script(tmp_path, "echo cli >/etc/h6-cli\n")
     args = ("build", "custom", alias, "--script", str(recipe), "--base", BUSYBOX_IMAGE)
     try:
-        built = await anyio.to_thread.run_sync(lambda: run_coi(*args, project=incus_project))
-        assert built.returncode == 0, built.stderr
+        built = await run_coi(*args, project=incus_project)
+        assert built.code == 0, built.stderr
         assert built.stdout.startswith(f'{{"alias":"{alias}","fingerprint":"')
         assert "Building custom image" in built.stderr
         assert "Build phases: base" in built.stderr
-        again = await anyio.to_thread.run_sync(lambda: run_coi(*args, project=incus_project))
-        assert again.returncode == 0
+        again = await run_coi(*args, project=incus_project)
+        assert again.code == 0
         assert again.stdout.strip() == f'{{"alias":"{alias}","skipped":true}}'
         assert "Image already exists. Use --force to rebuild." in again.stderr
     finally:

@@ -23,9 +23,9 @@ import pytest
 
 from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
 from coi_async.naming import KEY_SESSION
-from tests.conftest import BUSYBOX_IMAGE, delete_project_fully
+from tests.helpers import busybox, throwaway_project
+from tests.integration.coi_cli import isolated_env
 
 pytestmark = pytest.mark.incus
 
@@ -34,32 +34,14 @@ PREFIX = "h4-"
 
 @pytest.fixture
 async def project(incus_socket: str) -> AsyncIterator[str]:
-    name = f"h4-{secrets.token_hex(4)}"
-    async with IncusClient.connect() as client:
-        await client.create_project(
-            name,
-            config={"features.images": "false", "features.profiles": "false"},
-            description="coi-async bulk lifecycle test; safe to delete",
-        )
-    try:
+    async with throwaway_project("h4-", description="coi-async bulk lifecycle test; safe to delete") as name:
         yield name
-    finally:
-        with anyio.move_on_after(180, shield=True):
-            async with IncusClient.connect() as client:
-                await delete_project_fully(client, name)
 
 
 @pytest.fixture
 async def client(project: str) -> AsyncIterator[IncusClient]:
     async with IncusClient.connect(project=project) as c:
         yield c
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
 
 
 def container_names(n: int) -> list[str]:
@@ -79,13 +61,7 @@ async def make_containers(
     sessions = {name: str(uuid.uuid4()) for name in names}
 
     async def one(name: str) -> None:
-        await incus.create_instance(
-            InstancesPost(
-                name=name,
-                source=InstanceSource(type="image", alias=BUSYBOX_IMAGE),
-                config={KEY_SESSION: sessions[name]},
-            )
-        )
+        await incus.create_instance(busybox(name, start=False, config={KEY_SESSION: sessions[name]}))
         if name in ignore_stop:
             await incus.push_file(name, "/etc/coi-ignore-stop", b"")
         for d in (
@@ -112,9 +88,7 @@ async def make_containers(
 
 
 def coi_env(project: str, home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "INCUS_PROJECT"))}
-    env.update(COI_CONTAINER_PREFIX=PREFIX, HOME=str(home), COI_INCUS_PROJECT=project, NO_COLOR="1")
-    return env
+    return isolated_env(home=home, project=project, prefix=PREFIX)
 
 
 async def coi(project: str, home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:

@@ -2,42 +2,21 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
-from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import BUSYBOX_IMAGE, remove_instance
 from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
 
 
-async def remove(incus: IncusClient, name: str) -> None:
-    with anyio.move_on_after(30, shield=True):
-        with contextlib.suppress(CoiError):
-            await incus.stop_instance(name, force=True)
-        with contextlib.suppress(NotFoundError):
-            await incus.delete_instance(name)
-
-
 @pytest.fixture
-async def box(incus: IncusClient, unique: str) -> AsyncIterator[str]:
-    """A running busybox container."""
-    name = f"h5-{unique}-box"
-    await incus.create_instance(
-        InstancesPost(name=name, source=InstanceSource(type="image", alias=BUSYBOX_IMAGE), start=True)
-    )
-    try:
-        yield name
-    finally:
-        await remove(incus, name)
+def box_name(unique: str) -> str:
+    return f"h5-{unique}-box"
 
 
 async def test_launch_start_stop_delete(incus: IncusClient, incus_project: str, unique: str) -> None:
@@ -78,7 +57,7 @@ async def test_launch_start_stop_delete(incus: IncusClient, incus_project: str, 
         assert not await incus.instance_exists(name)
         assert (await coi("container", "exists", name, project=incus_project)).code == 1
     finally:
-        await remove(incus, name)
+        await remove_instance(incus, name)
 
 
 async def test_launch_ephemeral_and_unknown_image(
@@ -96,7 +75,7 @@ async def test_launch_ephemeral_and_unknown_image(
         missing.one_error(1, f"image 'h5-{unique}-no-image' not found")
         assert not await incus.instance_exists(name)
     finally:
-        await remove(incus, name)
+        await remove_instance(incus, name)
 
 
 async def test_unknown_container_is_one_error_line(incus_project: str, unique: str) -> None:

@@ -3,38 +3,21 @@ never writes outside its target."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
-from tests.conftest import BUSYBOX_IMAGE
 from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
 
 
 @pytest.fixture
-async def box(incus: IncusClient, unique: str) -> AsyncIterator[str]:
-    name = f"h5-{unique}-files"
-    await incus.create_instance(
-        InstancesPost(name=name, source=InstanceSource(type="image", alias=BUSYBOX_IMAGE), start=True)
-    )
-    try:
-        yield name
-    finally:
-        with anyio.move_on_after(30, shield=True):
-            with contextlib.suppress(CoiError):
-                await incus.stop_instance(name, force=True)
-            with contextlib.suppress(NotFoundError):
-                await incus.delete_instance(name)
+def box_name(unique: str) -> str:
+    return f"h5-{unique}-files"
 
 
 async def stat_in(incus: IncusClient, box: str, path: str) -> str:

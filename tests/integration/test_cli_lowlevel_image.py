@@ -13,10 +13,9 @@ from pathlib import Path
 import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
+from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
-from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import busybox, remove_instance
 from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
@@ -38,26 +37,12 @@ async def images_made(incus: IncusClient) -> AsyncIterator[list[str]]:
                         await incus.delete_image(image.fingerprint)
 
 
-async def busybox(incus: IncusClient, name: str, *, start: bool = True) -> None:
-    await incus.create_instance(
-        InstancesPost(name=name, source=InstanceSource(type="image", alias=BUSYBOX_IMAGE), start=start)
-    )
-
-
-async def remove(incus: IncusClient, name: str) -> None:
-    with anyio.move_on_after(30, shield=True):
-        with contextlib.suppress(CoiError):
-            await incus.stop_instance(name, force=True)
-        with contextlib.suppress(NotFoundError):
-            await incus.delete_instance(name)
-
-
 async def test_publish_list_exists_delete(
     incus: IncusClient, incus_project: str, unique: str, images_made: list[str]
 ) -> None:
     name, alias = f"h5-{unique}-pub", f"h5-{unique}-img"
     images_made.append(alias)
-    await busybox(incus, name)
+    await incus.create_instance(busybox(name))
     try:
         published = await coi(
             "image", "publish", name, alias, "--description", "h5 test", project=incus_project
@@ -114,7 +99,7 @@ async def test_publish_list_exists_delete(
         assert "Tip: Use --all to see all local images" in short.stdout
 
         # A taken alias is refused before the container is touched.
-        await busybox(incus, name)
+        await incus.create_instance(busybox(name))
         again = await coi("image", "publish", name, alias, project=incus_project)
         again.one_error(1, f"image alias '{alias}' already exists")
         assert (await incus.get_instance(name)).running
@@ -129,7 +114,7 @@ async def test_publish_list_exists_delete(
         missing.one_error(1, f"container 'h5-{unique}-ghost' not found")
         assert await incus.find_image(alias) is None
     finally:
-        await remove(incus, name)
+        await remove_instance(incus, name)
 
 
 def tiny_image(tmp_path: Path, tag: str) -> Path:

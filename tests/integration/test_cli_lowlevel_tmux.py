@@ -3,16 +3,13 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
-from tests.conftest import BUSYBOX_IMAGE, DEBIAN_IMAGE
+from tests.helpers import DEBIAN_IMAGE, busybox, from_image, remove_instance
 from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
@@ -20,33 +17,19 @@ pytestmark = pytest.mark.incus
 CODE_ENV = {"HOME": "/home/code", "TERM": "xterm-256color"}
 
 
-async def remove(incus: IncusClient, name: str) -> None:
-    with anyio.move_on_after(30, shield=True):
-        with contextlib.suppress(CoiError):
-            await incus.stop_instance(name, force=True)
-        with contextlib.suppress(NotFoundError):
-            await incus.delete_instance(name)
-
-
-async def launch(incus: IncusClient, name: str, image: str) -> None:
-    await incus.create_instance(
-        InstancesPost(name=name, source=InstanceSource(type="image", alias=image), start=True)
-    )
-
-
 @pytest.fixture
 async def debian(incus: IncusClient, unique: str) -> AsyncIterator[str]:
     if await incus.find_image(DEBIAN_IMAGE) is None:
         pytest.skip(f"image {DEBIAN_IMAGE} is not built (scripts/build-test-images)")
     name = f"h5-{unique}-tmux"
-    await launch(incus, name, DEBIAN_IMAGE)
+    await incus.create_instance(from_image(name, DEBIAN_IMAGE))
     try:
         # systemd empties /tmp while it boots, which would take a tmux socket made earlier with it.
         with anyio.fail_after(90):
             await incus.exec(name, ["systemctl", "is-system-running", "--wait"])
         yield name
     finally:
-        await remove(incus, name)
+        await remove_instance(incus, name)
 
 
 async def wait_for_screen(incus_project: str, name: str, text: str) -> str:
@@ -81,14 +64,14 @@ async def test_send_capture_list_as_the_session_user(
     assert started.ok, started.stderr
     # A container of the prefix without tmux is reported, and the listing goes on.
     other = f"{prefix}plain"
-    await launch(incus, other, BUSYBOX_IMAGE)
+    await incus.create_instance(busybox(other))
     try:
         listed = await coi("tmux", "list", project=incus_project, **env)
         assert listed.code == 0, listed.stderr
         assert listed.stdout == f"Active sessions:\n  - {debian} (tmux session: coi-{debian})\n"
         assert f"Warning: cannot check {other}: tmux is not installed" in listed.stderr
     finally:
-        await remove(incus, other)
+        await remove_instance(incus, other)
 
     sent = await coi("tmux", "send", debian, "echo h5-$((6*7)) $(id -u)", project=incus_project)
     assert (sent.code, sent.stdout) == (0, f"Sent command to session coi-{debian}\n")
@@ -107,13 +90,11 @@ async def test_errors(incus: IncusClient, incus_project: str, unique: str) -> No
     )
     (await coi("tmux", "capture", ghost, project=incus_project)).one_error(1, "not found")
     stopped = f"h5-{unique}-stopped"
-    await incus.create_instance(
-        InstancesPost(name=stopped, source=InstanceSource(type="image", alias=BUSYBOX_IMAGE), start=False)
-    )
+    await incus.create_instance(busybox(stopped, start=False))
     try:
         run = await coi("tmux", "capture", stopped, project=incus_project)
         run.one_error(1, f"container {stopped} is not running")
     finally:
-        await remove(incus, stopped)
+        await remove_instance(incus, stopped)
     (await coi("tmux", "send", "onlyname", project=incus_project)).one_error(2, "Missing argument 'COMMAND'")
     (await coi("tmux", "capture", project=incus_project)).one_error(2, "Missing argument 'CONTAINER'")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
@@ -16,7 +15,6 @@ import pexpect
 import pytest
 
 from coi_async.errors import (
-    CoiError,
     ConflictError,
     IncusUnavailableError,
     NotFoundError,
@@ -25,41 +23,17 @@ from coi_async.incus import IncusClient, UnixEndpoint
 from coi_async.incus.instances import config_filter
 from coi_async.incus.models import (
     InstancePatch,
-    InstanceSource,
-    InstancesPost,
     LifecycleEvent,
     Profile,
 )
-from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import busybox, remove_instance
 
 pytestmark = pytest.mark.incus
 
 
-def busybox(name: str, *, start: bool = True, config: dict[str, str] | None = None) -> InstancesPost:
-    return InstancesPost(
-        name=name,
-        source=InstanceSource(type="image", alias=BUSYBOX_IMAGE),
-        start=start,
-        config=config or {},
-    )
-
-
 @pytest.fixture
-async def running(incus: IncusClient, unique: str):
-    name = f"{unique}-run"
-    await incus.create_instance(busybox(name))
-    try:
-        yield name
-    finally:
-        with anyio.move_on_after(30, shield=True):
-            await _remove(incus, name)
-
-
-async def _remove(incus: IncusClient, name: str) -> None:
-    with contextlib.suppress(CoiError):
-        await incus.stop_instance(name, force=True)
-    with contextlib.suppress(NotFoundError):
-        await incus.delete_instance(name)
+def box_name(unique: str) -> str:
+    return f"{unique}-run"
 
 
 async def test_server_info_lists_api_extensions(incus: IncusClient) -> None:
@@ -76,9 +50,9 @@ async def test_unknown_instance_is_not_found(incus: IncusClient) -> None:
     assert not await incus.instance_exists("no-such-instance")
 
 
-async def test_duplicate_create_is_a_conflict(incus: IncusClient, running: str) -> None:
+async def test_duplicate_create_is_a_conflict(incus: IncusClient, box: str) -> None:
     with pytest.raises(ConflictError):
-        await incus.create_instance(busybox(running))
+        await incus.create_instance(busybox(box))
 
 
 async def test_lifecycle_list_filter_stop_delete(incus: IncusClient, unique: str) -> None:
@@ -105,20 +79,20 @@ async def test_lifecycle_list_filter_stop_delete(incus: IncusClient, unique: str
         await incus.stop_instance(name, force=True)
         assert (await incus.get_instance_state(name)).status == "Stopped"
     finally:
-        await _remove(incus, name)
+        await remove_instance(incus, name)
     assert not await incus.instance_exists(name)
 
 
-async def test_delete_running_instance_is_refused(incus: IncusClient, running: str) -> None:
+async def test_delete_running_instance_is_refused(incus: IncusClient, box: str) -> None:
     with pytest.raises(Exception, match="running"):
-        await incus.delete_instance(running)
-    assert await incus.instance_exists(running)
+        await incus.delete_instance(box)
+    assert await incus.instance_exists(box)
 
 
 @pytest.mark.parametrize("code", [0, 1, 42])
-async def test_exec_exit_codes_and_exact_output(incus: IncusClient, running: str, code: int) -> None:
+async def test_exec_exit_codes_and_exact_output(incus: IncusClient, box: str, code: int) -> None:
     result = await incus.exec(
-        running,
+        box,
         ["sh", "-c", f"printf 'out\\000\\377\\n'; printf 'err\\001' >&2; exit {code}"],
     )
     assert result.exit_code == code
@@ -126,18 +100,18 @@ async def test_exec_exit_codes_and_exact_output(incus: IncusClient, running: str
     assert result.stderr == b"err\x01"
 
 
-async def test_exec_stdin_reaches_the_command_then_eof(incus: IncusClient, running: str) -> None:
+async def test_exec_stdin_reaches_the_command_then_eof(incus: IncusClient, box: str) -> None:
     payload = bytes(range(256)) * 4096  # 1 MiB of every byte value
-    result = await incus.exec(running, ["sh", "-c", "cat > /tmp/in; wc -c < /tmp/in"], stdin=payload)
+    result = await incus.exec(box, ["sh", "-c", "cat > /tmp/in; wc -c < /tmp/in"], stdin=payload)
     assert result.exit_code == 0
     assert result.stdout.strip() == str(len(payload)).encode()
-    back = await incus.exec(running, ["cat", "/tmp/in"])
+    back = await incus.exec(box, ["cat", "/tmp/in"])
     assert back.stdout == payload
 
 
-async def test_exec_user_cwd_env(incus: IncusClient, running: str) -> None:
+async def test_exec_user_cwd_env(incus: IncusClient, box: str) -> None:
     result = await incus.exec(
-        running,
+        box,
         ["sh", "-c", "id -u; id -g; pwd; echo $GREETING"],
         user=1000,
         group=1000,
@@ -147,17 +121,17 @@ async def test_exec_user_cwd_env(incus: IncusClient, running: str) -> None:
     assert result.stdout.decode().split("\n")[:4] == ["1000", "1000", "/tmp", "hi there"]
 
 
-async def test_exec_missing_command_gives_127(incus: IncusClient, running: str) -> None:
-    result = await incus.exec(running, ["/no/such/command"])
+async def test_exec_missing_command_gives_127(incus: IncusClient, box: str) -> None:
+    result = await incus.exec(box, ["/no/such/command"])
     assert result.exit_code in (126, 127)
 
 
-async def test_interactive_exec_through_a_pty(incus: IncusClient, incus_project: str, running: str) -> None:
+async def test_interactive_exec_through_a_pty(incus: IncusClient, incus_project: str, box: str) -> None:
     driver = Path(__file__).with_name("pty_driver.py")
     child = pexpect.spawn(
         sys.executable,
         # A plain read-eval loop: busybox ash's line editor would first query the cursor position.
-        [str(driver), incus_project, running, "sh", "-c", 'while read -r l; do eval "$l"; done'],
+        [str(driver), incus_project, box, "sh", "-c", 'while read -r l; do eval "$l"; done'],
         cwd=str(Path(__file__).parents[2]),
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
         dimensions=(24, 80),
@@ -183,51 +157,51 @@ async def test_interactive_exec_through_a_pty(incus: IncusClient, incus_project:
     assert child.exitstatus == 7
 
 
-async def test_file_round_trip_keeps_bytes_mode_and_owner(incus: IncusClient, running: str) -> None:
+async def test_file_round_trip_keeps_bytes_mode_and_owner(incus: IncusClient, box: str) -> None:
     data = os.urandom(300_000) + b"\x00end"
-    await incus.push_file(running, "/tmp/blob.bin", data, uid=1000, gid=1000, mode=0o640)
-    pulled = await incus.pull_file(running, "/tmp/blob.bin")
+    await incus.push_file(box, "/tmp/blob.bin", data, uid=1000, gid=1000, mode=0o640)
+    pulled = await incus.pull_file(box, "/tmp/blob.bin")
     assert pulled.data == data
     assert (pulled.info.uid, pulled.info.gid, pulled.info.mode) == (1000, 1000, 0o640)
-    listing = await incus.exec(running, ["stat", "-c", "%u %g %a", "/tmp/blob.bin"])
+    listing = await incus.exec(box, ["stat", "-c", "%u %g %a", "/tmp/blob.bin"])
     assert listing.stdout.decode().strip() == "1000 1000 640"
 
 
-async def test_streamed_file_push_and_pull(incus: IncusClient, running: str, tmp_path: Path) -> None:
+async def test_streamed_file_push_and_pull(incus: IncusClient, box: str, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     src.write_bytes(os.urandom(5 * 1024 * 1024))
     src.chmod(0o751)
-    await incus.push_file_from(running, "/tmp/big.bin", src, uid=1000, gid=1000)
+    await incus.push_file_from(box, "/tmp/big.bin", src, uid=1000, gid=1000)
     dst = tmp_path / "back.bin"
-    info = await incus.pull_file_to(running, "/tmp/big.bin", dst)
+    info = await incus.pull_file_to(box, "/tmp/big.bin", dst)
     assert dst.read_bytes() == src.read_bytes()
     assert info.mode == 0o751
     assert info.uid == 1000
     assert stat.S_IMODE(dst.stat().st_mode) == 0o751
 
 
-async def test_directory_round_trip(incus: IncusClient, running: str, tmp_path: Path) -> None:
+async def test_directory_round_trip(incus: IncusClient, box: str, tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "sub dir").mkdir(parents=True)
     (src / "a.txt").write_text("alpha")
     (src / "sub dir" / "b.bin").write_bytes(b"\x00\x01\x02")
     (src / "run.sh").write_text("#!/bin/sh\n")
     (src / "run.sh").chmod(0o755)
-    await incus.push_directory(running, src, "/home/code/proj", uid=1000, gid=1000)
-    owners = await incus.exec(running, ["stat", "-c", "%u:%g", "/home/code/proj/sub dir/b.bin"])
+    await incus.push_directory(box, src, "/home/code/proj", uid=1000, gid=1000)
+    owners = await incus.exec(box, ["stat", "-c", "%u:%g", "/home/code/proj/sub dir/b.bin"])
     assert owners.stdout.decode().strip() == "1000:1000"
     dst = tmp_path / "dst"
-    await incus.pull_directory(running, "/home/code/proj", dst)
+    await incus.pull_directory(box, "/home/code/proj", dst)
     assert (dst / "a.txt").read_text() == "alpha"
     assert (dst / "sub dir" / "b.bin").read_bytes() == b"\x00\x01\x02"
     assert os.access(dst / "run.sh", os.X_OK)
 
 
 async def test_directory_pull_never_writes_outside_target(
-    incus: IncusClient, running: str, tmp_path: Path
+    incus: IncusClient, box: str, tmp_path: Path
 ) -> None:
     await incus.exec(
-        running,
+        box,
         [
             "sh",
             "-c",
@@ -238,8 +212,8 @@ async def test_directory_pull_never_writes_outside_target(
         ],
     )
     dst = tmp_path / "dst"
-    await incus.exec(running, ["sh", "-c", "echo ok > /tmp/evil/fine.txt"])
-    skipped = await incus.pull_directory(running, "/tmp/evil", dst)
+    await incus.exec(box, ["sh", "-c", "echo ok > /tmp/evil/fine.txt"])
+    skipped = await incus.pull_directory(box, "/tmp/evil", dst)
     assert (dst / "fine.txt").read_text() == "ok\n"
     assert set(skipped) == {"./link", "./up"}
     # Links are copied as links (never followed on the host) or refused; nothing lands outside.
@@ -302,7 +276,7 @@ async def test_projects(incus: IncusClient, unique: str) -> None:
 
 
 async def test_images_import_alias_publish_delete(
-    incus: IncusClient, running: str, unique: str, tmp_path: Path
+    incus: IncusClient, box: str, unique: str, tmp_path: Path
 ) -> None:
     async with IncusClient.connect() as default:  # images live in the default project here
         tarball = tmp_path / "img.tar"
@@ -332,8 +306,8 @@ async def test_images_import_alias_publish_delete(
             await default.delete_image(fingerprint)
         assert await default.find_image(alias) is None
 
-        await incus.stop_instance(running, force=True)
-        published = await incus.publish_image(running, aliases=[f"{alias}-pub"], properties={"k": "v"})
+        await incus.stop_instance(box, force=True)
+        published = await incus.publish_image(box, aliases=[f"{alias}-pub"], properties={"k": "v"})
         try:
             image = await default.get_image(published)
             assert f"{alias}-pub" in image.alias_names
@@ -342,6 +316,6 @@ async def test_images_import_alias_publish_delete(
             await default.delete_image(published)
 
 
-async def test_stat_of_missing_path_is_not_found(incus: IncusClient, running: str) -> None:
+async def test_stat_of_missing_path_is_not_found(incus: IncusClient, box: str) -> None:
     with pytest.raises(NotFoundError):
-        await incus.stat_file(running, "/no/such/file")
+        await incus.stat_file(box, "/no/such/file")

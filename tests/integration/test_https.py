@@ -12,7 +12,7 @@ import pytest
 from coi_async.errors import IncusApiError
 from coi_async.incus import HttpsEndpoint, IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
-from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import BUSYBOX_IMAGE
 
 pytestmark = pytest.mark.incus
 

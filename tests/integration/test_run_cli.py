@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,19 +17,12 @@ from coi_async.incus import IncusClient
 from coi_async.naming import SessionName, workspace_hash
 from coi_async.orchestration.launch import LaunchSpec, launch, remove_container
 from coi_async.orchestration.session_store import SessionMetadata, SessionStore, new_session_id
-from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import BUSYBOX_IMAGE
+from tests.integration.coi_cli import COI, isolated_env
 
 pytestmark = pytest.mark.incus
 
 PREFIX = "h3a-"
-COI = str(Path(sys.executable).with_name("coi"))
-
-
-@pytest.fixture
-def home(tmp_path: Path) -> Path:
-    path = tmp_path / "home"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -41,16 +33,14 @@ def workspace(tmp_path: Path) -> Path:
 
 
 def coi_env(home: Path, project: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_", "INCUS_"))}
-    env.update(
-        HOME=str(home),
-        COI_CONTAINER_PREFIX=PREFIX,
-        COI_INCUS_PROJECT=project,
+    return isolated_env(
+        home=home,
+        project=project,
+        prefix=PREFIX,
+        drop=("COI_", "CLAUDE_ON_INCUS_", "INCUS_"),
         CLAUDE_ON_INCUS_IMAGE=BUSYBOX_IMAGE,
-        NO_COLOR="1",
         **extra,
     )
-    return env
 
 
 def coi(

@@ -12,7 +12,7 @@ import pytest
 
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
-from tests.conftest import BUSYBOX_IMAGE
+from tests.helpers import BUSYBOX_IMAGE
 from tests.integration.shell_harness import ShellWorld, finish, killing
 
 pytestmark = [pytest.mark.incus, pytest.mark.timeout(180)]

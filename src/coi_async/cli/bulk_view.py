@@ -127,17 +127,6 @@ class LineReporter:
         self._out.flush()
 
 
-class QuietReporter:
-    def started(self, name: str) -> None:
-        pass
-
-    def step(self, name: str, state: str, detail: str = "") -> None:
-        pass
-
-    def finished(self, result: ItemResult) -> None:
-        pass
-
-
 class _Row:
     __slots__ = ("began", "ended", "error", "state")
 

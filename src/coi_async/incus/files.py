@@ -40,7 +40,7 @@ class FileContent:
     data: bytes
 
 
-def _info(headers: Mapping[str, str]) -> FileInfo:
+def file_info(headers: Mapping[str, str]) -> FileInfo:
     # Go canonicalises header names ("X-Incus-Uid"): compare them case-blind.
     lowered = {k.lower(): v for k, v in headers.items()}
     try:
@@ -111,14 +111,14 @@ class FilesApi(ExecApi):
         response = await self._transport.request_raw(
             "HEAD", self._files(name), params=self._params({"path": path})
         )
-        return _info(response.headers)
+        return file_info(response.headers)
 
     async def pull_file(self, name: str, path: str) -> FileContent:
         """Read a file of the instance whole, with its ownership and mode."""
         response = await self._transport.request_raw(
             "GET", self._files(name), params=self._params({"path": path})
         )
-        info = _info(response.headers)
+        info = file_info(response.headers)
         if info.type == "directory":
             raise CoiError(f"{path} in {name} is a directory")
         return FileContent(info, response.body)
@@ -130,7 +130,7 @@ class FilesApi(ExecApi):
             headers,
             chunks,
         ):
-            info = _info(headers)
+            info = file_info(headers)
             if info.type == "directory":
                 raise CoiError(f"{path} in {name} is a directory")
             try:

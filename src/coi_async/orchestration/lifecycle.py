@@ -31,6 +31,7 @@ from coi_async.orchestration.session_store import (
     SessionMetadata,
     SessionStore,
     check_session_id,
+    discover_cli_session_id,
     new_session_id,
     now_rfc3339,
 )
@@ -155,7 +156,7 @@ class SessionSaver:
             slot=_int(inst.config.get(KEY_SLOT, "0")),
             created_at=inst.created_at,
         )
-        cli_id = _discover_cli_id(self.tool, session_dir)
+        cli_id = discover_cli_session_id(self.tool, session_dir)
         self.store.save_metadata(
             msgspec.structs.replace(
                 meta,
@@ -171,15 +172,6 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         return 0
-
-
-def _discover_cli_id(tool: Tool, session_dir: Path) -> str | None:
-    conversations = session_dir / tool.config_dir / tool.conversations_dir
-    try:
-        entries = [(e.name, e.stat().st_mtime) for e in os.scandir(conversations) if e.is_file()]
-    except OSError:
-        return None
-    return tool.discover_session_id(entries)
 
 
 # --- the per-container actions -----------------------------------------------------------------
@@ -203,16 +195,18 @@ async def shutdown_one(
     with ctx.committed(grace_s + _GRACE_SLACK_S + _FINISH_S):
         if inst.running:
             ctx.step(STOPPING, str(grace_s))
-            # Waiting on the guest costs this process nothing: let others work meanwhile.
+            # Waiting on incusd to bring the guest down (gracefully, then by force) costs this
+            # process nothing: let others work meanwhile. Forcing inside the wait matters: after
+            # a common timeout every late container is forced at once, not in waves of --parallel.
             async with ctx.released():
                 clean = await _graceful_stop(incus, inst.name, grace_s, ctx.interrupted)
-            if clean:
-                ctx.step(STOPPED)
-            elif await _running(incus, inst.name):
-                ctx.step(FORCE_STOPPING, "interrupted" if ctx.interrupted.is_set() else "timeout")
-                await force_stop(incus, inst.name)
-            else:
-                ctx.step(STOPPED_DURING_TIMEOUT)
+                if clean:
+                    ctx.step(STOPPED)
+                elif await _running(incus, inst.name):
+                    ctx.step(FORCE_STOPPING, "interrupted" if ctx.interrupted.is_set() else "timeout")
+                    await force_stop(incus, inst.name)
+                else:
+                    ctx.step(STOPPED_DURING_TIMEOUT)
         ctx.step(DELETING)
         await delete(incus, inst.name)
 
@@ -221,10 +215,13 @@ async def kill_one(ctx: ItemContext, incus: IncusClient, inst: Instance, *, save
     """Save, force stop, delete."""
     await _save(ctx, incus, inst, saver)
     with ctx.committed(_FINISH_S):
-        await ctx.hand_over()
         if inst.running:
-            ctx.step(FORCE_STOPPING, "kill")
-            await force_stop(incus, inst.name)
+            # As in shutdown: a forced stop is incusd's work, so it waits without holding a slot.
+            async with ctx.released():
+                ctx.step(FORCE_STOPPING, "kill")
+                await force_stop(incus, inst.name)
+        else:
+            await ctx.hand_over()
         ctx.step(DELETING)
         await delete(incus, inst.name)
 

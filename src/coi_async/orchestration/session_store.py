@@ -25,6 +25,7 @@ import msgspec
 
 from coi_async.errors import SessionNotFoundError, UsageError
 from coi_async.naming import SessionName, workspace_hash
+from coi_async.tools import Tool
 
 METADATA_FILE = "metadata.json"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
@@ -256,3 +257,13 @@ class SessionStore:
 def _saved_key(session: SavedSession) -> tuple[float, str]:
     when = parse_time(session.saved_at)
     return (when.timestamp() if when else 0.0, session.id)
+
+
+def discover_cli_session_id(tool: Tool, session_dir: Path) -> str | None:
+    """The tool's own id of the conversation saved in `session_dir` (for its --resume), if any."""
+    conversations = session_dir / tool.config_dir / tool.conversations_dir
+    try:
+        entries = [(e.name, e.stat().st_mtime) for e in os.scandir(conversations) if e.is_file()]
+    except OSError:
+        return None
+    return tool.discover_session_id(entries)

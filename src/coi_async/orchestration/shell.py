@@ -53,6 +53,7 @@ from coi_async.orchestration.session_store import (
     SessionMetadata,
     SessionStore,
     check_session_id,
+    discover_cli_session_id,
     new_session_id,
     now_rfc3339,
 )
@@ -248,20 +249,11 @@ def _tool_command(session: Session, request: ShellRequest, resumed: SavedSession
         return ["bash"]
     binary = session.binary
     if resumed is not None:
-        cli_id = (resumed.metadata.cli_session_id if resumed.metadata else "") or _discover_cli_id(
+        cli_id = (resumed.metadata.cli_session_id if resumed.metadata else "") or discover_cli_session_id(
             session.tool, resumed.path
         )
         return session.tool.resume_command(cli_id, binary=binary)
     return session.tool.new_session_command(session.session_id, binary=binary)
-
-
-def _discover_cli_id(tool: Tool, session_dir: Path) -> str | None:
-    conversations = session_dir / tool.config_dir / tool.conversations_dir
-    try:
-        entries = [(e.name, e.stat().st_mtime) for e in os.scandir(conversations) if e.is_file()]
-    except OSError:
-        return None
-    return tool.discover_session_id(entries)
 
 
 async def run_shell(
@@ -692,7 +684,7 @@ async def save_session(
         tool=session.tool.name,
         slot=session.slot,
     )
-    cli_id = _discover_cli_id(session.tool, session_dir)
+    cli_id = discover_cli_session_id(session.tool, session_dir)
     meta = msgspec.structs.replace(meta, saved_at=now_rfc3339(), cli_session_id=cli_id or meta.cli_session_id)
     await anyio.to_thread.run_sync(session.store.save_metadata, meta)
     session.metadata = meta

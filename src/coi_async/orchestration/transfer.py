@@ -20,7 +20,7 @@ import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -28,8 +28,9 @@ from typing import IO
 import anyio
 import anyio.to_thread
 
-from coi_async.errors import CoiError, IncusError, NotFoundError, UsageError
+from coi_async.errors import CoiError, NotFoundError, UsageError
 from coi_async.incus import FileInfo, IncusClient
+from coi_async.incus.files import file_info
 from coi_async.incus.paths import instance_path
 from coi_async.orchestration.containers import container_errors
 
@@ -78,25 +79,11 @@ async def _remote_info(incus: IncusClient, remote: Remote) -> FileInfo | None:
                 f"{instance_path(remote.container)}/files",
                 params={"path": remote.path, "project": incus.project},
             ) as (headers, _chunks):
-                return _file_info(headers)
+                return file_info(headers)
         except NotFoundError as exc:
             if "Instance not found" in str(exc):
                 raise
             return None
-
-
-def _file_info(headers: Mapping[str, str]) -> FileInfo:
-    # Go canonicalises header names ("X-Incus-Uid"): compare them case-blind.
-    lowered = {k.lower(): v for k, v in headers.items()}
-    try:
-        return FileInfo(
-            type=lowered.get("x-incus-type", "file"),
-            uid=int(lowered.get("x-incus-uid", "0")),
-            gid=int(lowered.get("x-incus-gid", "0")),
-            mode=int(lowered.get("x-incus-mode", "0644"), 8),
-        )
-    except ValueError as exc:
-        raise IncusError(f"unexpected file headers from incusd: {exc}") from exc
 
 
 # --- push --------------------------------------------------------------------------------------

@@ -104,12 +104,12 @@ async def _run(
     report: BulkReport,
 ) -> None:
     from coi_async.cli import bulk_view as view
-    from coi_async.orchestration.bulk import run_bulk
+    from coi_async.orchestration.bulk import NullReporter, run_bulk
 
     reporter: Reporter
     table: view.LiveTable | None = None
     if out.json:
-        reporter = view.QuietReporter()
+        reporter = NullReporter()
     elif view.is_terminal(sys.stdout):
         reporter = table = view.LiveTable(verb, names)
     else:

@@ -11,6 +11,7 @@ import asyncclick as click
 
 from coi_async.cli.app import App
 from coi_async.cli.commands._lowlevel import QUICK_S, START_S, STOP_S, deadline, say
+from coi_async.cli.commands.run import parse_env
 from coi_async.errors import CoiError, NotFoundError, UsageError
 
 EXEC_FORMATS = ("json", "raw")
@@ -75,16 +76,6 @@ async def delete(app: App, name: str, *, force: bool) -> None:
         with deadline(QUICK_S * 2, f"deleting {name}"):
             await containers.delete(incus, name, force=force)
     say(f"Container {name} deleted")
-
-
-def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"invalid environment variable '{pair}': expected KEY=VALUE")
-        env[key] = value
-    return env
 
 
 def _write_to(stream: BinaryIO) -> Callable[[bytes], Awaitable[None]]:

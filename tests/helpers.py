@@ -1,0 +1,90 @@
+"""Helpers shared by the test modules: test images, instances, throwaway projects."""
+
+from __future__ import annotations
+
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+
+import anyio
+
+from coi_async.errors import CoiError, NotFoundError
+from coi_async.incus import IncusClient
+from coi_async.incus.models import InstanceSource, InstancesPost
+
+BUSYBOX_IMAGE = "coi-test-busybox"
+DEBIAN_IMAGE = "coi-test-debian"
+
+# Share the default project's images and profiles.
+SHARED_PROJECT_CONFIG = {"features.images": "false", "features.profiles": "false"}
+
+
+def from_image(
+    name: str, image: str, *, start: bool = True, config: dict[str, str] | None = None
+) -> InstancesPost:
+    """The request for a container `name` made from the image alias `image`."""
+    return InstancesPost(
+        name=name,
+        source=InstanceSource(type="image", alias=image),
+        start=start,
+        config=config or {},
+    )
+
+
+def busybox(name: str, *, start: bool = True, config: dict[str, str] | None = None) -> InstancesPost:
+    """The request for a busybox container `name` (started unless start=False)."""
+    return from_image(name, BUSYBOX_IMAGE, start=start, config=config)
+
+
+async def remove_instance(incus: IncusClient, name: str, *, limit_s: float = 30) -> None:
+    """Force-stop and delete an instance; gone already is fine. Shielded, and bounded by `limit_s` seconds."""
+    with anyio.move_on_after(limit_s, shield=True):
+        with contextlib.suppress(CoiError):
+            await incus.stop_instance(name, force=True)
+        with contextlib.suppress(NotFoundError):
+            await incus.delete_instance(name)
+
+
+async def delete_project_fully(client: IncusClient, name: str) -> None:
+    """Delete a test project and every instance in it.
+
+    Never `?force=true`: on incusd 6.0 that also wipes the default project's default profile
+    when the project shares it (features.profiles=false).
+    """
+    scoped = client.in_project(name)
+    try:
+        instances = await scoped.list_instances()
+    except NotFoundError:
+        return
+
+    async def remove(instance_name: str, running: bool) -> None:
+        try:
+            if running:
+                await scoped.stop_instance(instance_name, force=True)
+            await scoped.delete_instance(instance_name)
+        except CoiError:
+            pass
+
+    async with anyio.create_task_group() as tg:
+        for instance in instances:
+            tg.start_soon(remove, instance.name, instance.running)
+    await client.delete_project(name)
+
+
+@contextlib.asynccontextmanager
+async def throwaway_project(
+    prefix: str, *, description: str = "coi-async test; safe to delete"
+) -> AsyncIterator[str]:
+    """A project `<prefix><hex>` sharing the default project's images and profiles; its name.
+
+    Removed on the way out with `delete_project_fully`, shielded and bounded.
+    """
+    name = f"{prefix}{secrets.token_hex(4)}"
+    async with IncusClient.connect() as client:
+        await client.create_project(name, config=SHARED_PROJECT_CONFIG, description=description)
+    try:
+        yield name
+    finally:
+        with anyio.move_on_after(180, shield=True):
+            async with IncusClient.connect() as client:
+                await delete_project_fully(client, name)
