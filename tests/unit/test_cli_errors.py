@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 
 def run_coi(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -37,3 +38,12 @@ def test_version_and_unknown_command() -> None:
     assert version.stdout.splitlines()[0].startswith("coi-async (coi) v")
     unknown = run_coi("no-such-command")
     assert unknown.returncode == 2
+
+
+def test_one_cause_is_said_once_even_when_several_tasks_hit_it(tmp_path: Path) -> None:
+    result = run_coi(
+        "run", "--", "true",
+        INCUS_SOCKET="/nonexistent/unix.socket", HOME=str(tmp_path), COI_CONFIG="",
+    )  # fmt: skip
+    assert result.returncode == 3
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -99,8 +99,12 @@ class CoiGroup(click.Group):
             debug = (isinstance(app, App) and app.debug) or os.environ.get("COI_DEBUG") == "1"
             if errors is None or debug:
                 raise
+            # Sibling tasks often hit the same cause (e.g. incusd is down): say it once.
+            shown: set[str] = set()
             for error in errors:
-                show_error(error)
+                if str(error) not in shown:
+                    shown.add(str(error))
+                    show_error(error)
             raise click.exceptions.Exit(max(e.exit_code for e in errors)) from None
 
 
