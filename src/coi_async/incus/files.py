@@ -18,12 +18,15 @@ from typing import IO
 import anyio
 import anyio.to_thread
 
-from coi_async.errors import CoiError, IncusError
+from coi_async.errors import CoiError, IncusApiError, IncusError
 from coi_async.incus.base import decode
 from coi_async.incus.exec import ExecApi
 from coi_async.incus.paths import instance_path
+from coi_async.incus.transport import RawResponse, decode_envelope
 
 _CHUNK = 256 * 1024
+_FILES_ATTEMPTS = 5
+_TRANSIENT_FILES_ERROR = "forkfile.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,34 @@ class FilesApi(ExecApi):
     def _files(self, name: str) -> str:
         return f"{instance_path(name)}/files"
 
+    async def _files_request(
+        self,
+        method: str,
+        name: str,
+        path: str,
+        *,
+        data: bytes | IO[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> RawResponse:
+        """One files-API request, repeated while incusd reports its transient helper failure.
+
+        Under load incusd's per-instance file helper is sometimes not listening yet ("dial unix
+        .../forkfile.sock: connect: no such file or directory"); a moment later it is.
+        """
+        start = data.tell() if data is not None and not isinstance(data, bytes) else 0
+        for attempt in range(_FILES_ATTEMPTS):
+            try:
+                return await self._transport.request_raw(
+                    method, self._files(name), params=self._params({"path": path}), data=data, headers=headers
+                )
+            except IncusApiError as exc:
+                if attempt == _FILES_ATTEMPTS - 1 or _TRANSIENT_FILES_ERROR not in str(exc):
+                    raise
+            if data is not None and not isinstance(data, bytes):
+                data.seek(start)
+            await anyio.sleep(0.05 * (attempt + 1))
+        raise AssertionError("unreachable")
+
     async def push_file(
         self,
         name: str,
@@ -80,12 +111,8 @@ class FilesApi(ExecApi):
         mode: int = 0o644,
     ) -> None:
         """Write a file in the instance (bytes, or an open binary file streamed as it is read)."""
-        await self._transport.request(
-            "POST",
-            self._files(name),
-            params=self._params({"path": path}),
-            data=data,
-            headers=_push_headers(uid=uid, gid=gid, mode=mode),
+        await self._files_request(
+            "POST", name, path, data=data, headers=_push_headers(uid=uid, gid=gid, mode=mode)
         )
 
     async def push_file_from(
@@ -99,25 +126,17 @@ class FilesApi(ExecApi):
     async def make_directory(
         self, name: str, path: str, *, uid: int = 0, gid: int = 0, mode: int = 0o755
     ) -> None:
-        await self._transport.request(
-            "POST",
-            self._files(name),
-            params=self._params({"path": path}),
-            data=b"",
-            headers=_push_headers(uid=uid, gid=gid, mode=mode, kind="directory"),
+        await self._files_request(
+            "POST", name, path, data=b"", headers=_push_headers(uid=uid, gid=gid, mode=mode, kind="directory")
         )
 
     async def stat_file(self, name: str, path: str) -> FileInfo:
-        response = await self._transport.request_raw(
-            "HEAD", self._files(name), params=self._params({"path": path})
-        )
+        response = await self._files_request("HEAD", name, path)
         return file_info(response.headers)
 
     async def pull_file(self, name: str, path: str) -> FileContent:
         """Read a file of the instance whole, with its ownership and mode."""
-        response = await self._transport.request_raw(
-            "GET", self._files(name), params=self._params({"path": path})
-        )
+        response = await self._files_request("GET", name, path)
         info = file_info(response.headers)
         if info.type == "directory":
             raise CoiError(f"{path} in {name} is a directory")
@@ -147,15 +166,14 @@ class FilesApi(ExecApi):
 
     async def list_directory(self, name: str, path: str) -> list[str]:
         """The entry names of a directory in the instance; works on stopped instances too."""
-        response = await self._transport.request(
-            "GET", self._files(name), params=self._params({"path": path})
-        )
-        if bytes(response.metadata).strip() in (b"", b"null"):
+        response = await self._files_request("GET", name, path)
+        envelope = decode_envelope("GET", self._files(name), response.status, response.body)
+        if bytes(envelope.metadata).strip() in (b"", b"null"):
             return []  # an empty directory
-        return decode(response.metadata, list[str], what="directory listing")
+        return decode(envelope.metadata, list[str], what="directory listing")
 
     async def delete_file(self, name: str, path: str) -> None:
-        await self._transport.request("DELETE", self._files(name), params=self._params({"path": path}))
+        await self._files_request("DELETE", name, path)
 
     async def push_directory(
         self, name: str, local: Path, remote: str, *, uid: int | None = None, gid: int | None = None
