@@ -73,11 +73,14 @@ async def make(
             session = str(uuid.uuid4())
             await incus.create_instance(
                 InstancesPost(
-                    name=name, source=InstanceSource(type="image", alias=image), config={KEY_SESSION: session}
+                    name=name,
+                    source=InstanceSource(type="image", alias=image),
+                    # Through the environment, not a pushed file: the files API flakes on a
+                    # loaded incusd ("forkfile.sock") for stopped containers.
+                    config={KEY_SESSION: session}
+                    | ({"environment.COI_IGNORE_STOP": "1"} if ignore_stop else {}),
                 )
             )
-            if ignore_stop:
-                await retry(lambda: incus.push_file(name, "/etc/coi-ignore-stop", b""))
             await incus.start_instance(name)
             # One exec rather than files-API calls: those flake on a loaded incusd ("forkfile.sock").
             base = "/home/code/.claude"
@@ -97,17 +100,6 @@ async def make(
     async with anyio.create_task_group() as tg:
         for name in names:
             tg.start_soon(one, name)
-
-
-async def retry(fn: Callable[[], Awaitable[object]], attempts: int = 5) -> None:
-    for attempt in range(attempts):
-        try:
-            await fn()
-            return
-        except CoiError:
-            if attempt == attempts - 1:
-                raise
-            await anyio.sleep(0.5)
 
 
 async def clear(incus: IncusClient) -> None:

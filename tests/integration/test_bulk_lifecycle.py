@@ -61,9 +61,10 @@ async def make_containers(
     sessions = {name: str(uuid.uuid4()) for name in names}
 
     async def one(name: str) -> None:
-        await incus.create_instance(busybox(name, start=False, config={KEY_SESSION: sessions[name]}))
+        config = {KEY_SESSION: sessions[name]}
         if name in ignore_stop:
-            await incus.push_file(name, "/etc/coi-ignore-stop", b"")
+            config["environment.COI_IGNORE_STOP"] = "1"
+        await incus.create_instance(busybox(name, start=False, config=config))
         for d in (
             "/home/code/.claude",
             "/home/code/.claude/projects",
