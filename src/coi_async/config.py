@@ -26,7 +26,6 @@ from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
 from coi_async.tools import DEFAULT_TOOL, get_tool
 
 SYSTEM_CONFIG = "/etc/coi/config.toml"
-USER_CONFIG = "~/.config/coi/config.toml"
 PROJECT_CONFIG = ".coi.toml"
 CONFIG_ENV = "COI_CONFIG"
 

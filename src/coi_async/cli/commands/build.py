@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,10 +10,8 @@ import asyncclick as click
 import msgspec
 
 from coi_async.cli.app import App
-from coi_async.errors import CoiError
 
 if TYPE_CHECKING:
-    from coi_async.config import Config
     from coi_async.egress import ProxyEvent
     from coi_async.orchestration.build import BuildRequest, BuildResult
 
@@ -52,28 +49,14 @@ class StderrBuildReporter:
             self._line(f"==> [egress] {event.action}: {event.detail}")
 
 
-def _load_config() -> Config:
-    from coi_async.config import config_paths, resolve_config
-
-    home = os.path.expanduser("~")
-    files: list[tuple[str, str]] = []
-    for path, required in config_paths(os.environ, home=home, cwd=os.getcwd()):
-        try:
-            files.append((path, Path(path).read_text()))
-        except FileNotFoundError:
-            if required:
-                raise CoiError(f"config file not found: {path}") from None
-        except OSError as exc:
-            raise CoiError(f"cannot read config file {path}: {exc}") from exc
-    return resolve_config(files, os.environ, home=home)
-
-
 def _settings(base: str | None, allow_hosts: tuple[str, ...]) -> tuple[str, tuple[str, ...], str]:
     """The base, the allowlist (defaults plus configured plus flags) and the container prefix."""
+    # The same loader (and the same errors for a bad config file) as every other command.
+    from coi_async.cli.config_loader import load_config
     from coi_async.egress import DEFAULT_ALLOWLIST
     from coi_async.orchestration.build import DEBIAN_BASE
 
-    config = _load_config()
+    config = load_config()
     chosen = base or config.build.base or DEBIAN_BASE
     extra = [h for entry in allow_hosts for h in entry.split(",") if h.strip()]
     allowlist = tuple(dict.fromkeys([*DEFAULT_ALLOWLIST, *config.build.allowed_hosts, *extra]))
