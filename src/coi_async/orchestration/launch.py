@@ -403,6 +403,42 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     host_gid: int = -1
 
 
+def spec_from_config(
+    config: Config,
+    *,
+    workspace: str,
+    slot: int,
+    persistent: bool,
+    ephemeral: bool,
+    host_uid: int,
+    host_gid: int,
+    mounts: tuple[Mount, ...],
+    session_id: str = "",
+    next_if_busy: bool = False,
+    prefer_slot: int = 0,
+) -> LaunchSpec:
+    """The LaunchSpec for a workspace, with image, naming, uid and shift settings from `config`."""
+    return LaunchSpec(
+        workspace=workspace,
+        image=config.defaults.image,
+        prefix=config.container_prefix,
+        max_slots=config.defaults.max_slots,
+        slot=slot,
+        persistent=persistent,
+        ephemeral=ephemeral,
+        session_id=session_id,
+        tool=config.tool.name,
+        code_uid=config.incus.code_uid,
+        code_user=config.incus.code_user,
+        host_uid=host_uid,
+        host_gid=host_gid,
+        disable_shift=config.incus.disable_shift,
+        mounts=mounts,
+        next_if_busy=next_if_busy,
+        prefer_slot=prefer_slot,
+    )
+
+
 async def launch_session(
     incus: IncusClient,
     config: Config,
@@ -418,21 +454,15 @@ async def launch_session(
     """
     preferred = SessionName.parse(request.prefer_container, config.container_prefix)
     mounts = prepare_mounts(config, request.mounts)
-    spec = LaunchSpec(
+    spec = spec_from_config(
+        config,
         workspace=request.workspace,
-        image=config.defaults.image,
-        prefix=config.container_prefix,
-        max_slots=config.defaults.max_slots,
         slot=request.slot,
         persistent=request.persistent,
         ephemeral=False,
         session_id=request.session_id,
-        tool=config.tool.name,
-        code_uid=config.incus.code_uid,
-        code_user=config.incus.code_user,
         host_uid=os.getuid() if request.host_uid < 0 else request.host_uid,
         host_gid=os.getgid() if request.host_gid < 0 else request.host_gid,
-        disable_shift=config.incus.disable_shift,
         mounts=mounts,
         next_if_busy=True,
         prefer_slot=preferred.slot if preferred and preferred.belongs_to(request.workspace) else 0,

@@ -15,11 +15,11 @@ from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
 from coi_async.orchestration.launch import (
     WORKSPACE_PATH,
-    LaunchSpec,
     Say,
     launch,
     remove_container,
     session_env,
+    spec_from_config,
     stop_container,
 )
 
@@ -47,19 +47,14 @@ async def run_command(
 ) -> int:
     """Run the command; return its exit code. The image and persistence come from `config`."""
     persistent = config.defaults.persistent
-    spec = LaunchSpec(
+    spec = spec_from_config(
+        config,
         workspace=request.workspace,
-        image=config.defaults.image,
-        prefix=config.container_prefix,
-        max_slots=config.defaults.max_slots,
         slot=request.slot,
         persistent=persistent,
         ephemeral=not persistent,
-        tool=config.tool.name,
-        code_uid=config.incus.code_uid,
         host_uid=request.host_uid,
         host_gid=request.host_gid,
-        disable_shift=config.incus.disable_shift,
         mounts=request.mounts,
     )
     launched = await launch(incus, spec, say=say)
