@@ -124,6 +124,39 @@ async def _run(
         report.interrupted = True
 
 
+async def _confirm_then_run(
+    out: _Out,
+    names: list[str],
+    action: Action,
+    *,
+    found: str,
+    prompt: str,
+    force: bool,
+    verb: Verb,
+    parallel: int,
+    into: BulkReport,
+) -> bool:
+    """List what is about to go, ask unless forced, run, and add the results to `into`.
+
+    False when the user said no. A run of its own, then merged: `run_bulk` sets the report's
+    elapsed time, and `clean` adds up two runs.
+    """
+    from coi_async.orchestration.bulk import BulkReport
+
+    out.echo(f"Found {len(names)} {found}:")
+    for name in names:
+        out.echo(f"  - {name}")
+    if not force and not out.confirm(prompt):
+        out.echo("Cancelled.")
+        return False
+    part = BulkReport()
+    await _run(out, names, action, verb=verb, parallel=parallel, report=part)
+    into.results.extend(part.results)
+    into.elapsed_s += part.elapsed_s
+    into.interrupted = part.interrupted
+    return True
+
+
 def _finish(
     out: _Out,
     report: BulkReport,
@@ -336,23 +369,22 @@ async def clean(app: App, *, all_: bool, sessions: bool, force: bool, parallel: 
             if not stopped:
                 out.echo("  (no stopped containers found)")
             else:
-                out.echo(f"Found {len(stopped)} stopped container(s):")
-                for name in stopped:
-                    out.echo(f"  - {name}")
-                if not force and not out.confirm("\nDelete these containers? [y/N]: "):
-                    out.echo("Cancelled.")
-                    return
 
                 async def remove(ctx: ItemContext) -> None:
                     await lc.remove_stopped_one(ctx, incus, stopped[ctx.name], saver=saver)
 
-                part = BulkReport()
-                await _run(
-                    out, list(stopped), remove, verb=view.CLEAN_CONTAINERS, parallel=limit, report=part
-                )
-                report.results.extend(part.results)
-                report.elapsed_s += part.elapsed_s
-                report.interrupted = part.interrupted
+                if not await _confirm_then_run(
+                    out,
+                    list(stopped),
+                    remove,
+                    found="stopped container(s)",
+                    prompt="\nDelete these containers? [y/N]: ",
+                    force=force,
+                    verb=view.CLEAN_CONTAINERS,
+                    parallel=limit,
+                    into=report,
+                ):
+                    return
 
     if (all_ or sessions) and not report.interrupted:
         out.echo("\nChecking for saved session data...")
@@ -360,23 +392,22 @@ async def clean(app: App, *, all_: bool, sessions: bool, force: bool, parallel: 
         if not saved:
             out.echo("  (no saved sessions found)")
         else:
-            out.echo(f"Found {len(saved)} session(s):")
-            for session in saved:
-                out.echo(f"  - {session.id}")
-            if not force and not out.confirm("\nDelete all session data? [y/N]: "):
-                out.echo("Cancelled.")
-                return
 
             async def forget(ctx: ItemContext) -> None:
                 await lc.delete_session_one(ctx, store, ctx.name)
 
-            part = BulkReport()
-            await _run(
-                out, [s.id for s in saved], forget, verb=view.CLEAN_SESSIONS, parallel=limit, report=part
-            )
-            report.results.extend(part.results)
-            report.elapsed_s += part.elapsed_s
-            report.interrupted = part.interrupted
+            if not await _confirm_then_run(
+                out,
+                [s.id for s in saved],
+                forget,
+                found="session(s)",
+                prompt="\nDelete all session data? [y/N]: ",
+                force=force,
+                verb=view.CLEAN_SESSIONS,
+                parallel=limit,
+                into=report,
+            ):
+                return
 
     _finish(
         out,
