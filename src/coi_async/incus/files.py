@@ -25,7 +25,7 @@ from coi_async.incus.paths import instance_path
 from coi_async.incus.transport import RawResponse, decode_envelope
 
 _CHUNK = 256 * 1024
-_FILES_ATTEMPTS = 5
+_FILES_ATTEMPTS = 10
 _TRANSIENT_FILES_ERROR = "forkfile.sock"
 
 
@@ -97,7 +97,7 @@ class FilesApi(ExecApi):
                     raise
             if data is not None and not isinstance(data, bytes):
                 data.seek(start)
-            await anyio.sleep(0.05 * (attempt + 1))
+            await anyio.sleep(min(0.1 * (attempt + 1), 0.5))  # ~3.5 s in all
         raise AssertionError("unreachable")
 
     async def push_file(
