@@ -64,23 +64,22 @@ async def make_containers(
         config = {KEY_SESSION: sessions[name]}
         if name in ignore_stop:
             config["environment.COI_IGNORE_STOP"] = "1"
-        await incus.create_instance(busybox(name, start=False, config=config))
-        for d in (
-            "/home/code/.claude",
-            "/home/code/.claude/projects",
-            "/home/code/.claude/projects/-workspace",
-        ):
-            await incus.make_directory(name, d, uid=1000, gid=1000)
-        await incus.push_file(name, "/home/code/.claude/settings.json", b'{"x": 1}\n', uid=1000, gid=1000)
-        await incus.push_file(
-            name,
-            f"/home/code/.claude/projects/-workspace/{sessions[name]}.jsonl",
-            name.encode() + b"\n" + os.urandom(data_bytes),
-            uid=1000,
-            gid=1000,
+        await incus.create_instance(busybox(name, start=True, config=config))
+        # By exec into the running container: the files API on a stopped one fails for seconds
+        # at a time on a loaded incusd ("forkfile.sock: no such file or directory").
+        claude = "/home/code/.claude"
+        script = (
+            f"mkdir -p {claude}/projects/-workspace"
+            f" && printf '{{\"x\": 1}}\\n' > {claude}/settings.json"
+            f" && cat > {claude}/projects/-workspace/{sessions[name]}.jsonl"
+            f" && chown -R 1000:1000 {claude}"
         )
-        if start:
-            await incus.start_instance(name)
+        result = await incus.exec(
+            name, ["sh", "-c", script], stdin=name.encode() + b"\n" + os.urandom(data_bytes)
+        )
+        assert result.ok, result.stderr.decode()
+        if not start:
+            await incus.stop_instance(name, force=True)
 
     async with anyio.create_task_group() as tg:
         for name in names:
