@@ -43,9 +43,9 @@ from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost, StatePut
 from coi_async.naming import KEY_SESSION
-from coi_async.orchestration import lifecycle as lc
-from coi_async.orchestration.bulk import ItemContext, run_bulk
-from coi_async.orchestration.session_store import SessionStore
+from coi_async.orchestration.bulk import lifecycle as lc
+from coi_async.orchestration.runner import ItemContext, run_bulk
+from coi_async.orchestration.sessions.store import SessionStore
 from coi_async.tools import get_tool
 
 PREFIX = "h4-"

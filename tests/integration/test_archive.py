@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from coi_async.incus import IncusClient
-from coi_async.orchestration.archive import restore_session_data, save_session_data
+from coi_async.orchestration.sessions.archive import restore_session_data, save_session_data
 
 pytestmark = pytest.mark.incus
 

@@ -12,7 +12,7 @@ import pytest
 from coi_async.egress import ProxyEvent
 from coi_async.errors import BuildError, EgressError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.orchestration.build import BuildResult, build_image, custom_request
+from coi_async.orchestration.images.build import BuildResult, build_image, custom_request
 from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE, from_image, remove_instance
 from tests.integration.coi_cli import Run, coi
 

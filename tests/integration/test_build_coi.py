@@ -15,7 +15,7 @@ import pytest
 from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
-from coi_async.orchestration.build import build_image, coi_request
+from coi_async.orchestration.images.build import build_image, coi_request
 
 pytestmark = pytest.mark.incus
 

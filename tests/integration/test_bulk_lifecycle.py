@@ -287,7 +287,7 @@ async def test_clean_saves_and_deletes_stopped_then_sessions(
 
 
 async def test_already_gone_counts_as_done(project: str, client: IncusClient) -> None:
-    from coi_async.orchestration import lifecycle as lc
+    from coi_async.orchestration.bulk import lifecycle as lc
 
     names = container_names(1)
     await make_containers(client, names)

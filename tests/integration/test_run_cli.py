@@ -15,8 +15,8 @@ import pytest
 from coi_async.errors import CoiError, NoFreeSlotError
 from coi_async.incus import IncusClient
 from coi_async.naming import SessionName, workspace_hash
-from coi_async.orchestration.launch import LaunchSpec, launch, remove_container
-from coi_async.orchestration.session_store import SessionMetadata, SessionStore, new_session_id
+from coi_async.orchestration.sessions.launch import LaunchSpec, launch, remove_container
+from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore, new_session_id
 from tests.helpers import BUSYBOX_IMAGE
 from tests.integration.coi_cli import COI, isolated_env
 

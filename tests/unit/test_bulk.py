@@ -8,7 +8,7 @@ import anyio
 import pytest
 
 from coi_async.errors import CoiError, NotFoundError
-from coi_async.orchestration.bulk import BulkReport, ItemContext, ItemResult, run_bulk
+from coi_async.orchestration.runner import BulkReport, ItemContext, ItemResult, run_bulk
 
 
 class Recorder:

@@ -17,8 +17,8 @@ from coi_async.cli.commands.image import human_size, short_date
 from coi_async.cli.main import cli
 from coi_async.errors import UsageError
 from coi_async.incus.models import Image, ImageAlias
-from coi_async.orchestration.image_versions import plan_cleanup, version_stamp
-from coi_async.orchestration.transfer import Remote, parse_remote
+from coi_async.orchestration.files.transfer import Remote, parse_remote
+from coi_async.orchestration.images.versions import plan_cleanup, version_stamp
 
 BIN = Path(sys.executable).parent
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from coi_async.orchestration.base import load_base_recipe
+from coi_async.orchestration.images.base import load_base_recipe
 from coi_async.recipes import BASE_DIR, COI_SCRIPT, DUMMY, files_hash
 
 CHECKOUT_FAKE_CLI = Path(__file__).resolve().parents[2] / "images" / "fake-claude" / "claude"

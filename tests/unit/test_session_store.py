@@ -10,8 +10,8 @@ import pytest
 
 from coi_async.errors import SessionNotFoundError, UsageError
 from coi_async.naming import workspace_hash
-from coi_async.orchestration.archive import install_directory, recover_directory
-from coi_async.orchestration.session_store import (
+from coi_async.orchestration.sessions.archive import install_directory, recover_directory
+from coi_async.orchestration.sessions.store import (
     SessionMetadata,
     SessionStore,
     check_session_id,

@@ -8,8 +8,8 @@ import shlex
 import pytest
 
 from coi_async.cli.main import cli, default_to_shell
-from coi_async.orchestration.credentials import merge_settings
-from coi_async.orchestration.tmux import sanitize_term, user_env, wrapped_command
+from coi_async.orchestration.sessions.credentials import merge_settings
+from coi_async.orchestration.sessions.tmux import sanitize_term, user_env, wrapped_command
 from coi_async.tools import CLAUDE
 
 SANDBOX = CLAUDE.sandbox_settings

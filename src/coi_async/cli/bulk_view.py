@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import msgspec
 
-from coi_async.orchestration import lifecycle as lc
-from coi_async.orchestration.bulk import BulkReport, ItemResult
+from coi_async.orchestration.bulk import lifecycle as lc
+from coi_async.orchestration.runner import BulkReport, ItemResult
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

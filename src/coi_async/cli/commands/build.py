@@ -13,7 +13,7 @@ from coi_async.cli.app import App
 
 if TYPE_CHECKING:
     from coi_async.egress import ProxyEvent
-    from coi_async.orchestration.build import BuildRequest, BuildResult
+    from coi_async.orchestration.images.build import BuildRequest, BuildResult
 
 
 class StderrBuildReporter:
@@ -54,7 +54,7 @@ def _settings(base: str | None, allow_hosts: tuple[str, ...]) -> tuple[str, tupl
     # The same loader (and the same errors for a bad config file) as every other command.
     from coi_async.cli.config_loader import load_config
     from coi_async.egress import DEFAULT_ALLOWLIST
-    from coi_async.orchestration.build import DEBIAN_BASE
+    from coi_async.orchestration.images.build import DEBIAN_BASE
 
     config = load_config()
     chosen = base or config.build.base or DEBIAN_BASE
@@ -70,7 +70,7 @@ def _summary(result: BuildResult) -> str:
 
 
 async def _run(app: App, request: BuildRequest) -> BuildResult:
-    from coi_async.orchestration.build import build_image
+    from coi_async.orchestration.images.build import build_image
 
     reporter = StderrBuildReporter()
     async with app.incus() as incus:
@@ -114,7 +114,7 @@ async def build(
     """Build the coi image (reused while its recipe is unchanged)."""
     if ctx.invoked_subcommand is not None:
         return
-    from coi_async.orchestration.build import coi_request
+    from coi_async.orchestration.images.build import coi_request
 
     app: App = ctx.obj
     chosen, allowlist, prefix = _settings(base, allow_hosts)
@@ -153,7 +153,7 @@ async def custom(
     proxy_port: int,
 ) -> None:
     """Build a custom image NAME by running SCRIPT as root on top of BASE."""
-    from coi_async.orchestration.build import custom_request
+    from coi_async.orchestration.images.build import custom_request
 
     _, allowlist, prefix = _settings(base, allow_hosts)
     request = custom_request(

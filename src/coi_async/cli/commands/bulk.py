@@ -24,9 +24,9 @@ from coi_async.errors import CoiError, UsageError
 if TYPE_CHECKING:
     from coi_async.cli.bulk_view import Verb
     from coi_async.config import Config
-    from coi_async.orchestration.bulk import Action, BulkReport, Reporter
-    from coi_async.orchestration.lifecycle import SessionSaver
-    from coi_async.orchestration.session_store import SessionStore
+    from coi_async.orchestration.bulk.lifecycle import SessionSaver
+    from coi_async.orchestration.runner import Action, BulkReport, Reporter
+    from coi_async.orchestration.sessions.store import SessionStore
 
 INTERRUPTED_EXIT = 130
 # Per-item budget before an item commits (i.e. for saving its session data).
@@ -67,8 +67,8 @@ class _Out:
 
 
 def _saver(config: Config) -> tuple[SessionSaver, SessionStore]:
-    from coi_async.orchestration.lifecycle import SessionSaver
-    from coi_async.orchestration.session_store import SessionStore
+    from coi_async.orchestration.bulk.lifecycle import SessionSaver
+    from coi_async.orchestration.sessions.store import SessionStore
     from coi_async.tools import get_tool
 
     tool = get_tool(config.tool.name)
@@ -104,7 +104,7 @@ async def _run(
     report: BulkReport,
 ) -> None:
     from coi_async.cli import bulk_view as view
-    from coi_async.orchestration.bulk import NullReporter, run_bulk
+    from coi_async.orchestration.runner import NullReporter, run_bulk
 
     reporter: Reporter
     table: view.LiveTable | None = None
@@ -141,7 +141,7 @@ async def _confirm_then_run(
     False when the user said no. A run of its own, then merged: `run_bulk` sets the report's
     elapsed time, and `clean` adds up two runs.
     """
-    from coi_async.orchestration.bulk import BulkReport
+    from coi_async.orchestration.runner import BulkReport
 
     out.echo(f"Found {len(names)} {found}:")
     for name in names:
@@ -184,7 +184,7 @@ def _finish(
 
 
 def _unknown_results(report: BulkReport, unknown: Sequence[str]) -> None:
-    from coi_async.orchestration.bulk import ItemResult
+    from coi_async.orchestration.runner import ItemResult
 
     for name in unknown:
         report.results.append(
@@ -205,8 +205,8 @@ async def _end_containers(
 ) -> None:
     """What `shutdown` and `kill` share: select, confirm, run, summarise."""
     from coi_async.cli import bulk_view as view
-    from coi_async.orchestration import lifecycle as lc
-    from coi_async.orchestration.bulk import BulkReport, ItemContext
+    from coi_async.orchestration.bulk import lifecycle as lc
+    from coi_async.orchestration.runner import BulkReport, ItemContext
 
     _check_names(names, all_=all_)
     config = app.config()
@@ -352,8 +352,8 @@ async def kill(
 async def clean(app: App, *, all_: bool, sessions: bool, force: bool, parallel: int | None, fmt: str) -> None:
     """Delete stopped containers (their session data saved first) and/or saved sessions."""
     from coi_async.cli import bulk_view as view
-    from coi_async.orchestration import lifecycle as lc
-    from coi_async.orchestration.bulk import BulkReport, ItemContext
+    from coi_async.orchestration.bulk import lifecycle as lc
+    from coi_async.orchestration.runner import BulkReport, ItemContext
 
     config = app.config()
     limit = _check_parallel(parallel, config)

@@ -29,7 +29,7 @@ async def container() -> None:
 @click.pass_obj
 async def launch(app: App, image: str, name: str, *, ephemeral: bool) -> None:
     """Create and start container NAME from the local image IMAGE (Docker-in-container ready)."""
-    from coi_async.orchestration import containers
+    from coi_async.orchestration.containers import commands as containers
 
     async with app.incus() as incus:
         with deadline(START_S, f"launching {name}"):
@@ -42,7 +42,7 @@ async def launch(app: App, image: str, name: str, *, ephemeral: bool) -> None:
 @click.pass_obj
 async def start(app: App, name: str) -> None:
     """Start a stopped container."""
-    from coi_async.orchestration import containers
+    from coi_async.orchestration.containers import commands as containers
 
     async with app.incus() as incus:
         with deadline(START_S, f"starting {name}"):
@@ -56,7 +56,7 @@ async def start(app: App, name: str) -> None:
 @click.pass_obj
 async def stop(app: App, name: str, *, force: bool) -> None:
     """Stop a running container (gracefully, unless --force)."""
-    from coi_async.orchestration import containers
+    from coi_async.orchestration.containers import commands as containers
 
     async with app.incus() as incus:
         with deadline(QUICK_S if force else STOP_S, f"stopping {name}"):
@@ -70,7 +70,7 @@ async def stop(app: App, name: str, *, force: bool) -> None:
 @click.pass_obj
 async def delete(app: App, name: str, *, force: bool) -> None:
     """Delete a container (a running one only with --force)."""
-    from coi_async.orchestration import containers
+    from coi_async.orchestration.containers import commands as containers
 
     async with app.incus() as incus:
         with deadline(QUICK_S * 2, f"deleting {name}"):
@@ -130,7 +130,7 @@ async def exec_(
     uid = user or 0
     gid = group if group is not None else uid
     argv = list(command)
-    from coi_async.orchestration.containers import container_errors
+    from coi_async.orchestration.containers.commands import container_errors
 
     async with app.incus() as incus:
         with container_errors(name):
@@ -200,7 +200,7 @@ async def running(app: App, name: str) -> None:
 @click.pass_obj
 async def mount(app: App, name: str, device: str, source: str, path: str, *, shift: bool) -> None:
     """Mount host directory SOURCE at PATH in container NAME, as disk device DEVICE."""
-    from coi_async.orchestration import containers
+    from coi_async.orchestration.containers import commands as containers
 
     if not path.startswith("/"):
         raise UsageError(f"container path must be absolute: '{path}'")

@@ -29,7 +29,7 @@ async def push(app: App, local: str, destination: str, *, recursive: bool) -> No
     A file lands at PATH (or inside it, if PATH is a directory or ends in /). A directory's
     contents land in PATH, created if missing; with a trailing / in PATH they land in PATH/<name>.
     """
-    from coi_async.orchestration import transfer
+    from coi_async.orchestration.files import transfer
 
     remote = transfer.parse_remote(destination, role="destination")
     async with app.incus() as incus:
@@ -49,7 +49,7 @@ async def pull(app: App, source: str, local: str, *, recursive: bool) -> None:
     file, or lands inside LOCAL when it is a directory. Links that point outside the copy are
     skipped and named on stderr; nothing is ever written outside LOCAL.
     """
-    from coi_async.orchestration import transfer
+    from coi_async.orchestration.files import transfer
 
     remote = transfer.parse_remote(source, role="source")
     target = Path(os.path.abspath(local))  # noqa: ASYNC240 - a getcwd, no disk access

@@ -147,7 +147,7 @@ async def publish(app: App, container: str, alias: str, *, description: str) -> 
     """
     import msgspec
 
-    from coi_async.orchestration import image_versions
+    from coi_async.orchestration.images import versions as image_versions
 
     async with app.incus() as incus:
         with deadline(PUBLISH_S, f"publishing {container}"):
@@ -160,7 +160,7 @@ async def publish(app: App, container: str, alias: str, *, description: str) -> 
 @click.pass_obj
 async def delete(app: App, alias: str) -> None:
     """Delete the image ALIAS names (with all its aliases)."""
-    from coi_async.orchestration import image_versions
+    from coi_async.orchestration.images import versions as image_versions
 
     async with app.incus() as incus:
         with deadline(QUICK_S * 2, f"deleting image {alias}"):
@@ -188,7 +188,7 @@ async def cleanup(app: App, prefix: str, *, keep: int) -> None:
 
     Only aliases ending in the version stamp count; an image another alias still names is kept.
     """
-    from coi_async.orchestration import image_versions
+    from coi_async.orchestration.images import versions as image_versions
 
     if keep <= 0:
         raise UsageError("--keep must be > 0")

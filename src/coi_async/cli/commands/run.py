@@ -67,8 +67,8 @@ async def run(
     Use `--` before the command: coi run -- sh -c 'echo hi'.
     """
     from coi_async.naming import absolute_workspace
-    from coi_async.orchestration.launch import check_workspace, prepare_mounts
-    from coi_async.orchestration.run import RunRequest, exit_status, run_command
+    from coi_async.orchestration.sessions.launch import check_workspace, prepare_mounts
+    from coi_async.orchestration.sessions.run import RunRequest, exit_status, run_command
     from coi_async.slots import validate_slot
 
     config = app.config(profile=profile, image=image, persistent=persistent)

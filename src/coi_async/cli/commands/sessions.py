@@ -15,12 +15,12 @@ from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
     from coi_async.config import Config
-    from coi_async.orchestration.listing import ActiveContainer
-    from coi_async.orchestration.session_store import SavedSession, SessionStore
+    from coi_async.orchestration.sessions.listing import ActiveContainer
+    from coi_async.orchestration.sessions.store import SavedSession, SessionStore
 
 
 def _store(config: Config) -> SessionStore:
-    from coi_async.orchestration.session_store import SessionStore
+    from coi_async.orchestration.sessions.store import SessionStore
     from coi_async.tools import get_tool
 
     return SessionStore(config.sessions_dir, config_dir=get_tool(config.tool.name).config_dir)
@@ -92,7 +92,7 @@ def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -
 @click.pass_obj
 async def list_(app: App, *, show_all: bool, fmt: str) -> None:
     """List session containers (and, with --all, saved sessions)."""
-    from coi_async.orchestration.listing import active_containers
+    from coi_async.orchestration.sessions.listing import active_containers
 
     if fmt not in ("text", "json"):
         raise UsageError(f"invalid format '{fmt}': must be 'text' or 'json'")
@@ -131,7 +131,7 @@ def format_bytes(size: int) -> str:
 @click.pass_obj
 async def info(app: App, *, session_id: str | None) -> None:
     """Show a saved session (the most recent one without SESSION_ID)."""
-    from coi_async.orchestration.session_store import check_session_id
+    from coi_async.orchestration.sessions.store import check_session_id
     from coi_async.tools import get_tool
 
     config = app.config()
@@ -176,7 +176,7 @@ async def info(app: App, *, session_id: str | None) -> None:
 @click.pass_obj
 async def persist(app: App, *, names: tuple[str, ...], all_: bool, force: bool) -> None:
     """Keep containers after their session ends (turn ephemeral sessions persistent)."""
-    from coi_async.orchestration.listing import persist_container, prefixed_instances
+    from coi_async.orchestration.sessions.listing import persist_container, prefixed_instances
 
     config = app.config()
     store = _store(config)

@@ -29,7 +29,7 @@ def _say(line: str) -> None:
 def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[str, tuple[Mount, ...], str]:
     """The absolute workspace (checked), the extra mounts (validated, host dirs made), the home."""
     from coi_async.naming import absolute_workspace
-    from coi_async.orchestration.launch import check_workspace, prepare_mounts
+    from coi_async.orchestration.sessions.launch import check_workspace, prepare_mounts
 
     ws = absolute_workspace(workspace, os.getcwd())
     check_workspace(ws)
@@ -83,7 +83,7 @@ async def shell(
 ) -> None:
     """Start an interactive AI coding session in a container (the default command)."""
     from coi_async.cli.commands.run import parse_env
-    from coi_async.orchestration import shell as flow
+    from coi_async.orchestration.sessions import shell as flow
 
     if args:
         raise UsageError(
@@ -124,7 +124,7 @@ async def shell(
 async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, workspace: str) -> None:
     """Attach to a running session (by name, by --slot, or the only one)."""
     from coi_async.naming import absolute_workspace
-    from coi_async.orchestration import shell as flow
+    from coi_async.orchestration.sessions import shell as flow
 
     config = app.config()
     async with app.incus() as incus:

@@ -22,7 +22,7 @@ async def tmux() -> None:
 @click.pass_obj
 async def send(app: App, container: str, command: str) -> None:
     """Type COMMAND, then Enter, into the container's tmux session (key names like C-c work)."""
-    from coi_async.orchestration import tmux_control
+    from coi_async.orchestration.sessions import tmux_control
 
     async with app.incus() as incus:
         with deadline(QUICK_S, f"sending to {container}"):
@@ -35,7 +35,7 @@ async def send(app: App, container: str, command: str) -> None:
 @click.pass_obj
 async def capture(app: App, container: str) -> None:
     """Print what the container's tmux session shows now."""
-    from coi_async.orchestration import tmux_control
+    from coi_async.orchestration.sessions import tmux_control
 
     async with app.incus() as incus:
         with deadline(QUICK_S, f"capturing {container}"):
@@ -49,7 +49,7 @@ async def capture(app: App, container: str) -> None:
 async def list_(app: App) -> None:
     """List running coi containers that have a tmux session."""
     from coi_async.naming import container_prefix
-    from coi_async.orchestration import tmux_control
+    from coi_async.orchestration.sessions import tmux_control
 
     prefix = container_prefix(os.environ)
     async with app.incus() as incus:

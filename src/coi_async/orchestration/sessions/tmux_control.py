@@ -17,7 +17,7 @@ from coi_async.errors import CoiError
 from coi_async.incus import ExecResult, IncusClient
 from coi_async.incus.models import Instance
 from coi_async.naming import KEY_UID, tmux_session
-from coi_async.orchestration.containers import container_errors
+from coi_async.orchestration.containers.commands import container_errors
 
 CODE_UID = 1000
 CODE_HOME = "/home/code"

@@ -25,9 +25,9 @@ from coi_async.errors import CoiError, IncusApiError, NotFoundError, OperationFa
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
 from coi_async.naming import KEY_PERSISTENT, KEY_SESSION, KEY_SLOT, KEY_UID, KEY_WORKSPACE, SessionName
-from coi_async.orchestration import archive
-from coi_async.orchestration.bulk import ItemContext
-from coi_async.orchestration.session_store import (
+from coi_async.orchestration.runner import ItemContext
+from coi_async.orchestration.sessions import archive
+from coi_async.orchestration.sessions.store import (
     SessionMetadata,
     SessionStore,
     check_session_id,

@@ -45,10 +45,10 @@ from coi_async.naming import (
     SessionName,
     tmux_session,
 )
-from coi_async.orchestration import archive
-from coi_async.orchestration.credentials import inject_credentials
-from coi_async.orchestration.launch import LaunchRequest, launch_session, remove_container
-from coi_async.orchestration.session_store import (
+from coi_async.orchestration.sessions import archive
+from coi_async.orchestration.sessions.credentials import inject_credentials
+from coi_async.orchestration.sessions.launch import LaunchRequest, launch_session, remove_container
+from coi_async.orchestration.sessions.store import (
     SavedSession,
     SessionMetadata,
     SessionStore,
@@ -57,7 +57,7 @@ from coi_async.orchestration.session_store import (
     new_session_id,
     now_rfc3339,
 )
-from coi_async.orchestration.tmux import LOST_EXEC, WORKDIR, TmuxSession, user_env
+from coi_async.orchestration.sessions.tmux import LOST_EXEC, WORKDIR, TmuxSession, user_env
 from coi_async.slots import validate_slot
 from coi_async.tools import Tool, get_tool
 

@@ -18,7 +18,7 @@ import anyio
 from coi_async.errors import CoiError, ConflictError, NotFoundError, UsageError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Image, InstancePatch
-from coi_async.orchestration.containers import container_errors
+from coi_async.orchestration.containers.commands import container_errors
 
 VERSION_RE = re.compile(r"-(\d{8}-\d{6})$")
 

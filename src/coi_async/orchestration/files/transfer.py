@@ -32,7 +32,7 @@ from coi_async.errors import CoiError, NotFoundError, UsageError
 from coi_async.incus import FileInfo, IncusClient
 from coi_async.incus.files import file_info
 from coi_async.incus.paths import instance_path
-from coi_async.orchestration.containers import container_errors
+from coi_async.orchestration.containers.commands import container_errors
 
 _CHUNK = 256 * 1024
 # Symbolic links followed inside the container before giving up (the kernel's own limit).

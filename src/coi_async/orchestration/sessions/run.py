@@ -13,7 +13,7 @@ import msgspec
 
 from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
-from coi_async.orchestration.launch import (
+from coi_async.orchestration.sessions.launch import (
     WORKSPACE_PATH,
     Say,
     launch,

@@ -10,7 +10,7 @@ from coi_async.errors import NotFoundError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
 from coi_async.naming import KEY_PERSISTENT, KEY_WORKSPACE
-from coi_async.orchestration.session_store import SessionMetadata, SessionStore
+from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore
 
 
 class ActiveContainer(msgspec.Struct, frozen=True, kw_only=True):

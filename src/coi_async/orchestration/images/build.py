@@ -28,7 +28,7 @@ from coi_async.egress import DEFAULT_ALLOWLIST, Allowlist, EgressProxy, ProxyEve
 from coi_async.errors import BuildError, CoiError, NotFoundError
 from coi_async.incus.client import IncusClient
 from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
-from coi_async.orchestration.base import ensure_debian_base, load_base_recipe
+from coi_async.orchestration.images.base import ensure_debian_base, load_base_recipe
 from coi_async.recipes import COI_SCRIPT, DUMMY, files_hash
 
 # `[build] base` values: this one builds the base from Debian packages with debootstrap.
