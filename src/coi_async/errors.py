@@ -45,11 +45,19 @@ class IncusUnavailableError(IncusError):
 
 
 class IncusApiError(IncusError):
-    """incusd answered with an error envelope."""
+    """incusd refused a request, or a background operation it ran failed.
 
-    def __init__(self, status: int, message: str, *, hint: str | None = None) -> None:
+    Made only by the classifier in `coi_async.incus.classify`, which picks the most precise
+    subclass below from incusd's answer; code outside `incus/` tells errors apart by type alone.
+    """
+
+    def __init__(
+        self, status: int, message: str, *, operation_id: str | None = None, hint: str | None = None
+    ) -> None:
         super().__init__(message, hint=hint)
         self.status = status
+        # Set when the error is the end of a background operation rather than a refused request.
+        self.operation_id = operation_id
 
 
 class BadRequestError(IncusApiError):
@@ -61,19 +69,59 @@ class PermissionDeniedError(IncusApiError):
 
 
 class NotFoundError(IncusApiError):
-    """404: the instance, image, project or operation does not exist."""
+    """404: the instance, image, project, file or operation does not exist."""
+
+
+class InstanceNotFoundError(NotFoundError):
+    """The instance itself does not exist (not a file or an image named in the request)."""
 
 
 class ConflictError(IncusApiError):
-    """409: the object exists already (for instances: the name is taken)."""
+    """The object exists already (for instances: the name is taken)."""
 
 
-class OperationFailedError(IncusError):
-    """A background operation ended as Failure or Cancelled."""
+class OperationFailedError(IncusApiError):
+    """A background operation ended as Failure or Cancelled, for no reason classified below."""
 
-    def __init__(self, operation_id: str, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint)
-        self.operation_id = operation_id
+
+class InstanceStateError(IncusApiError):
+    """The instance is not in a state that allows the request."""
+
+
+class AlreadyRunningError(InstanceStateError):
+    """A start of an instance that runs already."""
+
+
+class AlreadyStoppedError(InstanceStateError):
+    """A stop of an instance that is stopped already (or not running)."""
+
+
+class InstanceRunningError(InstanceStateError):
+    """The request needs a stopped instance (a delete, a file-less operation) and it runs."""
+
+
+class InstanceBusyError(InstanceStateError):
+    """Another operation on the instance holds it (incusd: "busy running a ... operation")."""
+
+
+class StopTimedOutError(InstanceStateError):
+    """A graceful stop whose timeout passed while the guest kept running."""
+
+
+class IdmapUnsupportedError(BadRequestError):
+    """The host cannot map ids as asked (idmapped mounts with shift, or a raw.idmap range)."""
+
+
+class SourcePathMissingError(BadRequestError):
+    """A disk device names a host path that does not exist."""
+
+
+class OperationTimedOutError(IncusApiError):
+    """incusd gave up waiting on its own side ("context deadline exceeded")."""
+
+
+class FileHelperNotReadyError(IncusApiError):
+    """incusd's per-instance file helper was not listening yet; the same request works later."""
 
 
 class EgressError(CoiError):
@@ -103,23 +151,23 @@ class BuildError(CoiError):
     """An image build failed: the base, the recipe, or publishing."""
 
 
-_NAME_TAKEN_MARKERS = ("already exists", "UNIQUE constraint failed")
+def coi_errors(exc: BaseException) -> list[CoiError] | None:
+    """The CoiErrors behind `exc`, also from inside (nested) exception groups made only of
+    CoiErrors; None when anything else is in there (a bug, or cancellation), which must propagate."""
+    if isinstance(exc, CoiError):
+        return [exc]
+    if isinstance(exc, BaseExceptionGroup):
+        found: list[CoiError] = []
+        for inner in exc.exceptions:
+            errors = coi_errors(inner)
+            if errors is None:
+                return None
+            found.extend(errors)
+        return found or None
+    return None
 
 
-def name_taken(message: str) -> bool:
-    """Whether incusd's message says an object of that name exists already."""
-    return any(marker in message for marker in _NAME_TAKEN_MARKERS)
-
-
-def api_error(status: int, message: str) -> IncusApiError:
-    """The precise `IncusApiError` for an HTTP status from incusd."""
-    # incusd 6.0 reports a taken instance name as a 500 from its database layer, not a 409.
-    if name_taken(message):
-        return ConflictError(status, message)
-    cls: type[IncusApiError] = {
-        400: BadRequestError,
-        403: PermissionDeniedError,
-        404: NotFoundError,
-        409: ConflictError,
-    }.get(status, IncusApiError)
-    return cls(status, message)
+def coi_error(exc: BaseException) -> CoiError | None:
+    """The first CoiError behind `exc` (see `coi_errors`); None for anything else."""
+    errors = coi_errors(exc)
+    return errors[0] if errors else None

@@ -12,8 +12,8 @@ from coi_async.errors import (
     IncusError,
     NotFoundError,
     PermissionDeniedError,
-    api_error,
 )
+from coi_async.incus.classify import classify
 from coi_async.incus.models import StatePut
 from coi_async.incus.transport import _unavailable, decode_envelope
 
@@ -29,14 +29,14 @@ from coi_async.incus.transport import _unavailable, decode_envelope
     ],
 )
 def test_api_error_classes(status: int, cls: type[IncusApiError]) -> None:
-    error = api_error(status, "boom")
+    error = classify(status, "boom")
     assert type(error) is cls
     assert error.status == status
     assert str(error) == "boom"
 
 
 def test_taken_name_reported_as_500_is_a_conflict() -> None:
-    error = api_error(500, 'Failed to create "instances" entry: UNIQUE constraint failed: instances.name')
+    error = classify(500, 'Failed to create "instances" entry: UNIQUE constraint failed: instances.name')
     assert isinstance(error, ConflictError)
 
 

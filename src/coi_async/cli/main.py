@@ -9,24 +9,9 @@ import asyncclick as click
 
 from coi_async.cli.app import App
 from coi_async.cli.render import show_error
-from coi_async.errors import CoiError
+from coi_async.errors import coi_errors
 
 PROJECT_URL = "https://github.com/coi-async/coi-async"
-
-
-def user_errors(exc: BaseException) -> list[CoiError] | None:
-    """The CoiErrors behind `exc` (flattening task-group exception groups), or None for a bug."""
-    if isinstance(exc, CoiError):
-        return [exc]
-    if isinstance(exc, BaseExceptionGroup):
-        found: list[CoiError] = []
-        for inner in exc.exceptions:
-            errors = user_errors(inner)
-            if errors is None:
-                return None
-            found.extend(errors)
-        return found
-    return None
 
 
 def _print_version(ctx: click.Context, *, value: bool) -> None:
@@ -94,7 +79,7 @@ class CoiGroup(click.Group):
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise
         except Exception as exc:
-            errors = user_errors(exc)
+            errors = coi_errors(exc)
             app = ctx.obj
             debug = (isinstance(app, App) and app.debug) or os.environ.get("COI_DEBUG") == "1"
             if errors is None or debug:

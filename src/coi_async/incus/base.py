@@ -7,14 +7,8 @@ from typing import TypeVar
 
 import msgspec
 
-from coi_async.errors import (
-    ConflictError,
-    IncusApiError,
-    IncusError,
-    NotFoundError,
-    OperationFailedError,
-    name_taken,
-)
+from coi_async.errors import IncusApiError, IncusError, NotFoundError, OperationTimedOutError
+from coi_async.incus.classify import classify
 from coi_async.incus.models import (
     STATUS_CANCELLED,
     AsyncResponse,
@@ -97,9 +91,7 @@ class ApiBase:
         op = await self._wait(operation)
         if op.status_code >= 400:
             failure = "cancelled" if op.status_code == STATUS_CANCELLED else op.err or op.status
-            if name_taken(failure):
-                raise ConflictError(409, failure)
-            raise OperationFailedError(op.id, failure)
+            raise classify(op.status_code, failure, operation_id=op.id)
         return op
 
     async def _wait(self, operation: str) -> Operation:
@@ -119,11 +111,11 @@ class ApiBase:
                 try:
                     op = await self._get(path, Operation, what="operation")
                 except IncusApiError:
-                    raise OperationFailedError(path.rsplit("/", 1)[-1], str(exc)) from exc
+                    raise classify(exc.status, str(exc), operation_id=path.rsplit("/", 1)[-1]) from exc
                 if not op.done:
                     # incusd 6.0 answers a long poll whose timeout passed with an error envelope
                     # ("context deadline exceeded") instead of the still-running operation.
-                    if "deadline exceeded" in str(exc):
+                    if isinstance(exc, OperationTimedOutError):
                         continue
                     raise
             if op.done:

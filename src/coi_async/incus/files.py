@@ -18,7 +18,7 @@ from typing import IO
 import anyio
 import anyio.to_thread
 
-from coi_async.errors import CoiError, IncusApiError, IncusError
+from coi_async.errors import CoiError, FileHelperNotReadyError, IncusError
 from coi_async.incus.base import decode
 from coi_async.incus.exec import ExecApi
 from coi_async.incus.paths import instance_path
@@ -26,7 +26,6 @@ from coi_async.incus.transport import RawResponse, decode_envelope
 
 _CHUNK = 256 * 1024
 _FILES_ATTEMPTS = 10
-_TRANSIENT_FILES_ERROR = "forkfile.sock"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +91,8 @@ class FilesApi(ExecApi):
                 return await self._transport.request_raw(
                     method, self._files(name), params=self._params({"path": path}), data=data, headers=headers
                 )
-            except IncusApiError as exc:
-                if attempt == _FILES_ATTEMPTS - 1 or _TRANSIENT_FILES_ERROR not in str(exc):
+            except FileHelperNotReadyError:
+                if attempt == _FILES_ATTEMPTS - 1:
                     raise
             if data is not None and not isinstance(data, bytes):
                 data.seek(start)

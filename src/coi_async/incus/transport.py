@@ -17,7 +17,8 @@ from typing import IO, Any
 import aiohttp
 import msgspec
 
-from coi_async.errors import IncusError, IncusUnavailableError, api_error
+from coi_async.errors import IncusError, IncusUnavailableError
+from coi_async.incus.classify import classify
 from coi_async.incus.endpoint import Endpoint, HttpsEndpoint, UnixEndpoint
 from coi_async.incus.models import ENVELOPE_DECODER, AsyncResponse, ErrorResponse, SyncResponse
 
@@ -205,7 +206,7 @@ class Transport:
             # closed its end makes asyncio abort the connection, dropping output not yet read.
             ws = await self._session.ws_connect(path, params=params, autoping=False, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
-            raise api_error(exc.status, f"websocket {path} refused: {exc.message}") from exc
+            raise classify(exc.status, f"websocket {path} refused: {exc.message}") from exc
         except aiohttp.ClientConnectorError as exc:
             raise _unavailable(self.where, exc.os_error) from exc
         except aiohttp.ClientError as exc:
@@ -224,14 +225,14 @@ class Transport:
 def decode_envelope(method: str, path: str, status: int, raw: bytes) -> SyncResponse | AsyncResponse:
     if not raw.strip() and status >= 400:
         # HEAD answers carry no body: the status is all there is.
-        raise api_error(status, f"{method} {path}: HTTP {status}")
+        raise classify(status, f"{method} {path}: HTTP {status}")
     try:
         envelope = ENVELOPE_DECODER.decode(raw)
     except msgspec.DecodeError as exc:
         text = raw[:200].decode(errors="replace").strip()
         raise IncusError(f"unexpected reply to {method} {path} (HTTP {status}): {text or exc}") from exc
     if isinstance(envelope, ErrorResponse):
-        raise api_error(envelope.error_code or status, envelope.error)
+        raise classify(envelope.error_code or status, envelope.error)
     return envelope
 
 

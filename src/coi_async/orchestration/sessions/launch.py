@@ -18,7 +18,6 @@ them): callers pass them per exec, see `session_env`.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import secrets
 from collections.abc import Callable, Mapping, Sequence
@@ -30,13 +29,12 @@ from coi_async.config import Config, Mount, combine_mounts, parse_mount
 from coi_async.errors import (
     CoiError,
     ConflictError,
+    IdmapUnsupportedError,
     IncusApiError,
+    InstanceBusyError,
     NoFreeSlotError,
-    NotFoundError,
-    OperationFailedError,
     SessionError,
     UsageError,
-    name_taken,
 )
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstanceSource, InstancesPost
@@ -49,11 +47,14 @@ from coi_async.naming import (
     KEY_SLOT,
     KEY_TOOL,
     KEY_UID,
+    KEY_USER,
     KEY_WORKSPACE,
     KEY_WORKSPACE_HASH,
     SessionName,
     workspace_hash,
 )
+from coi_async.orchestration.containers import ops
+from coi_async.orchestration.sessions.model import home_of, user_of_uid
 from coi_async.slots import Candidate, Occupant, candidates, validate_slot
 
 Say = Callable[[str], None]
@@ -146,11 +147,6 @@ def _plans(spec: LaunchSpec) -> list[_Plan]:
     return order
 
 
-def _is_idmap_failure(exc: CoiError) -> bool:
-    text = str(exc).lower()
-    return "idmap" in text or "shift" in text
-
-
 def instance_config(spec: LaunchSpec, slot: int) -> dict[str, str]:
     config = {
         **DOCKER_CONFIG,
@@ -161,6 +157,7 @@ def instance_config(spec: LaunchSpec, slot: int) -> dict[str, str]:
         KEY_PERSISTENT: "true" if spec.persistent else "false",
         KEY_TOOL: spec.tool,
         KEY_UID: str(spec.code_uid),
+        KEY_USER: user_of_uid(spec.code_user, spec.code_uid),
         KEY_IMAGE: spec.image,
     }
     if spec.session_id:
@@ -195,42 +192,14 @@ def occupants(instances: Sequence[Instance], *, prefix: str, workspace: str) -> 
     return found
 
 
-async def _remove_quietly(incus: IncusClient, name: str) -> None:
-    with contextlib.suppress(CoiError):
-        await incus.stop_instance(name, force=True)
-    with contextlib.suppress(CoiError):
-        await incus.delete_instance(name)
-
-
-async def _owner_token(incus: IncusClient, name: str) -> str | None:
-    """The launch token of instance `name`; None if there is no such instance."""
-    with anyio.move_on_after(30, shield=True):
-        try:
-            return (await incus.get_instance(name)).config.get(KEY_LAUNCH, "")
-        except NotFoundError:
-            return None
-    return None
-
-
-async def _remove_if_ours(incus: IncusClient, name: str, token: str) -> None:
-    """Remove a half-made instance, but only if this launch made it (never a rival's)."""
-    if await _owner_token(incus, name) == token:
-        with anyio.move_on_after(30, shield=True):
-            await _remove_quietly(incus, name)
-
-
-def _busy(exc: CoiError) -> bool:
-    return "is busy running" in str(exc)
-
-
 async def _start_again(incus: IncusClient, name: str) -> None:
     """Start our freshly made instance after a rival's create of the same name blocked it."""
     for attempt in range(20):
         try:
             await incus.start_instance(name)
             return
-        except (OperationFailedError, IncusApiError) as exc:
-            if not _busy(exc) or attempt == 19:
+        except InstanceBusyError:
+            if attempt == 19:
                 raise
         await anyio.sleep(0.1)
 
@@ -241,7 +210,7 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, sa
     The instance carries a random launch token, so after a failure we know whether the
     instance under that name is ours (created, but the start failed) or a rival's.
     """
-    last: CoiError | None = None
+    last: IncusApiError | None = None
     for plan in _plans(spec):
         token = secrets.token_hex(8)
         request = InstancesPost(
@@ -256,30 +225,30 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, sa
             await incus.create_instance(request)
         except ConflictError:
             raise
-        except (OperationFailedError, IncusApiError) as exc:
-            owner = await _owner_token(incus, name)
+        except IncusApiError as exc:
+            owner = await ops.launch_token(incus, name)
             if owner is not None and owner != token:
                 raise ConflictError(409, str(exc)) from exc  # a rival holds the name
-            if owner == token and _busy(exc):
+            if owner == token and isinstance(exc, InstanceBusyError):
                 # Ours, but a rival's concurrent create of this name held its lock as we started.
                 try:
                     await _start_again(incus, name)
                 except BaseException:
-                    await _remove_if_ours(incus, name, token)
+                    await ops.remove_if_ours(incus, name, token)
                     raise
             else:
                 # Created but not started, or refused: never leave ours behind.
-                await _remove_if_ours(incus, name, token)
-                if owner is None and (_busy(exc) or name_taken(str(exc)) or "instance record" in str(exc)):
+                await ops.remove_if_ours(incus, name, token)
+                if owner is None and isinstance(exc, InstanceBusyError):
                     # A rival's create was in flight (and may yet fail): treat the name as taken.
                     raise ConflictError(409, str(exc)) from exc
-                if not _is_idmap_failure(exc):
+                if not isinstance(exc, IdmapUnsupportedError):
                     raise
                 say(f"{plan.kind} is not usable here ({exc}); trying the next way to map file ownership")
                 last = exc
                 continue
         except BaseException:
-            await _remove_if_ours(incus, name, token)
+            await ops.remove_if_ours(incus, name, token)
             raise
         _working_plan[(spec.host_uid, spec.host_gid, spec.code_uid, spec.disable_shift)] = plan.kind
         return plan.kind
@@ -316,7 +285,7 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> 
     if spec.slot:
         validate_slot(spec.slot, max_slots=spec.max_slots)
     prefix_name = SessionName.for_workspace(spec.workspace, 1, prefix=spec.prefix)
-    home = f"/home/{spec.code_user}"
+    home = home_of(user_of_uid(spec.code_user, spec.code_uid), spec.code_uid)
 
     def done(slot: int, *, reused: bool, idmap: str = "") -> Launched:
         name = str(prefix_name.with_slot(slot))
@@ -361,7 +330,7 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> 
             if choice.reuse:
                 try:
                     await incus.start_instance(name)
-                except (OperationFailedError, IncusApiError):
+                except IncusApiError:
                     # Started (or removed) by someone else since the listing: not ours to take.
                     continue
                 say("Restarting existing persistent container...")
@@ -471,38 +440,6 @@ async def launch_session(
     if on_created is not None:
         on_created(launched.name)
     return launched
-
-
-async def remove_container(incus: IncusClient, name: str, *, grace_s: float = 0) -> None:
-    """Stop (gracefully for `grace_s`, else at once) and delete; already gone is fine.
-
-    Shielded and bounded: safe in `finally` blocks during cancellation. Callers save session
-    data first.
-    """
-    with anyio.move_on_after(grace_s + 30, shield=True):
-        stopped = False
-        if grace_s > 0:
-            with contextlib.suppress(CoiError):
-                await incus.stop_instance(name, grace_s=max(1, int(grace_s)))
-                stopped = True
-        if not stopped:
-            # An Incus-ephemeral instance is deleted by this stop already.
-            with contextlib.suppress(NotFoundError, OperationFailedError, IncusApiError):
-                await incus.stop_instance(name, force=True)
-        with contextlib.suppress(NotFoundError):
-            await incus.delete_instance(name)
-
-
-async def stop_container(incus: IncusClient, name: str, *, grace_s: float = 10) -> None:
-    """Stop a persistent container (graceful, then by force), keeping it; bounded and shielded."""
-    with anyio.move_on_after(grace_s + 30, shield=True):
-        try:
-            await incus.stop_instance(name, grace_s=max(1, int(grace_s)))
-        except NotFoundError:
-            return
-        except CoiError:
-            with contextlib.suppress(CoiError):
-                await incus.stop_instance(name, force=True)
 
 
 def session_env(

@@ -13,14 +13,13 @@ import msgspec
 
 from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
+from coi_async.orchestration.containers import ops
 from coi_async.orchestration.sessions.launch import (
     WORKSPACE_PATH,
     Say,
     launch,
-    remove_container,
     session_env,
     spec_from_config,
-    stop_container,
 )
 
 ByteSink = Callable[[bytes], Awaitable[None]]
@@ -75,10 +74,10 @@ async def run_command(
     finally:
         if persistent:
             say(f"Stopping persistent container {launched.name}...")
-            await stop_container(incus, launched.name)
+            await ops.stop_and_keep(incus, launched.name)
         else:
             say(f"Cleaning up container {launched.name}...")
-            await remove_container(incus, launched.name)
+            await ops.remove(incus, launched.name)
 
 
 def exit_status(code: int) -> str:

@@ -45,9 +45,10 @@ from coi_async.naming import (
     SessionName,
     tmux_session,
 )
+from coi_async.orchestration.containers import ops
 from coi_async.orchestration.sessions import archive
 from coi_async.orchestration.sessions.credentials import inject_credentials
-from coi_async.orchestration.sessions.launch import LaunchRequest, launch_session, remove_container
+from coi_async.orchestration.sessions.launch import LaunchRequest, launch_session
 from coi_async.orchestration.sessions.store import (
     SavedSession,
     SessionMetadata,
@@ -451,8 +452,7 @@ async def _resume_container(
         container=name,
     )
     if await save_session(incus, leftover, say, running=False) is not Saved.FAILED:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(_DELETE_S):
-            await remove_container(incus, name)
+        await ops.remove_quietly(incus, name, bound_s=_DELETE_S)
 
 
 # One exec that polls inside the container (each exec costs a round trip, and execs are slow
