@@ -1,7 +1,8 @@
 """Bulk lifecycle: `coi shutdown/kill --all` against the reference's way and against the floor.
 
 For every N it creates N containers (the systemd test image, with a small ~/.claude each) in a
-throwaway project and measures, on freshly made containers of the same kind each time:
+throwaway project and measures, on freshly made containers of the same kind each time, after
+one untimed warm-up of both sides, the sides one after the other within each repetition:
 
   (a) the reference's way: the `incus` commands the Go coi runs, one container after another
       (`list`, `stop` raced with its timer, [`stop --force`], `delete --force`; for kill
@@ -39,11 +40,13 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
+from coi_async.config import Config
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost, StatePut
 from coi_async.naming import KEY_SESSION
 from coi_async.orchestration.bulk import lifecycle as lc
+from coi_async.orchestration.containers import ops
 from coi_async.orchestration.runner import ItemContext, run_bulk
 from coi_async.orchestration.sessions.store import SessionStore
 from coi_async.tools import get_tool
@@ -111,8 +114,8 @@ async def clear(incus: IncusClient) -> None:
 
         async def one(name: str) -> None:
             try:
-                await lc.force_stop(incus, name)
-                await lc.delete(incus, name)
+                await ops.force_stop(incus, name)
+                await ops.delete(incus, name)
             except CoiError:
                 pass
 
@@ -209,7 +212,9 @@ def coi(project: str, home: str, *args: str) -> tuple[float, int, int]:
 async def archive(incus: IncusClient, names: list[str], home: str, parallel: int) -> float:
     tool = get_tool("claude")
     saver = lc.SessionSaver(
-        SessionStore(Path(home) / ".coi" / "sessions-claude", config_dir=tool.config_dir), tool
+        SessionStore(Path(home) / ".coi" / "sessions-claude", config_dir=tool.config_dir),
+        tool,
+        Config(container_prefix=PREFIX),
     )
     instances = {i.name: i for i in await incus.list_instances() if i.name in names}
 
@@ -219,7 +224,7 @@ async def archive(incus: IncusClient, names: list[str], home: str, parallel: int
     start = time.perf_counter()
     report = await run_bulk(names, save, limit=parallel, per_item_s=120)
     if report.failed:
-        print(f"    ! archive failures: {[(r.name, r.error) for r in report.failed]}")
+        print(f"    ! archive failures: {[(r.item, r.error) for r in report.failed]}")
     return time.perf_counter() - start
 
 
@@ -293,6 +298,17 @@ async def main(args: argparse.Namespace) -> None:
         await root.create_project(project, config={"features.images": "false", "features.profiles": "false"})
         incus = root.in_project(project)
         try:
+            # Warm-up, not measured: Python's bytecode and the page cache for coi, incusd's caches
+            # for both sides, so that the first timed side of the first N pays no cold start.
+            print("warm-up: ", end="", flush=True)
+            names = names_for(2)
+            await make(incus, names, image, systemd=systemd)
+            await anyio.to_thread.run_sync(lambda: reference_kill(project, names))
+            names = names_for(2)
+            await make(incus, names, image, systemd=systemd)
+            coi(project, tempfile.mkdtemp(dir=tmp), "shutdown", "--all", "--force")
+            await clear(incus)
+            print("done", flush=True)
             for n in sizes:
                 for rep in range(args.reps):
                     print(f"N={n} run {rep + 1}: ", end="", flush=True)

@@ -1,7 +1,9 @@
 """Low-level one-shot commands: `coi` against the `incus` command doing the same, in the same run.
 
-Each `coi` call is a fresh Python process, as a script would run it, so start-up counts; its own
-line shows the start-up of `coi --version`. Prints the median over repeated runs and the ratio.
+Both sides are fresh processes, as a script would run them: each `coi` call is a new Python
+process, so its start-up counts; its own line shows the start-up of `coi --version` against a bare
+`python -c pass`. The two sides are timed alternately, sample by sample, after one untimed round
+(benchmarks/paired.py); prints the median of each and the ratio.
 
     .venv/bin/python benchmarks/lowlevel.py [--runs 10] [--size-mb 50] [--image coi-test-busybox]
 """
@@ -11,13 +13,13 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
+
+from paired import median_ms, paired
 
 COI = str(Path(sys.executable).with_name("coi"))
 
@@ -28,21 +30,11 @@ def run(argv: list[str], env: dict[str, str] | None = None) -> None:
         raise SystemExit(f"{' '.join(argv)} failed ({done.returncode}): {done.stderr.decode().strip()}")
 
 
-def timed(fn: Callable[[], None], runs: int) -> float:
-    fn()  # warm caches (page cache, incusd), not measured
-    samples = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
-
-
-def report(label: str, coi: float, incus: float) -> None:
-    print(
-        f"{label:<34} coi {coi * 1000:8.1f} ms   incus {incus * 1000:8.1f} ms   "
-        f"ratio {coi / incus:5.2f}  ({incus / coi:4.2f}x)"
-    )
+def compare(label: str, coi: Callable[[], None], incus: Callable[[], None], runs: int) -> None:
+    """Both sides alternately, one untimed round first; the medians and their ratio."""
+    times = paired({"coi": coi, "incus": incus}, runs)
+    c, i = median_ms(times["coi"]), median_ms(times["incus"])
+    print(f"{label:<34} coi {c:8.1f} ms   incus {i:8.1f} ms   ratio {c / i:5.2f}  ({i / c:4.2f}x)")
 
 
 def main() -> None:
@@ -74,28 +66,34 @@ def main() -> None:
             blob = Path(tmp) / "blob.bin"
             blob.write_bytes(os.urandom(args.size_mb * 1024 * 1024))
 
-            startup = timed(lambda: run([COI, "--version"]), args.runs)
-            python = timed(lambda: run([sys.executable, "-c", "pass"]), args.runs)
+            start_up = paired(
+                {
+                    "coi": lambda: run([COI, "--version"]),
+                    "python": lambda: run([sys.executable, "-c", "pass"]),
+                },
+                args.runs,
+            )
             print(
-                f"{'coi --version (start-up)':<34} coi {startup * 1000:8.1f} ms   (bare python: {python * 1000:.1f} ms)"
+                f"{'coi --version (start-up)':<34} coi {median_ms(start_up['coi']):8.1f} ms   "
+                f"(bare python -c pass: {median_ms(start_up['python']):.1f} ms)"
             )
-
-            report(
+            compare(
                 "container exec NAME -- true",
-                timed(lambda: run([COI, "container", "exec", name, "--", "true"], env), args.runs),
-                timed(lambda: run([*incus, "exec", name, "--", "true"]), args.runs),
+                lambda: run([COI, "container", "exec", name, "--", "true"], env),
+                lambda: run([*incus, "exec", name, "--", "true"]),
+                args.runs,
             )
-            report(
+            compare(
                 f"file push ({args.size_mb} MB)",
-                timed(
-                    lambda: run([COI, "file", "push", str(blob), f"{name}:/root/blob.bin"], env), args.runs
-                ),
-                timed(lambda: run([*incus, "file", "push", str(blob), f"{name}/root/blob.bin"]), args.runs),
+                lambda: run([COI, "file", "push", str(blob), f"{name}:/root/blob.bin"], env),
+                lambda: run([*incus, "file", "push", str(blob), f"{name}/root/blob.bin"]),
+                args.runs,
             )
-            report(
+            compare(
                 "image list --format json",
-                timed(lambda: run([COI, "image", "list", "--format", "json"], env), args.runs),
-                timed(lambda: run([*incus, "image", "list", "--format", "json"]), args.runs),
+                lambda: run([COI, "image", "list", "--format", "json"], env),
+                lambda: run([*incus, "image", "list", "--format", "json"]),
+                args.runs,
             )
     finally:
         subprocess.run([*incus, "delete", "--force", name], capture_output=True, check=False)

@@ -8,18 +8,23 @@ The reference (cli-contract.md §3, `run` row) makes every Incus call a fresh su
     config set ×3 → list N (json) + exec echo ready → config device add workspace (hot-plug) →
     exec --user 1000 --group 1000 --cwd /workspace -- true → delete --force
 
-Both jobs run in the same process here, alternately, on the same image and workspace; the script
-prints the medians and the ratio (target: coi at most 0.3× the reference sequence).
+Both sides run on the same image and workspace, alternately, sample by sample (the order
+reversed every other round), after one untimed round (benchmarks/paired.py). Each side starts
+from the same machine state: after every sample, untimed, its containers are deleted and the
+script waits until incusd lists none of them before the other side is timed. The script prints
+the medians and the ratio (target: coi at most 0.3× the reference sequence).
 
-    .venv/bin/python benchmarks/session_start.py [--runs 7] [--image coi-test-busybox] [--project default]
+    .venv/bin/python benchmarks/session_start.py [--runs 7] [--image coi-test-busybox] [--project P]
                                                  [--job run|shell|both] [--shell-image coi-test-debian]
 
 The shell job's reference sequence is §3's `shell` row for a new ephemeral session with a host
 ~/.claude (credentials copied, sandbox settings merged by python3, tmux server started, session
 created); both sides end when the detached tmux session exists, and deletion is not timed.
 
-Containers are named with the prefix `bench-` (COI_CONTAINER_PREFIX for coi) and removed after
-each run; HOME points at a temporary directory so ~/.coi is not touched.
+Without --project the script works in a throwaway project (sharing the default project's images
+and profiles) that it removes at the end. Containers are named with a prefix of this run's own,
+`bench<hex>-` (COI_CONTAINER_PREFIX for coi), so nothing of another run is touched; HOME points
+at a temporary directory so ~/.coi is not touched.
 """
 
 from __future__ import annotations
@@ -33,7 +38,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+from paired import paired
 
 COI = str(Path(sys.executable).with_name("coi"))
 
@@ -47,8 +55,8 @@ def incus(project: str, *args: str, check: bool = True) -> str:
     return done.stdout.decode().strip()
 
 
-def reference_run(project: str, image: str, workspace: str) -> None:
-    name = f"bench-ref-{secrets.token_hex(3)}"
+def reference_run(project: str, image: str, workspace: str, prefix: str) -> None:
+    name = f"{prefix}ref-{secrets.token_hex(3)}"
     incus(project, "info")
     incus(project, "list", "--format=json")  # slot allocation
     incus(project, "image", "list", "--format=json")  # image exists
@@ -102,12 +110,12 @@ SANDBOX_MERGE = (
 )
 
 
-def reference_shell_background(project: str, image: str, workspace: str, home: str) -> str:
+def reference_shell_background(project: str, image: str, workspace: str, home: str, prefix: str) -> str:
     """The reference's `coi shell --background` (new, ephemeral, host ~/.claude present), §3 + §2.3/2.4.
 
     Returns the container name; the caller deletes it, untimed.
     """
-    name = f"bench-ref-{secrets.token_hex(3)}"
+    name = f"{prefix}ref-{secrets.token_hex(3)}"
     session = f"coi-{name}"
     as_code = ["--user", "1000", "--group", "1000", "--env", "HOME=/home/code"]
     incus(project, "info")
@@ -166,13 +174,44 @@ def coi_shell_background(env: dict[str, str], workspace: str) -> None:
 
 
 def remove_all(project: str, prefix: str) -> None:
-    """Delete (untimed) every instance of the project whose name starts with `prefix`."""
-    names = incus(project, "list", f"^{prefix}", "--format=csv", "--columns=n").split()
-    for name in names:
-        incus(project, "delete", name, "--force", check=False)
+    """Delete (untimed) every instance of the project whose name starts with `prefix`, and wait until
+    incusd lists none (an ephemeral container that `coi run` stopped may still be on its way out)."""
+    for _ in range(120):
+        names = incus(project, "list", f"^{prefix}", "--format=csv", "--columns=n").split()
+        if not names:
+            return
+        for name in names:
+            incus(project, "delete", name, "--force", check=False)
+        time.sleep(0.25)
+    raise SystemExit(f"containers {prefix}* still there after 30 s")
 
 
-def bench_shell(opts: argparse.Namespace) -> tuple[float, float]:
+def compare(
+    coi_side: Callable[[], object],
+    reference_side: Callable[[], object],
+    runs: int,
+    *,
+    project: str,
+    prefix: str,
+) -> tuple[float, float]:
+    """Median seconds of each side, alternately, each sample from a machine without the run's containers."""
+    remove_all(project, prefix)
+    times = paired(
+        {"coi": coi_side, "reference": reference_side}, runs, between=lambda: remove_all(project, prefix)
+    )
+    return statistics.median(times["coi"]), statistics.median(times["reference"])
+
+
+def clean_env(home: str, project: str, prefix: str, image: str) -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))} | {
+        "HOME": home,
+        "COI_CONTAINER_PREFIX": prefix,
+        "COI_INCUS_PROJECT": project,
+        "CLAUDE_ON_INCUS_IMAGE": image,
+    }
+
+
+def bench_shell(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
     """Median seconds of `coi shell --background` and of the reference's sequence for it."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-home-") as home,
@@ -181,30 +220,36 @@ def bench_shell(opts: argparse.Namespace) -> tuple[float, float]:
         for rel, text in SHELL_HOME_FILES.items():
             (Path(home) / rel).parent.mkdir(parents=True, exist_ok=True)
             (Path(home) / rel).write_text(text)
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))} | {
-            "HOME": home,
-            "COI_CONTAINER_PREFIX": "bench-coi-",
-            "COI_INCUS_PROJECT": opts.project,
-            "CLAUDE_ON_INCUS_IMAGE": opts.shell_image,
-        }
-        coi_times: list[float] = []
-        ref_times: list[float] = []
+        env = clean_env(home, opts.project, f"{prefix}coi-", opts.shell_image)
         try:
-            # Warm-up, not measured.
-            coi_shell_background(env, workspace)
-            reference_shell_background(opts.project, opts.shell_image, workspace, home)
-            remove_all(opts.project, "bench-")
-            for _ in range(opts.runs):
-                start = time.perf_counter()
-                coi_shell_background(env, workspace)
-                coi_times.append(time.perf_counter() - start)
-                start = time.perf_counter()
-                reference_shell_background(opts.project, opts.shell_image, workspace, home)
-                ref_times.append(time.perf_counter() - start)
-                remove_all(opts.project, "bench-")
+            return compare(
+                lambda: coi_shell_background(env, workspace),
+                lambda: reference_shell_background(opts.project, opts.shell_image, workspace, home, prefix),
+                opts.runs,
+                project=opts.project,
+                prefix=prefix,
+            )
         finally:
-            remove_all(opts.project, "bench-")
-    return statistics.median(coi_times), statistics.median(ref_times)
+            remove_all(opts.project, prefix)
+
+
+def bench_run(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
+    """Median seconds of `coi run -- true` and of the reference's sequence for it."""
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-home-") as home,
+        tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
+    ):
+        env = clean_env(home, opts.project, prefix, opts.image)
+        try:
+            return compare(
+                lambda: coi_run(env, workspace),
+                lambda: reference_run(opts.project, opts.image, workspace, prefix),
+                opts.runs,
+                project=opts.project,
+                prefix=prefix,
+            )
+        finally:
+            remove_all(opts.project, prefix)
 
 
 def main() -> None:
@@ -213,48 +258,33 @@ def main() -> None:
     )
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--image", default="coi-test-busybox")
-    parser.add_argument("--project", default="default")
+    parser.add_argument("--project", default="", help="an existing project (default: a throwaway one)")
     parser.add_argument("--job", choices=("run", "shell", "both"), default="both")
     parser.add_argument("--shell-image", default="coi-test-debian", help="needs tmux (the shell job)")
     opts = parser.parse_args()
-
-    if opts.job in ("shell", "both"):
-        coi_median, ref_median = bench_shell(opts)
-        print(f"image {opts.shell_image}, {opts.runs} runs each, medians:")
-        print(f"  coi shell --background     {coi_median:7.3f} s")
-        print(f"  reference incus sequence   {ref_median:7.3f} s")
-        print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
-    if opts.job == "shell":
-        return
-
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-home-") as home,
-        tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
-    ):
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))} | {
-            "HOME": home,
-            "COI_CONTAINER_PREFIX": "bench-",
-            "COI_INCUS_PROJECT": opts.project,
-            "CLAUDE_ON_INCUS_IMAGE": opts.image,
-        }
-        # Warm-up, not measured: page cache, incusd's image cache, Python's bytecode.
-        coi_run(env, workspace)
-        reference_run(opts.project, opts.image, workspace)
-        coi_times: list[float] = []
-        ref_times: list[float] = []
-        for _ in range(opts.runs):
-            start = time.perf_counter()
-            coi_run(env, workspace)
-            coi_times.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            reference_run(opts.project, opts.image, workspace)
-            ref_times.append(time.perf_counter() - start)
-
-    coi_median, ref_median = statistics.median(coi_times), statistics.median(ref_times)
-    print(f"image {opts.image}, {opts.runs} runs each, medians:")
-    print(f"  coi run -- true            {coi_median:7.3f} s")
-    print(f"  reference incus sequence   {ref_median:7.3f} s")
-    print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+    prefix = f"bench{secrets.token_hex(2)}-"
+    throwaway = not opts.project
+    if throwaway:
+        opts.project = f"bench-{secrets.token_hex(3)}"
+        shared = ["-c", "features.images=false", "-c", "features.profiles=false"]
+        subprocess.run(["incus", "project", "create", opts.project, *shared], capture_output=True, check=True)
+    try:
+        if opts.job in ("shell", "both"):
+            coi_median, ref_median = bench_shell(opts, prefix)
+            print(f"image {opts.shell_image}, {opts.runs} runs each, alternating, medians:")
+            print(f"  coi shell --background     {coi_median:7.3f} s")
+            print(f"  reference incus sequence   {ref_median:7.3f} s")
+            print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+        if opts.job in ("run", "both"):
+            coi_median, ref_median = bench_run(opts, prefix)
+            print(f"image {opts.image}, {opts.runs} runs each, alternating, medians:")
+            print(f"  coi run -- true            {coi_median:7.3f} s")
+            print(f"  reference incus sequence   {ref_median:7.3f} s")
+            print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+    finally:
+        if throwaway:
+            # Never `project delete --force` (it wipes the shared default profile on Incus 6.0).
+            subprocess.run(["incus", "project", "delete", opts.project], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,16 @@
-"""Helpers shared by the test modules: test images, instances, throwaway projects."""
+"""Helpers shared by the test modules: test images, instances, throwaway projects, and what to do
+when incusd or a test image is missing."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import secrets
 from collections.abc import AsyncIterator
+from typing import NoReturn
 
 import anyio
+import pytest
 
 from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
@@ -17,6 +21,29 @@ DEBIAN_IMAGE = "coi-test-debian"
 
 # Share the default project's images and profiles.
 SHARED_PROJECT_CONFIG = {"features.images": "false", "features.profiles": "false"}
+
+
+def incus_required() -> bool:
+    """Under CI (CI=true) or COI_REQUIRE_INCUS=1 a missing incusd or test image fails the test."""
+    return os.environ.get("COI_REQUIRE_INCUS") == "1" or os.environ.get("CI", "").lower() == "true"
+
+
+def missing(thing: str, message: str) -> NoReturn:
+    """Skip the test because `thing` is missing, or fail it where incusd is required: a green run
+    must never mean "skipped everything"."""
+    if incus_required():
+        pytest.fail(f"{thing} is required here (CI or COI_REQUIRE_INCUS=1): {message}")
+    pytest.skip(message)
+
+
+def no_incus(reason: str) -> NoReturn:
+    missing("incusd", f"{reason}; start incusd with `sudo bash scripts/setup-incus`")
+
+
+async def require_image(incus: IncusClient, alias: str) -> None:
+    """Skip (or fail, where incusd is required) unless the image `alias` exists."""
+    if await incus.find_image(alias) is None:
+        missing(f"image {alias}", f"image {alias} is not built (scripts/build-test-images)")
 
 
 def from_image(

@@ -52,6 +52,12 @@ in_root useradd --uid 1000 --gid 1000 --groups sudo --create-home --home-dir /ho
 printf 'code ALL=(ALL) NOPASSWD:ALL\n' >"$root/etc/sudoers.d/code"
 chmod 0440 "$root/etc/sudoers.d/code"
 install -d -m 0755 -o 1000 -g 1000 "$root/workspace"
+# A second user (dev, 1001:1001, same rights), for sessions with a non-default incus.code_user/code_uid.
+in_root groupadd --gid 1001 dev
+in_root useradd --uid 1001 --gid 1001 --groups sudo --create-home --home-dir /home/dev \
+    --shell /bin/bash --comment dev dev
+printf 'dev ALL=(ALL) NOPASSWD:ALL\n' >"$root/etc/sudoers.d/dev"
+chmod 0440 "$root/etc/sudoers.d/dev"
 
 # The fake AI CLI, under both names coi uses.
 install -m 0755 "$fake_claude" "$root/usr/local/bin/claude"

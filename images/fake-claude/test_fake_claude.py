@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -52,7 +53,7 @@ def project_dir(home: Path, cwd: Path) -> Path:
     return home / ".claude" / "projects" / str(cwd).replace("/", "-")
 
 
-def entries(path: Path) -> list[dict]:
+def entries(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
@@ -92,7 +93,9 @@ def test_conversation_is_echoed_and_logged(home: Path, workdir: Path) -> None:
 def test_project_dir_for_workspace_is_dash_workspace(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # /workspace is where coi mounts the project: the log must land in Claude's "-workspace" directory
     loader = importlib.machinery.SourceFileLoader("fake_claude", str(SCRIPT))
-    module = importlib.util.module_from_spec(importlib.util.spec_from_loader("fake_claude", loader))
+    spec = importlib.util.spec_from_loader("fake_claude", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
     loader.exec_module(module)
     monkeypatch.setenv("HOME", str(home))
     assert module.project_dir("/workspace") == home / ".claude" / "projects" / "-workspace"

@@ -96,6 +96,11 @@ class AlreadyStoppedError(InstanceStateError):
     """A stop of an instance that is stopped already (or not running)."""
 
 
+class InstanceNotRunningError(AlreadyStoppedError):
+    """The request needs a running instance (an exec) and it is stopped (incusd: "Instance is
+    not running"). An AlreadyStoppedError, so a stop that meets it counts as done."""
+
+
 class InstanceRunningError(InstanceStateError):
     """The request needs a stopped instance (a delete, a file-less operation) and it runs."""
 

@@ -1,8 +1,15 @@
-"""Run the real `coi` command line in a subprocess, scoped to the test's Incus project."""
+"""The one way tests run the real `coi` command line in a subprocess.
+
+`os.environ` is already the test's own (tests/conftest.py's autouse `isolated_environment`: its
+own HOME and XDG directories, no COI_* variable of the developer's), so a run sees only what the
+test gives it. `coi` (async) and `coi_sync` return a `Run`; `coi_env` is the environment they use,
+for tests that must start the process themselves (pexpect, Popen).
+"""
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +17,7 @@ from pathlib import Path
 import anyio
 
 COI = str(Path(sys.executable).with_name("coi"))
+TIMEOUT_S = 300
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,42 @@ class Run:
         return lines[0]
 
 
+def home_env(home: Path | str) -> dict[str, str]:
+    """HOME and the XDG base directories inside it, as a fresh account would have them."""
+    home = str(home)
+    return {
+        "HOME": home,
+        "XDG_CONFIG_HOME": os.path.join(home, ".config"),
+        "XDG_DATA_HOME": os.path.join(home, ".local", "share"),
+        "XDG_CACHE_HOME": os.path.join(home, ".cache"),
+    }
+
+
+def coi_env(
+    *,
+    home: Path | str | None = None,
+    project: str | None = None,
+    prefix: str | None = None,
+    drop: tuple[str, ...] = (),
+    **extra: str,
+) -> dict[str, str]:
+    """This process's environment for a coi run: no colour, no --debug, not inside tmux; with its
+    own HOME (and XDG directories in it), Incus project (INCUS_PROJECT) and container prefix when
+    given, without the variables starting with `drop`, and `extra` on top."""
+    env = {k: v for k, v in os.environ.items() if not (drop and k.startswith(drop))}
+    for var in ("COI_DEBUG", "TMUX", "TMUX_PANE"):
+        env.pop(var, None)
+    env["NO_COLOR"] = "1"
+    if home is not None:
+        env.update(home_env(home))
+    if project is not None:
+        env["INCUS_PROJECT"] = project
+    if prefix is not None:
+        env["COI_CONTAINER_PREFIX"] = prefix
+    env.update(extra)
+    return env
+
+
 def isolated_env(
     *,
     home: Path,
@@ -46,18 +90,32 @@ def isolated_env(
     drop: tuple[str, ...] = ("COI_", "INCUS_PROJECT"),
     **extra: str,
 ) -> dict[str, str]:
-    """This process's environment without the variables starting with `drop`, for a coi run with
-    its own HOME, container prefix and Incus project."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
-    env.update(HOME=str(home), COI_CONTAINER_PREFIX=prefix, COI_INCUS_PROJECT=project, NO_COLOR="1", **extra)
-    return env
+    """The environment for a coi run with its own HOME, container prefix and Incus project (given as
+    COI_INCUS_PROJECT, i.e. `--project`), without the variables starting with `drop`."""
+    return coi_env(home=home, prefix=prefix, drop=drop, COI_INCUS_PROJECT=project, **extra)
 
 
-async def coi(*args: str, project: str | None = None, cwd: Path | None = None, **env: str) -> Run:
-    environ = {**os.environ, "NO_COLOR": "1", **env}
-    environ.pop("COI_DEBUG", None)
-    if project is not None:
-        environ["INCUS_PROJECT"] = project
-    with anyio.fail_after(300):
+async def coi(*args: str, project: str | None = None, cwd: Path | str | None = None, **env: str) -> Run:
+    """`coi ARGS` in the Incus project `project` (INCUS_PROJECT), with `env` on top of `coi_env()`."""
+    environ = coi_env(project=project)
+    environ.update(env)
+    with anyio.fail_after(TIMEOUT_S):
         done = await anyio.run_process([COI, *args], env=environ, cwd=cwd, check=False)
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def coi_sync(
+    *args: str,
+    project: str | None = None,
+    cwd: Path | str | None = None,
+    stdin: bytes = b"",
+    timeout: float = TIMEOUT_S,
+    **env: str,
+) -> Run:
+    """`coi` for a synchronous test (or from a worker thread)."""
+    environ = coi_env(project=project)
+    environ.update(env)
+    done = subprocess.run(
+        [COI, *args], env=environ, cwd=cwd, input=stdin, capture_output=True, timeout=timeout, check=False
+    )
     return Run(done.returncode, done.stdout, done.stderr)

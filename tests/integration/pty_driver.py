@@ -6,12 +6,13 @@ import sys
 
 import anyio
 
+from coi_async.cli.terminal import LocalTerminal
 from coi_async.incus import IncusClient
 
 
 async def main(project: str, instance: str, command: list[str]) -> int:
     async with IncusClient.connect(project=project) as client:
-        return await client.exec_attached(instance, command, env={"TERM": "xterm"})
+        return await client.exec_attached(instance, command, terminal=LocalTerminal(), env={"TERM": "xterm"})
 
 
 if __name__ == "__main__":

@@ -9,10 +9,10 @@ import anyio
 import anyio.abc
 import pytest
 
-from coi_async.egress import ProxyEvent
 from coi_async.errors import BuildError, EgressError, NotFoundError
 from coi_async.incus import IncusClient
-from coi_async.orchestration.images.build import BuildResult, build_image, custom_request
+from coi_async.orchestration.events import Event, Note, Output, StepStarted
+from coi_async.orchestration.images.build import NOTE_EGRESS, BuildResult, build_image, custom_request
 from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE, from_image, remove_instance
 from tests.integration.coi_cli import Run, coi
 
@@ -22,30 +22,29 @@ PREFIX = "h6-"
 
 
 class Recorder:
+    """A build's events: the phases, the recipe's output, the notes and the proxy's decisions."""
+
     def __init__(self) -> None:
         self.phases: list[str] = []
         self.out = bytearray()
-        self.notes: list[str] = []
-        self.events: list[ProxyEvent] = []
+        self.notes: list[Note] = []
+        self.egress: list[tuple[str, str, int]] = []  # (action, host, port)
         self.seen = anyio.Event()
         self.marker = b""
 
-    def phase_started(self, phase: str, detail: str) -> None:
-        self.phases.append(phase)
-
-    def phase_finished(self, phase: str, seconds: float) -> None:
-        pass
-
-    def output(self, data: bytes) -> None:
-        self.out += data
-        if self.marker and self.marker in self.out:
-            self.seen.set()
-
-    def note(self, message: str) -> None:
-        self.notes.append(message)
-
-    def egress(self, event: ProxyEvent) -> None:
-        self.events.append(event)
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StepStarted):
+            self.phases.append(event.step)
+        elif isinstance(event, Output):
+            self.out += event.data
+            if self.marker and self.marker in self.out:
+                self.seen.set()
+        elif isinstance(event, Note):
+            if event.kind == NOTE_EGRESS:
+                v = event.values
+                self.egress.append((v["action"], v["host"], int(v["port"])))
+            else:
+                self.notes.append(event)
 
 
 async def build_leftovers(incus: IncusClient) -> list[str]:
@@ -98,8 +97,8 @@ test -x /tmp/dummy
         assert result.version.startswith(f"{alias}-")
         assert set(result.timings) >= {"base", "launch", "recipe", "publish"}
         assert rec.phases == ["base", "launch", "recipe", "publish"]
-        assert ("refused", "github.com", 443) in [(e.action, e.host, e.port) for e in rec.events]
-        assert ("allowed", "deb.debian.org", 80) in [(e.action, e.host, e.port) for e in rec.events]
+        assert ("refused", "github.com", 443) in rec.egress
+        assert ("allowed", "deb.debian.org", 80) in rec.egress
         assert b"Hello, world!" not in rec.out  # not run, only installed
         assert await build_leftovers(incus) == []
 
@@ -264,6 +263,12 @@ async def test_cli_custom_build_prints_json(
         assert built.stdout.startswith(f'{{"alias":"{alias}","fingerprint":"')
         assert "Building custom image" in built.stderr
         assert "Build phases: base" in built.stderr
+        assert f"==> [base] base image '{BUSYBOX_IMAGE}'\n" in built.stderr
+        assert "==> [base] done in " in built.stderr
+        assert "==> [launch] build container " in built.stderr
+        assert "==> [recipe] build.sh as root\n" in built.stderr
+        assert "==> [publish] stop, publish uncompressed, move the alias\n" in built.stderr
+        assert f"==> image {alias}-" in built.stderr
         again = await run_coi(*args, project=incus_project)
         assert again.code == 0
         assert again.stdout.strip() == f'{{"alias":"{alias}","skipped":true}}'

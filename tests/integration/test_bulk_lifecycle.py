@@ -287,14 +287,14 @@ async def test_clean_saves_and_deletes_stopped_then_sessions(
 
 
 async def test_already_gone_counts_as_done(project: str, client: IncusClient) -> None:
-    from coi_async.orchestration.bulk import lifecycle as lc
+    from coi_async.orchestration.containers import ops
 
     names = container_names(1)
     await make_containers(client, names)
-    await lc.force_stop(client, names[0])
-    await lc.force_stop(client, names[0])  # already stopped: fine
-    await lc.delete(client, names[0])
-    await lc.delete(client, names[0])  # gone: fine
+    await ops.force_stop(client, names[0])
+    await ops.force_stop(client, names[0])  # already stopped: fine
+    await ops.delete(client, names[0])
+    await ops.delete(client, names[0])  # gone: fine
     with pytest.raises(NotFoundError):
         await client.get_instance(names[0])
     assert isinstance(NotFoundError(404, "x"), CoiError)

@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from coi_async.incus import IncusClient
-from tests.helpers import DEBIAN_IMAGE, busybox, from_image, remove_instance
+from tests.helpers import DEBIAN_IMAGE, busybox, from_image, remove_instance, require_image
 from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
@@ -19,8 +19,7 @@ CODE_ENV = {"HOME": "/home/code", "TERM": "xterm-256color"}
 
 @pytest.fixture
 async def debian(incus: IncusClient, unique: str) -> AsyncIterator[str]:
-    if await incus.find_image(DEBIAN_IMAGE) is None:
-        pytest.skip(f"image {DEBIAN_IMAGE} is not built (scripts/build-test-images)")
+    await require_image(incus, DEBIAN_IMAGE)
     name = f"h5-{unique}-tmux"
     await incus.create_instance(from_image(name, DEBIAN_IMAGE))
     try:

@@ -15,7 +15,8 @@ import pytest
 from coi_async.errors import CoiError, NoFreeSlotError
 from coi_async.incus import IncusClient
 from coi_async.naming import SessionName, workspace_hash
-from coi_async.orchestration.sessions.launch import LaunchSpec, launch, remove_container
+from coi_async.orchestration.containers.ops import remove_quietly
+from coi_async.orchestration.sessions.launch import LaunchSpec, launch
 from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore, new_session_id
 from tests.helpers import BUSYBOX_IMAGE
 from tests.integration.coi_cli import COI, isolated_env
@@ -190,7 +191,7 @@ async def cleanup(incus: IncusClient, workspace: Path) -> AsyncIterator[None]:
     with anyio.move_on_after(120, shield=True):
         async with anyio.create_task_group() as tg:
             for name in await left_behind(incus, workspace):
-                tg.start_soon(remove_container, incus, name)
+                tg.start_soon(remove_quietly, incus, name)
 
 
 async def test_ten_concurrent_launches_get_ten_distinct_slots(

@@ -8,21 +8,21 @@ import anyio
 import pytest
 
 from coi_async.errors import CoiError, NotFoundError
-from coi_async.orchestration.runner import BulkReport, ItemContext, ItemResult, run_bulk
+from coi_async.orchestration.events import Event, ItemResult, ItemStarted, StepStarted
+from coi_async.orchestration.runner import BulkReport, ItemContext, run_bulk
 
 
 class Recorder:
     def __init__(self) -> None:
         self.events: list[tuple[str, str]] = []
 
-    def started(self, name: str) -> None:
-        self.events.append(("started", name))
-
-    def step(self, name: str, state: str, detail: str = "") -> None:
-        self.events.append((state, name))
-
-    def finished(self, result: ItemResult) -> None:
-        self.events.append((f"finished:{result.outcome}", result.name))
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ItemStarted):
+            self.events.append(("started", event.item))
+        elif isinstance(event, StepStarted):
+            self.events.append((event.step, event.item))
+        elif isinstance(event, ItemResult):
+            self.events.append((f"finished:{event.outcome}", event.item))
 
 
 async def test_failures_are_data_and_do_not_cancel_siblings() -> None:
@@ -34,13 +34,13 @@ async def test_failures_are_data_and_do_not_cancel_siblings() -> None:
         ctx.detail = f"done {ctx.name}"
 
     report = await run_bulk(["a", "b", "c", "d"], action, limit=2, per_item_s=0.3)
-    assert sorted(r.name for r in report.succeeded) == ["a", "d"]
-    by_name = {r.name: r for r in report.results}
+    assert sorted(r.item for r in report.succeeded) == ["a", "d"]
+    by_name = {r.item: r for r in report.results}
     assert by_name["b"].outcome == "failed"
     assert by_name["b"].error == "Instance not found"
     assert by_name["c"].outcome == "timed-out"
     assert by_name["a"].detail == "done a"
-    assert {r.name for r in report.failed} == {"b", "c"}
+    assert {r.item for r in report.failed} == {"b", "c"}
 
 
 async def test_limit_bounds_concurrency_and_queueing_is_not_charged() -> None:
@@ -100,12 +100,12 @@ async def test_cancel_finishes_committed_items_and_marks_the_rest() -> None:
     names = ["commit-1", "commit-2", "prep-1", "queued-1", "queued-2"]
     start = time.monotonic()
     with anyio.move_on_after(0.2):
-        await run_bulk(names, action, limit=3, per_item_s=10, reporter=rec, report=report)
+        await run_bulk(names, action, limit=3, per_item_s=10, emit=rec, report=report)
     assert time.monotonic() - start < 1.5  # committed items saw the interruption and hurried
     assert sorted(finished_cleanup) == ["commit-1", "commit-2"]
     assert sorted(hurried) == ["commit-1", "commit-2"]
     assert report.interrupted
-    outcomes = {r.name: r.outcome for r in report.results}
+    outcomes = {r.item: r.outcome for r in report.results}
     assert outcomes == {
         "commit-1": "ok",
         "commit-2": "ok",
@@ -114,6 +114,8 @@ async def test_cancel_finishes_committed_items_and_marks_the_rest() -> None:
         "queued-2": "cancelled",
     }
     assert ("started", "queued-1") not in rec.events
+    assert ("started", "commit-1") in rec.events
+    assert ("finished:cancelled", "queued-1") in rec.events
 
 
 async def test_committed_block_is_bounded() -> None:
@@ -156,3 +158,80 @@ async def test_finishing_items_do_not_queue_behind_unstarted_ones() -> None:
     await run_bulk([str(i) for i in range(6)], action, limit=1, per_item_s=5)
     # Item 0 finished long before the last item even started saving.
     assert order.index("done 0") < 3
+
+
+async def test_steps_are_events_of_their_item() -> None:
+    rec = Recorder()
+
+    async def action(ctx: ItemContext) -> None:
+        ctx.step("saving")
+        ctx.step("saved", "/tmp/x")
+
+    await run_bulk(["a"], action, limit=1, per_item_s=1, emit=rec)
+    assert rec.events == [("started", "a"), ("saving", "a"), ("saved", "a"), ("finished:ok", "a")]
+
+
+def test_report_json_keeps_its_shape() -> None:
+    from coi_async.cli.bulk_view import report_json
+
+    report = BulkReport(
+        results=[
+            ItemResult(item="a", outcome="ok", duration_s=1.5, detail="/s/a"),
+            ItemResult(item="b", outcome="failed", duration_s=0.25, error="boom"),
+        ],
+        elapsed_s=2.0,
+    )
+    assert report_json(report, command="kill") == (
+        "{\n"
+        '  "command": "kill",\n'
+        '  "results": [\n'
+        "    {\n"
+        '      "name": "a",\n'
+        '      "outcome": "ok",\n'
+        '      "duration_s": 1.5,\n'
+        '      "error": null,\n'
+        '      "session_dir": "/s/a"\n'
+        "    },\n"
+        "    {\n"
+        '      "name": "b",\n'
+        '      "outcome": "failed",\n'
+        '      "duration_s": 0.25,\n'
+        '      "error": "boom"\n'
+        "    }\n"
+        "  ],\n"
+        '  "succeeded": 1,\n'
+        '  "failed": 1,\n'
+        '  "cancelled": 0,\n'
+        '  "elapsed_s": 2.0,\n'
+        '  "interrupted": false\n'
+        "}"
+    )
+
+
+def test_line_view_writes_the_contract_lines_per_item() -> None:
+    import io
+
+    from coi_async.cli.bulk_view import LineReporter, shutdown_verb
+    from coi_async.orchestration.bulk import lifecycle as lc
+
+    out = io.StringIO()
+    view = LineReporter(shutdown_verb(60), out)
+    view(ItemStarted(item="c-1"))
+    view(StepStarted(item="c-1", step=lc.SAVING))
+    view(StepStarted(item="c-1", step=lc.SAVED, detail="/s/x"))
+    view(StepStarted(item="c-1", step=lc.STOPPING, detail="60"))
+    view(StepStarted(item="c-1", step=lc.FORCE_STOPPING, detail="timeout"))
+    view(StepStarted(item="c-1", step=lc.DELETING))
+    view(ItemResult(item="c-1", outcome="ok", duration_s=1.0))
+    view(ItemResult(item="c-2", outcome="cancelled", duration_s=0.0, error="interrupted"))
+    view(ItemStarted(item="c-3"))
+    view(ItemResult(item="c-3", outcome="failed", duration_s=0.1, error="boom"))
+    assert out.getvalue() == (
+        "Shutting down container c-1 (timeout: 60s)...\n"
+        "  Session data saved to /s/x\n"
+        "  Attempting graceful shutdown...\n"
+        "  Timeout reached, force-killing...\n"
+        "  ✓ Shutdown c-1\n"
+        "Shutting down container c-3 (timeout: 60s)...\n"
+        "  ✗ Failed to shutdown c-3: boom\n"
+    )

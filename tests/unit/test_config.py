@@ -6,6 +6,7 @@ import pytest
 
 from coi_async.config import (
     DEFAULT_ALLOWED_DOMAINS,
+    Config,
     Mount,
     apply_flags,
     config_paths,
@@ -17,7 +18,7 @@ HOME = "/home/u"
 USER = "/home/u/.config/coi/config.toml"
 
 
-def resolve(*files: tuple[str, str], env: dict[str, str] | None = None, profile: str | None = None):
+def resolve(*files: tuple[str, str], env: dict[str, str] | None = None, profile: str | None = None) -> Config:
     return resolve_config(list(files), env or {}, home=HOME, profile=profile)
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from coi_async.errors import ConfigError
@@ -44,7 +46,7 @@ def test_settings_are_a_private_copy() -> None:
 
 
 def test_deep_merge_keeps_every_user_key() -> None:
-    user = {
+    user: dict[str, Any] = {
         "env": {"AWS_REGION": "eu-west-1"},
         "permissions": {"allow": ["Bash(ls)"], "defaultMode": "ask"},
         "theme": "dark",

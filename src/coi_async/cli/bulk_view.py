@@ -1,5 +1,8 @@
 """How bulk commands show progress: the contract's lines, a live rich table, or JSON.
 
+Both views are an `events.Emit`: they take the runner's events (`ItemStarted`, `StepStarted`
+with lifecycle's step ids, `ItemResult`) and turn them into words.
+
 - Not a terminal: each container's lines (as the reference printed them) come out as one block
   when that container is done, so concurrent work never interleaves mid-block.
 - A terminal: a live table (done/total, each container's state and time), then a summary.
@@ -18,7 +21,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 import msgspec
 
 from coi_async.orchestration.bulk import lifecycle as lc
-from coi_async.orchestration.runner import BulkReport, ItemResult
+from coi_async.orchestration.events import Event, ItemResult, ItemStarted, StepStarted
+from coi_async.orchestration.runner import BulkReport
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
@@ -103,26 +107,28 @@ class LineReporter:
         self._out = out
         self._lines: dict[str, list[str]] = {}
 
-    def started(self, name: str) -> None:
-        self._lines[name] = [self._verb.started.format(name=name)]
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, ItemStarted):
+            self._lines[event.item] = [self._verb.started.format(name=event.item)]
+        elif isinstance(event, StepStarted):
+            line = step_line(event.step, event.detail)
+            if line is not None:
+                self._lines.setdefault(event.item, []).append(line)
+        elif isinstance(event, ItemResult):
+            self._finished(event)
 
-    def step(self, name: str, state: str, detail: str = "") -> None:
-        line = step_line(state, detail)
-        if line is not None:
-            self._lines.setdefault(name, []).append(line)
-
-    def finished(self, result: ItemResult) -> None:
-        lines = self._lines.pop(result.name, None)
+    def _finished(self, result: ItemResult) -> None:
+        lines = self._lines.pop(result.item, None)
         if result.outcome == "cancelled" and lines is None:
             return  # never started: reported in the summary
-        lines = lines or [self._verb.started.format(name=result.name)]
+        lines = lines or [self._verb.started.format(name=result.item)]
         if result.ok:
             if self._verb.done:
-                lines.append(self._verb.done.format(name=result.name))
+                lines.append(self._verb.done.format(name=result.item))
         elif result.outcome == "cancelled":
             lines.append("  Interrupted before anything was changed")
         else:
-            lines.append(self._verb.failed.format(name=result.name, error=result.error))
+            lines.append(self._verb.failed.format(name=result.item, error=result.error))
         self._out.write("\n".join(lines) + "\n")
         self._out.flush()
 
@@ -138,7 +144,7 @@ class _Row:
 
 
 class LiveTable:
-    """Terminal output: a table kept current by the reporter callbacks, redrawn by rich."""
+    """Terminal output: a table kept current by the runner's events, redrawn by rich."""
 
     def __init__(self, verb: Verb, names: Sequence[str]) -> None:
         self._verb = verb
@@ -146,21 +152,18 @@ class LiveTable:
         self._began = time.monotonic()
         self._lock = threading.Lock()  # rich redraws from its own thread
 
-    def started(self, name: str) -> None:
+    def __call__(self, event: Event) -> None:
         with self._lock:
-            row = self._rows.setdefault(name, _Row())
-            row.state, row.began = "started", time.monotonic()
-
-    def step(self, name: str, state: str, detail: str = "") -> None:
-        with self._lock:
-            self._rows.setdefault(name, _Row()).state = _state_label(state, detail)
-
-    def finished(self, result: ItemResult) -> None:
-        with self._lock:
-            row = self._rows.setdefault(result.name, _Row())
-            row.ended = time.monotonic()
-            row.state = {"ok": "done", "cancelled": "not touched"}.get(result.outcome, result.outcome)
-            row.error = result.error if not result.ok and result.outcome != "cancelled" else None
+            if isinstance(event, ItemStarted):
+                row = self._rows.setdefault(event.item, _Row())
+                row.state, row.began = "started", time.monotonic()
+            elif isinstance(event, StepStarted):
+                self._rows.setdefault(event.item, _Row()).state = _state_label(event.step, event.detail)
+            elif isinstance(event, ItemResult):
+                row = self._rows.setdefault(event.item, _Row())
+                row.ended = time.monotonic()
+                row.state = {"ok": "done", "cancelled": "not touched"}.get(event.outcome, event.outcome)
+                row.error = event.error if not event.ok and event.outcome != "cancelled" else None
 
     def __rich__(self) -> RenderableType:
         from rich.console import Group
@@ -218,10 +221,11 @@ def is_terminal(stream: TextIO) -> bool:
 
 
 def report_json(report: BulkReport, *, command: str) -> str:
+    """The `--format json` document; its field names are a contract, mapped here one by one."""
     results: list[dict[str, Any]] = []
     for r in report.results:
         item: dict[str, Any] = {
-            "name": r.name,
+            "name": r.item,
             "outcome": r.outcome,
             "duration_s": r.duration_s,
             "error": r.error,
@@ -246,10 +250,10 @@ def failure_summary(report: BulkReport, echo: Callable[[str], None]) -> None:
     if failed:
         echo(f"\n{len(failed)} of {len(report.results)} failed:")
         for r in failed:
-            echo(f"  ✗ {r.name}: {r.error}")
+            echo(f"  ✗ {r.item}: {r.error}")
     untouched = report.cancelled
     if untouched:
-        names = ", ".join(r.name for r in untouched)
+        names = ", ".join(r.item for r in untouched)
         echo(f"\nInterrupted: {len(untouched)} left as they were ({names}); run the command again to finish.")
 
 

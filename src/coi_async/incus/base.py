@@ -7,7 +7,13 @@ from typing import TypeVar
 
 import msgspec
 
-from coi_async.errors import IncusApiError, IncusError, NotFoundError, OperationTimedOutError
+from coi_async.errors import (
+    IncusApiError,
+    IncusError,
+    InstanceNotFoundError,
+    NotFoundError,
+    OperationTimedOutError,
+)
 from coi_async.incus.classify import classify
 from coi_async.incus.models import (
     STATUS_CANCELLED,
@@ -104,9 +110,11 @@ class ApiBase:
                     f"{path}/wait", Operation, params={"timeout": str(WAIT_POLL_S)}, what="operation"
                 )
             except IncusApiError as exc:
-                # A failed operation's /wait answers with an error envelope and no metadata; the
-                # operation itself (kept 5 s) still has it, e.g. the exit code of an exec.
-                if isinstance(exc, NotFoundError):
+                # A failed operation's /wait answers with an error envelope (HTTP 200, its own
+                # error_code) and no metadata; the operation itself (kept 5 s) still has it, e.g.
+                # the exit code of an exec. Only "Operation not found" means there is none: an
+                # operation that failed because its instance vanished is read like any other.
+                if isinstance(exc, NotFoundError) and not isinstance(exc, InstanceNotFoundError):
                     raise
                 try:
                     op = await self._get(path, Operation, what="operation")

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Protocol
 
 import anyio
 import msgspec
@@ -19,13 +21,34 @@ from coi_async.errors import IncusError
 from coi_async.incus.base import ApiBase, decode
 from coi_async.incus.models import STATUS_SUCCESS, AsyncResponse, ExecPost, Operation
 from coi_async.incus.paths import instance_path
-from coi_async.incus.terminal import LocalTerminal
 from coi_async.incus.transport import WebSocket
 
 ByteSink = Callable[[bytes], Awaitable[None]]
 Stdin = bytes | AsyncIterable[bytes] | None
 
 _CHUNK = 256 * 1024
+
+
+class Terminal(Protocol):
+    """What an interactive exec needs from the user's terminal (the CLI owns the real one)."""
+
+    def size(self) -> tuple[int, int]:
+        """(columns, rows) now."""
+        ...
+
+    def raw(self) -> AbstractContextManager[None]:
+        """The terminal handed over to the remote command for the duration (every key goes there)."""
+        ...
+
+    async def read(self) -> bytes:
+        """The next bytes typed; b"" at end of input."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    def resizes(self) -> AsyncIterator[tuple[int, int]]:
+        """(columns, rows) each time the window changes."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -268,14 +291,14 @@ class ExecApi(ApiBase):
         name: str,
         command: list[str],
         *,
-        terminal: LocalTerminal | None = None,
+        terminal: Terminal,
         env: Mapping[str, str] | None = None,
         user: int = 0,
         group: int = 0,
         cwd: str = "",
     ) -> int:
-        """Run a command on a PTY with this process's terminal attached in raw mode."""
-        term = terminal or LocalTerminal()
+        """Run a command on a PTY with `terminal` attached (in raw mode) for its duration."""
+        term = terminal
         with term.raw():
             return await self.exec_interactive(
                 name,

@@ -1,13 +1,25 @@
 """Files in instances: single files through the files API, whole directories as tar over exec.
 
 incusd reads only `X-Incus-*` headers for ownership and mode; anything else is silently ignored.
-Directory pulls are unpacked with tarfile's "data" filter, so nothing in an instance (absolute
-names, `..`, links pointing out) can make a pull write outside the local target.
+
+This is the one tar-over-exec implementation. Directories are packed with numeric owners (empty
+user and group names), so ids survive where names differ between host and instance. A pull
+trusts nothing in the instance:
+- it unpacks into a fresh directory beside the local target and renames that into place, so it
+  never writes outside the target and never leaves a half-made copy;
+- entries whose path or link target would leave the tree (absolute names or links, `..`) and
+  special files (devices, fifos) are skipped and named; tarfile's "data" filter decides;
+- modes lose set-uid, set-gid and sticky bits and group/other write, so an instance cannot plant
+  a set-uid binary on the host; owners are kept only when asked (and only root can keep them);
+- at most a few KiB of tar's error output is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
+import shutil
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Mapping
@@ -18,7 +30,13 @@ from typing import IO
 import anyio
 import anyio.to_thread
 
-from coi_async.errors import CoiError, FileHelperNotReadyError, IncusError
+from coi_async.errors import (
+    CoiError,
+    FileHelperNotReadyError,
+    IncusError,
+    InstanceNotFoundError,
+    NotFoundError,
+)
 from coi_async.incus.base import decode
 from coi_async.incus.exec import ExecApi
 from coi_async.incus.paths import instance_path
@@ -26,6 +44,13 @@ from coi_async.incus.transport import RawResponse, decode_envelope
 
 _CHUNK = 256 * 1024
 _FILES_ATTEMPTS = 10
+# How much of a command's error output is kept for the message.
+_STDERR_MAX = 4096
+# Longer than any link target Linux allows (PATH_MAX).
+_LINK_MAX = 4096
+# What a pulled mode may keep: no set-uid/set-gid/sticky bits, no group/other write.
+_PULL_MODE_MASK = 0o755
+_UNPACK_SCRIPT = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +154,44 @@ class FilesApi(ExecApi):
             "POST", name, path, data=b"", headers=_push_headers(uid=uid, gid=gid, mode=mode, kind="directory")
         )
 
+    async def lookup_file(self, name: str, path: str) -> FileInfo | None:
+        """The type, owner and mode of `path` in the instance; None if there is no such path.
+
+        InstanceNotFoundError when the instance itself is missing: a GET whose body is never
+        read tells the two apart, where incusd answers a HEAD's errors without a body.
+        """
+        for attempt in range(_FILES_ATTEMPTS):
+            try:
+                async with self._transport.download(
+                    self._files(name), params=self._params({"path": path})
+                ) as (headers, _chunks):
+                    return file_info(headers)
+            except InstanceNotFoundError:
+                raise
+            except NotFoundError:
+                return None
+            except FileHelperNotReadyError:
+                if attempt == _FILES_ATTEMPTS - 1:
+                    raise
+            await anyio.sleep(min(0.1 * (attempt + 1), 0.5))
+        raise AssertionError("unreachable")
+
+    async def read_link(self, name: str, path: str) -> str:
+        """The target of the symbolic link `path` in the instance (read at most a few KiB)."""
+        async with self._transport.download(self._files(name), params=self._params({"path": path})) as (
+            headers,
+            chunks,
+        ):
+            info = file_info(headers)
+            if info.type != "symlink":
+                raise CoiError(f"{path} in {name} is not a symbolic link")
+            data = bytearray()
+            async for chunk in chunks:
+                data += chunk
+                if len(data) > _LINK_MAX:
+                    raise CoiError(f"{path} in {name}: link target too long")
+        return bytes(data).decode(errors="surrogateescape")
+
     async def stat_file(self, name: str, path: str) -> FileInfo:
         response = await self._files_request("HEAD", name, path)
         return file_info(response.headers)
@@ -177,42 +240,73 @@ class FilesApi(ExecApi):
     async def push_directory(
         self, name: str, local: Path, remote: str, *, uid: int | None = None, gid: int | None = None
     ) -> None:
-        """Copy a local directory's contents into `remote` (created if missing) as a tar stream."""
+        """Copy a local directory's contents into `remote` (created if missing, merged if present)
+        as one tar stream, unpacked as root so modes and numeric owners (or `uid`/`gid`) stay."""
         if not await anyio.Path(local).is_dir():
             raise CoiError(f"{local} is not a directory")
+        stderr = _Bounded()
         with tempfile.TemporaryFile() as spool:
             await anyio.to_thread.run_sync(_pack, local, spool, uid, gid)
             spool.seek(0)
-            result = await self.exec(name, ["mkdir", "-p", remote])
-            if not result.ok:
-                raise CoiError(f"cannot create {remote} in {name}: {result.stderr.decode().strip()}")
-            result = await self.exec(name, ["tar", "-x", "-f", "-", "-C", remote], stdin=_read_chunks(spool))
-        if not result.ok:
-            raise CoiError(f"copying {local} into {name}:{remote} failed: {result.stderr.decode().strip()}")
+            code = await self.exec_stream(
+                name,
+                ["sh", "-c", _UNPACK_SCRIPT, "sh", remote],
+                stdin=_read_chunks(spool),
+                on_stderr=stderr.add,
+            )
+        if code != 0:
+            message = stderr.text() or f"tar exited with {code}"
+            raise CoiError(f"copying {local} to {name}:{remote} failed: {message}")
 
-    async def pull_directory(self, name: str, remote: str, local: Path) -> list[str]:
-        """Copy the contents of `remote` into the local directory `local` (created if missing).
+    async def pull_directory(
+        self, name: str, remote: str, local: Path, *, keep_owner: bool = False
+    ) -> list[str]:
+        """Make `local` a copy of the directory `remote`, replacing whatever `local` was.
 
-        Returns the entries left out because they would have written, or pointed, outside `local`.
+        The copy is unpacked beside `local` and renamed into place; the parent of `local` must
+        exist. With `keep_owner` (and only as root) files keep their numeric owners. Returns the
+        entries left out because they would have landed, or pointed, outside `local`.
         """
+        stderr = _Bounded()
         with tempfile.TemporaryFile() as spool:
 
             async def spill(data: bytes) -> None:
                 await anyio.to_thread.run_sync(spool.write, data)
 
-            errors: list[bytes] = []
-
-            async def keep_err(data: bytes) -> None:
-                errors.append(data)
-
             code = await self.exec_stream(
-                name, ["tar", "-c", "-f", "-", "-C", remote, "."], on_stdout=spill, on_stderr=keep_err
+                name, ["tar", "-c", "-f", "-", "-C", remote, "."], on_stdout=spill, on_stderr=stderr.add
             )
             if code != 0:
-                message = b"".join(errors).decode(errors="replace").strip()
-                raise CoiError(f"cannot read {remote} in {name}: {message or f'tar exited {code}'}")
+                message = stderr.text() or f"tar exited with {code}"
+                raise CoiError(f"cannot read {name}:{remote}: {message}")
             spool.seek(0)
-            return await anyio.to_thread.run_sync(_unpack, spool, local)
+            staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.", suffix=".coi-pull", dir=local.parent))
+            try:
+                skipped = await anyio.to_thread.run_sync(
+                    functools.partial(_unpack, spool, staging, keep_owner=keep_owner)
+                )
+                await anyio.to_thread.run_sync(_replace, staging, local)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await anyio.to_thread.run_sync(_remove, staging)
+                raise
+        return skipped
+
+
+class _Bounded:
+    """The first few KiB of a command's error output."""
+
+    def __init__(self, limit: int = _STDERR_MAX) -> None:
+        self._data = bytearray()
+        self._limit = limit
+
+    async def add(self, data: bytes) -> None:
+        room = self._limit - len(self._data)
+        if room > 0:
+            self._data += data[:room]
+
+    def text(self) -> str:
+        return bytes(self._data).decode(errors="replace").strip()
 
 
 async def _read_chunks(fh: IO[bytes]) -> AsyncIterator[bytes]:
@@ -222,10 +316,12 @@ async def _read_chunks(fh: IO[bytes]) -> AsyncIterator[bytes]:
 
 def _pack(root: Path, out: IO[bytes], uid: int | None, gid: int | None) -> None:
     def owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        # Empty names make tar in the instance use the numeric ids.
+        info.uname = info.gname = ""
         if uid is not None:
-            info.uid, info.uname = uid, ""
+            info.uid = uid
         if gid is not None:
-            info.gid, info.gname = gid, ""
+            info.gid = gid
         return info
 
     with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
@@ -233,18 +329,36 @@ def _pack(root: Path, out: IO[bytes], uid: int | None, gid: int | None) -> None:
             tar.add(root / entry, arcname=entry, filter=owner)
 
 
-def _unpack(spool: IO[bytes], target: Path) -> list[str]:
-    """Unpack into `target`, skipping (and naming) every entry that would land or point outside."""
-    target.mkdir(parents=True, exist_ok=True)
+def _unpack(spool: IO[bytes], dest: Path, *, keep_owner: bool) -> list[str]:
+    """Unpack into the fresh directory `dest`, skipping (and naming) every entry that would land
+    or point outside it, or is a special file."""
     skipped: list[str] = []
 
-    def safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo | None:
+    def safe(member: tarfile.TarInfo, where: str) -> tarfile.TarInfo | None:
         try:
-            return tarfile.data_filter(member, dest)
+            checked = tarfile.data_filter(member, where)
         except tarfile.FilterError:
             skipped.append(member.name)
             return None
+        # data_filter's verdict on the path and link; the member's own mode, made harmless.
+        mode = member.mode & _PULL_MODE_MASK
+        if keep_owner:
+            return checked.replace(mode=mode, uid=member.uid, gid=member.gid, uname="", gname="", deep=False)
+        return checked.replace(mode=mode, deep=False)
 
     with tarfile.open(fileobj=spool, mode="r") as tar:
-        tar.extractall(target, filter=safe)
+        tar.extractall(dest, filter=safe, numeric_owner=True)
     return skipped
+
+
+def _replace(staging: Path, target: Path) -> None:
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.is_dir():
+        shutil.rmtree(target)
+    staging.rename(target)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        shutil.rmtree(path)

@@ -5,11 +5,13 @@ how many items do work at once, and each item's deadline starts only once it hol
 queueing is not charged to it. An item's failure (a `CoiError`, or its deadline passing) is
 recorded as data and never cancels the others; anything else is a bug and propagates.
 
+Progress goes out as events (`events.ItemStarted`, `events.StepStarted`, `events.ItemResult`);
+the results are `events.ItemResult`s too, collected in one `BulkReport`.
+
 Cancellation (Ctrl-C) cancels the group. Items still queued or still preparing are recorded as
 cancelled and were not touched. An item that has entered `ctx.committed()` (it has started to
-change the container, e.g. stopping it) runs that block shielded and bounded, so it always ends
-either untouched or finished, never half-deleted; it can watch `ctx.interrupted` to finish
-faster (a graceful stop turning into a forced one).
+change the container, e.g. stopping it) runs that block shielded, within a bound of its own; it
+can watch `ctx.interrupted` to finish faster (a graceful stop turning into a forced one).
 """
 
 from __future__ import annotations
@@ -18,30 +20,19 @@ import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from typing import Literal, Protocol
 
 import anyio
 import msgspec
 
 from coi_async.errors import CoiError
-
-Outcome = Literal["ok", "failed", "timed-out", "cancelled"]
-
-
-class ItemResult(msgspec.Struct, frozen=True, kw_only=True):
-    name: str
-    outcome: Outcome
-    duration_s: float
-    error: str | None = None
-    # What the action wants the user to know about a success (e.g. where data was saved).
-    detail: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome == "ok"
+from coi_async.orchestration import events
+from coi_async.orchestration.events import Emit, ItemOutcome, ItemResult, ItemStarted, StepStarted
 
 
 class BulkReport(msgspec.Struct, kw_only=True):
+    """Every item's result (in the order they ended), the run's wall time, and whether it was
+    interrupted."""
+
     results: list[ItemResult] = msgspec.field(default_factory=list)
     elapsed_s: float = 0.0
     interrupted: bool = False
@@ -59,27 +50,6 @@ class BulkReport(msgspec.Struct, kw_only=True):
         return [r for r in self.results if r.outcome == "cancelled"]
 
 
-class Reporter(Protocol):
-    """Progress callbacks; synchronous because rendering one line or one table row is cheap."""
-
-    def started(self, name: str) -> None: ...
-
-    def step(self, name: str, state: str, detail: str = "") -> None: ...
-
-    def finished(self, result: ItemResult) -> None: ...
-
-
-class NullReporter:
-    def started(self, name: str) -> None:
-        pass
-
-    def step(self, name: str, state: str, detail: str = "") -> None:
-        pass
-
-    def finished(self, result: ItemResult) -> None:
-        pass
-
-
 class ItemContext:
     """What an action may do besides its own work: report steps, commit, yield its slot."""
 
@@ -91,7 +61,7 @@ class ItemContext:
         finish_limiter: anyio.CapacityLimiter,
         deadline: anyio.CancelScope,
         interrupted: anyio.Event,
-        reporter: Reporter,
+        emit: Emit,
     ) -> None:
         self.name = name
         self.interrupted = interrupted
@@ -100,18 +70,22 @@ class ItemContext:
         # The limiter whose slot this item holds, if any.
         self.held: anyio.CapacityLimiter | None = None
         self._deadline = deadline
-        self._reporter = reporter
+        self._emit = emit
         self.detail: str | None = None
 
-    def step(self, state: str, detail: str = "") -> None:
-        self._reporter.step(self.name, state, detail)
+    def step(self, step: str, detail: str = "") -> None:
+        """Emit `StepStarted` for this item; `step` is a stable identifier the CLI renders."""
+        self._emit(StepStarted(item=self.name, step=step, detail=detail))
 
     @contextmanager
     def committed(self, bound_s: float) -> Iterator[None]:
         """From here on the item finishes even if the run is cancelled, within `bound_s` seconds.
 
-        The item's own deadline no longer applies: the bound replaces it. Passing the bound
-        raises TimeoutError, which the runner records as the item timing out.
+        Entering lifts the item's own deadline (the one that started when it got its slot): a
+        block that started to change something is not cut short by it. The block is shielded
+        from the run's cancellation; only its own bound ends it. When `bound_s` passes, the
+        block is cancelled where it is (which can leave its work half done) and the item is
+        recorded as failed with the error "did not finish within <bound_s>s", not as timed out.
         """
         self._deadline.deadline = math.inf
         try:
@@ -153,17 +127,18 @@ async def run_bulk(
     *,
     limit: int,
     per_item_s: float,
-    reporter: Reporter | None = None,
+    emit: Emit = events.ignore,
     report: BulkReport | None = None,
 ) -> BulkReport:
     """Apply `action` to every name, at most `limit` at once; never raises for an item's failure.
 
-    Pass your own `report` to see the results so far when the run is cancelled (the runner
-    re-raises the cancellation after recording every unfinished item as cancelled).
+    Emits `ItemStarted` when an item gets its slot, the action's `StepStarted`s, and one
+    `ItemResult` per item (also for items cancelled before they started). Pass your own
+    `report` to see the results so far when the run is cancelled (the runner re-raises the
+    cancellation after recording every unfinished item as cancelled).
     """
     if limit < 1:
         raise ValueError("limit must be at least 1")
-    rep: Reporter = reporter or NullReporter()
     out = report if report is not None else BulkReport()
     limiter = anyio.CapacityLimiter(limit)
     finish_limiter = anyio.CapacityLimiter(limit)
@@ -172,7 +147,7 @@ async def run_bulk(
 
     def record(result: ItemResult) -> None:
         out.results.append(result)
-        rep.finished(result)
+        emit(result)
 
     async def one(name: str) -> None:
         queued = time.monotonic()
@@ -184,7 +159,7 @@ async def run_bulk(
             finish_limiter=finish_limiter,
             deadline=deadline,
             interrupted=interrupted,
-            reporter=rep,
+            emit=emit,
         )
         acquired = False
         try:
@@ -192,7 +167,7 @@ async def run_bulk(
             ctx.held = limiter
             acquired = True
             start = time.monotonic()
-            rep.started(name)
+            emit(ItemStarted(item=name))
             deadline.deadline = anyio.current_time() + per_item_s
             with deadline:
                 await action(ctx)
@@ -237,10 +212,10 @@ async def run_bulk(
 
 
 def _result(
-    name: str, outcome: Outcome, start: float, error: str | None, detail: str | None = None
+    name: str, outcome: ItemOutcome, start: float, error: str | None, detail: str | None = None
 ) -> ItemResult:
     return ItemResult(
-        name=name, outcome=outcome, duration_s=round(time.monotonic() - start, 3), error=error, detail=detail
+        item=name, outcome=outcome, duration_s=round(time.monotonic() - start, 3), error=error, detail=detail
     )
 
 

@@ -12,41 +12,88 @@ import msgspec
 from coi_async.cli.app import App
 
 if TYPE_CHECKING:
-    from coi_async.egress import ProxyEvent
+    from coi_async.orchestration.events import Event, Note
     from coi_async.orchestration.images.build import BuildRequest, BuildResult
 
+# What each phase's line says about its detail (see images.build.PHASES).
+_PHASE_LINES = {
+    "base": "base image '{detail}'",
+    "launch": "build container {detail}",
+    "recipe": "{detail} as root",
+    "publish": "stop, publish uncompressed, move the alias",
+}
 
-class StderrBuildReporter:
-    """Build progress as plain lines on stderr; the recipe's own output passes through untouched."""
+
+def note_text(event: Note) -> str | None:
+    """The sentence for one of a build's notes (None: a note shown otherwise, or not at all)."""
+    from coi_async.orchestration.images import base as image_base
+    from coi_async.orchestration.images import build as image_build
+
+    v = event.values
+    kind = event.kind
+    if kind == image_build.NOTE_RECIPE_CHANGED:
+        return f"the recipe of '{v['alias']}' changed since it was built; rebuilding"
+    if kind == image_build.NOTE_NIC:
+        return "the build container has a network interface; the recipe uses it directly"
+    if kind == image_build.NOTE_EGRESS_PROXY:
+        return f"no network interface: egress through the host proxy {v['url']} (allowed: {v['allowed']})"
+    if kind == image_build.NOTE_CLEANUP_FAILED:
+        return f"could not delete build container {v['container']}: {v['error']}"
+    if kind == image_base.NOTE_BASE_UP_TO_DATE:
+        return f"base image {v['alias']} is up to date ({v['fingerprint'][:12]})"
+    if kind == image_base.NOTE_BASE_BUILDING:
+        return f"building base image {v['alias']} from Debian packages ({v['suite']}, {v['mirror']})"
+    if kind == image_base.NOTE_BASE_STEP_TOOK:
+        return f"{v['step']} took {float(v['seconds']):.1f}s"
+    if kind == image_base.NOTE_BASE_IMPORTING:
+        return f"importing {int(v['size']) / 1e6:.0f} MB as {v['alias']}"
+    if kind == image_build.NOTE_EGRESS:
+        return None
+    return " ".join([kind, *(f"{k}={val}" for k, val in v.items())])
+
+
+class StderrBuildView:
+    """Build progress as plain lines on stderr; the recipe's own output passes through untouched.
+
+    An `events.Emit`: phases, output and notes of `images.build` become the lines below.
+    """
 
     def __init__(self) -> None:
-        self._shown_hosts: set[tuple[str, int]] = set()
+        self._shown_hosts: set[tuple[str, str]] = set()
 
-    def _line(self, text: str) -> None:
-        sys.stderr.write(text + "\n")
+    def line(self, text: str) -> None:
+        sys.stderr.write(f"==> {text}\n")
         sys.stderr.flush()
 
-    def phase_started(self, phase: str, detail: str) -> None:
-        self._line(f"==> [{phase}] {detail}")
+    def __call__(self, event: Event) -> None:
+        from coi_async.orchestration.events import Note, Output, StepFinished, StepStarted
+        from coi_async.orchestration.images.build import NOTE_EGRESS
 
-    def phase_finished(self, phase: str, seconds: float) -> None:
-        self._line(f"==> [{phase}] done in {seconds:.1f}s")
+        if isinstance(event, StepStarted):
+            text = _PHASE_LINES.get(event.step, "{detail}").format(detail=event.detail)
+            self.line(f"[{event.step}] {text}")
+        elif isinstance(event, StepFinished):
+            self.line(f"[{event.step}] done in {event.seconds:.1f}s")
+        elif isinstance(event, Output):
+            sys.stderr.buffer.write(event.data)
+            sys.stderr.buffer.flush()
+        elif isinstance(event, Note):
+            if event.kind == NOTE_EGRESS:
+                self._egress(event)
+            else:
+                sentence = note_text(event)
+                if sentence is not None:
+                    self.line(sentence)
 
-    def output(self, data: bytes) -> None:
-        sys.stderr.buffer.write(data)
-        sys.stderr.buffer.flush()
-
-    def note(self, message: str) -> None:
-        self._line(f"==> {message}")
-
-    def egress(self, event: ProxyEvent) -> None:
-        if event.action == "allowed":
-            key = (event.host, event.port)
+    def _egress(self, event: Note) -> None:
+        v = event.values
+        if v.get("action") == "allowed":
+            key = (v.get("host", ""), v.get("port", ""))
             if key not in self._shown_hosts:
                 self._shown_hosts.add(key)
-                self._line(f"==> [egress] allowed {event.host}:{event.port}")
+                self.line(f"[egress] allowed {key[0]}:{key[1]}")
         else:
-            self._line(f"==> [egress] {event.action}: {event.detail}")
+            self.line(f"[egress] {v.get('action', '')}: {v.get('detail', '')}")
 
 
 def _settings(base: str | None, allow_hosts: tuple[str, ...]) -> tuple[str, tuple[str, ...], str]:
@@ -72,12 +119,12 @@ def _summary(result: BuildResult) -> str:
 async def _run(app: App, request: BuildRequest) -> BuildResult:
     from coi_async.orchestration.images.build import build_image
 
-    reporter = StderrBuildReporter()
+    view = StderrBuildView()
     async with app.incus() as incus:
-        result = await build_image(incus, request, reporter)
+        result = await build_image(incus, request, view)
     if not result.skipped:
-        reporter.note(_summary(result))
-        reporter.note(f"image {result.version}: {result.size / 1e6:.0f} MB")
+        view.line(_summary(result))
+        view.line(f"image {result.version}: {result.size / 1e6:.0f} MB")
     return result
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, TextIO
 
@@ -25,10 +24,13 @@ if TYPE_CHECKING:
     from coi_async.cli.bulk_view import Verb
     from coi_async.config import Config
     from coi_async.orchestration.bulk.lifecycle import SessionSaver
-    from coi_async.orchestration.runner import Action, BulkReport, Reporter
+    from coi_async.orchestration.events import Emit
+    from coi_async.orchestration.runner import Action, BulkReport
     from coi_async.orchestration.sessions.store import SessionStore
 
 INTERRUPTED_EXIT = 130
+# The signals that interrupt a bulk run (the rest keep their default action).
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Per-item budget before an item commits (i.e. for saving its session data).
 _PREPARE_S = 330.0
 
@@ -73,25 +75,7 @@ def _saver(config: Config) -> tuple[SessionSaver, SessionStore]:
 
     tool = get_tool(config.tool.name)
     store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
-    return SessionSaver(store, tool), store
-
-
-@asynccontextmanager
-async def _interruptible() -> AsyncIterator[anyio.CancelScope]:
-    """A scope that SIGINT/SIGTERM cancel (instead of the event loop's own KeyboardInterrupt)."""
-    scope = anyio.CancelScope()
-    async with anyio.create_task_group() as tg:
-
-        async def watch() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    scope.cancel()
-
-        tg.start_soon(watch)
-        try:
-            yield scope
-        finally:
-            tg.cancel_scope.cancel()
+    return SessionSaver(store, tool, config), store
 
 
 async def _run(
@@ -104,23 +88,24 @@ async def _run(
     report: BulkReport,
 ) -> None:
     from coi_async.cli import bulk_view as view
-    from coi_async.orchestration.runner import NullReporter, run_bulk
+    from coi_async.orchestration import events
+    from coi_async.orchestration.interrupts import interruptible
+    from coi_async.orchestration.runner import run_bulk
 
-    reporter: Reporter
+    emit: Emit
     table: view.LiveTable | None = None
     if out.json:
-        reporter = NullReporter()
+        emit = events.ignore
     elif view.is_terminal(sys.stdout):
-        reporter = table = view.LiveTable(verb, names)
+        emit = table = view.LiveTable(verb, names)
     else:
-        reporter = view.LineReporter(verb, out.stream)
+        emit = view.LineReporter(verb, out.stream)
 
-    async with _interruptible() as scope:
-        with scope, view.live_view(table):
-            await run_bulk(
-                names, action, limit=parallel, per_item_s=_PREPARE_S, reporter=reporter, report=report
-            )
-    if scope.cancel_called:
+    # A signal cancels the run instead of the event loop's own KeyboardInterrupt.
+    async with interruptible(_SIGNALS) as interrupt:
+        with interrupt.scope, view.live_view(table):
+            await run_bulk(names, action, limit=parallel, per_item_s=_PREPARE_S, emit=emit, report=report)
+    if interrupt.scope.cancel_called:
         report.interrupted = True
 
 
@@ -179,16 +164,16 @@ def _finish(
     if report.interrupted:
         raise click.exceptions.Exit(INTERRUPTED_EXIT)
     if report.failed:
-        names = ", ".join(r.name for r in report.failed)
+        names = ", ".join(r.item for r in report.failed)
         raise CoiError(f"{failure}: {len(report.failed)} of {len(report.results)} failed ({names})")
 
 
 def _unknown_results(report: BulkReport, unknown: Sequence[str]) -> None:
-    from coi_async.orchestration.runner import ItemResult
+    from coi_async.orchestration.events import ItemResult
 
     for name in unknown:
         report.results.append(
-            ItemResult(name=name, outcome="failed", duration_s=0.0, error=f"container {name} does not exist")
+            ItemResult(item=name, outcome="failed", duration_s=0.0, error=f"container {name} does not exist")
         )
 
 

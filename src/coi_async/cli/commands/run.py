@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 
 import anyio
@@ -17,6 +16,10 @@ from coi_async.errors import CoiError, UsageError
 def _say(line: str) -> None:
     sys.stderr.write(line + "\n")
     sys.stderr.flush()
+
+
+def exit_status(code: int) -> str:
+    return "Command completed successfully" if code == 0 else f"Command exited with code {code}"
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -66,9 +69,11 @@ async def run(
 
     Use `--` before the command: coi run -- sh -c 'echo hi'.
     """
+    from coi_async.cli import session_view
     from coi_async.naming import absolute_workspace
+    from coi_async.orchestration.interrupts import interruptible
     from coi_async.orchestration.sessions.launch import check_workspace, prepare_mounts
-    from coi_async.orchestration.sessions.run import RunRequest, exit_status, run_command
+    from coi_async.orchestration.sessions.run import RunRequest, run_command
     from coi_async.slots import validate_slot
 
     config = app.config(profile=profile, image=image, persistent=persistent)
@@ -93,29 +98,21 @@ async def run(
     async def err(data: bytes) -> None:
         await _write(2, data)
 
-    signals: list[int] = []
     code: int | None = None
-    async with app.incus() as incus, anyio.create_task_group() as tg:
-
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as received:
-                async for signum in received:
-                    signals.append(signum)
-                    tg.cancel_scope.cancel()
-                    return
-
-        tg.start_soon(watch_signals)
-        try:
-            with anyio.fail_after(timeout_s) if timeout_s else contextlib.nullcontext():
-                code = await run_command(incus, config, request, on_stdout=out, on_stderr=err, say=_say)
-        except TimeoutError:
-            raise CoiError(
-                f"the command did not finish within {timeout_s:g} s; the container was removed"
-            ) from None
-        tg.cancel_scope.cancel()
-    if signals:
+    async with app.incus() as incus, interruptible() as interrupt:
+        with interrupt.scope:
+            try:
+                with anyio.fail_after(timeout_s) if timeout_s else contextlib.nullcontext():
+                    code = await run_command(
+                        incus, config, request, on_stdout=out, on_stderr=err, emit=session_view.show
+                    )
+            except TimeoutError:
+                raise CoiError(
+                    f"the command did not finish within {timeout_s:g} s; the container was removed"
+                ) from None
+    if interrupt.signum is not None:
         _say("\nInterrupted; the container was removed")
-        raise click.exceptions.Exit(128 + signals[0])
+        raise click.exceptions.Exit(interrupt.exit_code)
     assert code is not None
     _say("\n" + exit_status(code))
     raise click.exceptions.Exit(code)

@@ -99,7 +99,7 @@ async def list_(app: App, *, show_all: bool, fmt: str) -> None:
     config = app.config()
     store = _store(config)
     async with app.incus() as incus:
-        active = await active_containers(incus, prefix=config.container_prefix, store=store)
+        active = await active_containers(incus, config=config, store=store)
     saved = store.list_sessions() if show_all else None
     click.echo(list_json(active, saved) if fmt == "json" else list_text(active, saved))
 

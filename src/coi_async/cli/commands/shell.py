@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import asyncclick as click
@@ -17,13 +14,6 @@ if TYPE_CHECKING:
     from coi_async.config import Config, Mount
 
 _RESUME_HELP = "Resume a saved session: the latest of this workspace, or --resume=ID."
-
-
-def _say(line: str) -> None:
-    # The terminal may be gone (SIGHUP): losing a progress line must not stop the cleanup.
-    with contextlib.suppress(OSError, ValueError):
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[str, tuple[Mount, ...], str]:
@@ -82,8 +72,11 @@ async def shell(
     use_tmux: bool,
 ) -> None:
     """Start an interactive AI coding session in a container (the default command)."""
+    from coi_async.cli import session_view
     from coi_async.cli.commands.run import parse_env
-    from coi_async.orchestration.sessions import shell as flow
+    from coi_async.cli.terminal import LocalTerminal
+    from coi_async.orchestration.sessions.request import ShellRequest
+    from coi_async.orchestration.sessions.shell import run_shell
 
     if args:
         raise UsageError(
@@ -95,7 +88,7 @@ async def shell(
     # session's mode, and only the flow can tell the two apart.
     config = app.config(profile=profile, image=image)
     ws, extra, home = _prepare(workspace, mounts, config)
-    request = flow.ShellRequest(
+    request = ShellRequest(
         workspace=ws,
         slot=slot,
         persistent=persistent,
@@ -108,9 +101,10 @@ async def shell(
         term=os.environ.get("TERM"),
         host_uid=os.getuid(),
         host_gid=os.getgid(),
+        host_home=home,
     )
     async with app.incus() as incus:
-        code = await flow.run_shell(incus, config, request, host_home=Path(home), say=_say)
+        code = await run_shell(incus, config, request, emit=session_view.show, terminal=LocalTerminal())
     if code:
         raise click.exceptions.Exit(code)
 
@@ -123,19 +117,22 @@ async def shell(
 @click.pass_obj
 async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, workspace: str) -> None:
     """Attach to a running session (by name, by --slot, or the only one)."""
+    from coi_async.cli import session_view
+    from coi_async.cli.terminal import LocalTerminal
     from coi_async.naming import absolute_workspace
-    from coi_async.orchestration.sessions import shell as flow
+    from coi_async.orchestration.sessions.attach import AttachList, attach_session, choose_attach_target
+    from coi_async.orchestration.sessions.request import Outcome
 
     config = app.config()
     async with app.incus() as incus:
-        choice = await flow.choose_attach_target(
+        choice = await choose_attach_target(
             incus,
             config,
             workspace=absolute_workspace(workspace, os.getcwd()),
             slot=slot,
             name=container,
         )
-        if isinstance(choice, flow.AttachList):
+        if isinstance(choice, AttachList):
             if not choice.running:
                 click.echo("No active sessions")
                 return
@@ -146,16 +143,16 @@ async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, 
             return
         suffix = f" (slot {slot})" if slot > 0 else ""
         click.echo(f"Attaching to {choice.container}{suffix}...")
-        outcome = await flow.attach_session(
+        outcome = await attach_session(
             incus,
             config,
             choice,
             use_bash=use_bash,
-            host_home=Path.home(),
             term=os.environ.get("TERM"),
-            say=_say,
+            emit=session_view.show,
+            terminal=LocalTerminal(),
         )
-    if outcome is flow.Outcome.NO_TMUX:
+    if outcome is Outcome.NO_TMUX:
         click.echo("\nNo tmux session found in container.")
         click.echo("The container is still running. To get a shell, use:")
         click.echo(f"  coi attach {choice.container} --bash")

@@ -26,7 +26,7 @@ async def send(app: App, container: str, command: str) -> None:
 
     async with app.incus() as incus:
         with deadline(QUICK_S, f"sending to {container}"):
-            session = await tmux_control.send(incus, container, command)
+            session = await tmux_control.send(incus, app.config(), container, command)
     click.echo(f"Sent command to session {session}")
 
 
@@ -39,7 +39,7 @@ async def capture(app: App, container: str) -> None:
 
     async with app.incus() as incus:
         with deadline(QUICK_S, f"capturing {container}"):
-            screen = await tmux_control.capture(incus, container)
+            screen = await tmux_control.capture(incus, app.config(), container)
     sys.stdout.buffer.write(screen)
     sys.stdout.flush()
 
@@ -54,7 +54,7 @@ async def list_(app: App) -> None:
     prefix = container_prefix(os.environ)
     async with app.incus() as incus:
         with deadline(QUICK_S, "listing tmux sessions"):
-            listing = await tmux_control.list_sessions(incus, prefix)
+            listing = await tmux_control.list_sessions(incus, app.config(), prefix)
     for name, reason in listing.failed:
         say(f"Warning: cannot check {name}: {reason}")
     if not listing.sessions:

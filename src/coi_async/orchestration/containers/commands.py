@@ -1,8 +1,10 @@
 """Single-container operations behind `coi container ...`, with errors a user can act on.
 
 incusd's own messages name database tables and project paths ("Failed to fetch instance "x" in
-project "y": Instance not found"); these functions turn the ones a user meets into one sentence
-about *their* container, and leave nothing half-made behind when a launch fails.
+project "y": Instance not found"); these functions turn the ones a user meets, told apart by
+their type (see `coi_async.incus.classify`), into one sentence about *their* container, and
+leave nothing half-made behind when a launch fails. Stopping and removing go through
+`containers.ops`, like every other flow.
 """
 
 from __future__ import annotations
@@ -10,38 +12,30 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import anyio
-
 from coi_async.errors import (
-    BadRequestError,
+    AlreadyRunningError,
+    AlreadyStoppedError,
     CoiError,
     ConflictError,
-    IncusApiError,
-    NotFoundError,
+    IdmapUnsupportedError,
+    InstanceBusyError,
+    InstanceNotFoundError,
+    InstanceNotRunningError,
+    InstanceRunningError,
     OperationFailedError,
+    SourcePathMissingError,
 )
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
-
-# What Docker inside a container needs. Set at creation, so they are in force from the first boot
-# (the reference sets them after `incus launch`, racing the boot: upstream #177).
-DOCKER_NESTING = {
-    "security.nesting": "true",
-    "security.syscalls.intercept.mknod": "true",
-    "security.syscalls.intercept.setxattr": "true",
-}
+from coi_async.orchestration.containers import ops
+from coi_async.orchestration.containers.config import DOCKER_CONFIG
 
 # How long a failed launch may spend removing what it made.
-_CLEANUP_S = 30
+_CLEANUP_S = 30.0
 
 
 class ContainerNotFoundError(CoiError):
     """The named container does not exist (in the current project)."""
-
-
-def instance_missing(exc: IncusApiError) -> bool:
-    """Whether a 404 is about the instance itself (not a file or image inside the request)."""
-    return isinstance(exc, NotFoundError) and "Instance not found" in str(exc)
 
 
 @contextlib.contextmanager
@@ -49,21 +43,16 @@ def container_errors(name: str) -> Iterator[None]:
     """Re-raise incusd's answers about `name` as sentences about the container."""
     try:
         yield
-    except NotFoundError as exc:
-        if instance_missing(exc):
-            raise ContainerNotFoundError(f"container '{name}' not found") from exc
-        raise
-    except (OperationFailedError, BadRequestError) as exc:
-        text = str(exc)
-        for marker, sentence in (
-            ("already running", "is already running"),
-            ("already stopped", "is already stopped"),
-            ("Instance is running", "is running (stop it first, or use --force)"),
-            ("Instance is not running", "is not running"),
-        ):
-            if marker in text:
-                raise CoiError(f"container '{name}' {sentence}") from exc
-        raise
+    except InstanceNotFoundError as exc:
+        raise ContainerNotFoundError(f"container '{name}' not found") from exc
+    except AlreadyRunningError as exc:
+        raise CoiError(f"container '{name}' is already running") from exc
+    except InstanceNotRunningError as exc:  # before its base class, AlreadyStoppedError
+        raise CoiError(f"container '{name}' is not running") from exc
+    except AlreadyStoppedError as exc:
+        raise CoiError(f"container '{name}' is already stopped") from exc
+    except InstanceRunningError as exc:
+        raise CoiError(f"container '{name}' is running (stop it first, or use --force)") from exc
 
 
 async def launch(incus: IncusClient, image: str, name: str, *, ephemeral: bool) -> None:
@@ -77,17 +66,16 @@ async def launch(incus: IncusClient, image: str, name: str, *, ephemeral: bool) 
         source=InstanceSource(type="image", alias=image),
         ephemeral=ephemeral,
         start=True,
-        config=dict(DOCKER_NESTING),
+        config=dict(DOCKER_CONFIG),
     )
     try:
         await incus.create_instance(request)
-    except ConflictError as exc:
-        # Someone else's container: not ours to clean up.
+    except (ConflictError, InstanceBusyError) as exc:
+        # Someone else's container (or their create of it, still running): not ours to clean up.
         raise CoiError(f"container '{name}' already exists") from exc
     except BaseException as exc:
         # Created but not started, or cancelled mid-way: remove what this launch made.
-        with anyio.move_on_after(_CLEANUP_S, shield=True), contextlib.suppress(CoiError):
-            await force_delete(incus, name)
+        await ops.remove_quietly(incus, name, bound_s=_CLEANUP_S)
         # incusd says "Image not provided for instance creation" for an unknown alias.
         if isinstance(exc, OperationFailedError) and await incus.find_image(image) is None:
             raise CoiError(f"image '{image}' not found", hint="see `coi image list --all`") from exc
@@ -104,22 +92,14 @@ async def stop(incus: IncusClient, name: str, *, force: bool) -> None:
         await incus.stop_instance(name, force=force)
 
 
-async def force_delete(incus: IncusClient, name: str) -> None:
-    """Stop at once if running, then delete."""
-    with contextlib.suppress(OperationFailedError):  # already stopped
-        await incus.stop_instance(name, force=True)
-    with contextlib.suppress(NotFoundError):
-        # An ephemeral container is gone as soon as it stops.
-        await incus.delete_instance(name)
-
-
 async def delete(incus: IncusClient, name: str, *, force: bool) -> None:
     with container_errors(name):
         if not force:
             await incus.delete_instance(name)
             return
         await incus.get_instance(name)  # a missing name is an error, even with --force
-        await force_delete(incus, name)
+        await ops.force_stop(incus, name)
+        await ops.delete(incus, name)
 
 
 def disk_device(source: str, path: str, *, shift: bool) -> dict[str, str]:
@@ -142,12 +122,10 @@ async def add_disk(
             await incus.update_instance(
                 name, InstancePatch(devices={device: disk_device(source, path, shift=shift)})
             )
-        except IncusApiError as exc:
-            if "Missing source path" in str(exc):
-                raise CoiError(f"source does not exist: {source}") from exc
-            if "idmap" in str(exc).lower():
-                raise CoiError(
-                    f"cannot mount {source} with shift=true: {exc}",
-                    hint="this host cannot shift ids on mounts; try --no-shift",
-                ) from exc
-            raise
+        except SourcePathMissingError as exc:
+            raise CoiError(f"source does not exist: {source}") from exc
+        except IdmapUnsupportedError as exc:
+            raise CoiError(
+                f"cannot mount {source} with shift=true: {exc}",
+                hint="this host cannot shift ids on mounts; try --no-shift",
+            ) from exc

@@ -1,40 +1,28 @@
 """`coi file push/pull`: copy files and directory trees between the host and a container.
 
 Single files travel through incusd's files API, streamed both ways, with their mode and numeric
-owner. Directories travel as one tar stream over exec, packed with numeric owners so ids survive
-even where user names differ between host and container.
-
-A pull never writes outside its local target: it unpacks into a fresh directory beside the target
-and renames it into place; entries whose path or link target would leave the tree (absolute
-links, `..`, device nodes) are skipped and reported, and set-id bits are dropped, so a container
-cannot plant a set-uid binary on the host. A pulled single path that is a symbolic link is
-resolved *inside the container*, like `cp` does, never on the host.
+owner. Directories travel as one tar stream over exec (`IncusClient.push_directory` and
+`pull_directory`, whose safety rules are documented in `coi_async.incus.files`): a pull never
+writes outside its local target, skips and names what would escape it, and drops set-id bits.
+A pulled single path that is a symbolic link is resolved *inside the container*, like `cp`
+does, never on the host. This module only decides what goes where and what to tell the user.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
-import shutil
 import stat
-import tarfile
-import tempfile
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import anyio
 import anyio.to_thread
 
-from coi_async.errors import CoiError, NotFoundError, UsageError
+from coi_async.errors import CoiError, InstanceNotFoundError, NotFoundError, UsageError
 from coi_async.incus import FileInfo, IncusClient
-from coi_async.incus.files import file_info
-from coi_async.incus.paths import instance_path
 from coi_async.orchestration.containers.commands import container_errors
 
-_CHUNK = 256 * 1024
 # Symbolic links followed inside the container before giving up (the kernel's own limit).
 _MAX_LINKS = 40
 
@@ -73,17 +61,7 @@ def parse_remote(spec: str, *, role: str) -> Remote:
 async def _remote_info(incus: IncusClient, remote: Remote) -> FileInfo | None:
     """The type, owner and mode of a path in the container; None if it does not exist."""
     with container_errors(remote.container):
-        try:
-            # A GET whose body we do not read: incusd's HEAD answers errors without a body.
-            async with incus.transport.download(
-                f"{instance_path(remote.container)}/files",
-                params={"path": remote.path, "project": incus.project},
-            ) as (headers, _chunks):
-                return file_info(headers)
-        except NotFoundError as exc:
-            if "Instance not found" in str(exc):
-                raise
-            return None
+        return await incus.lookup_file(remote.container, remote.path)
 
 
 # --- push --------------------------------------------------------------------------------------
@@ -123,7 +101,7 @@ async def push(incus: IncusClient, local: Path, remote: Remote, *, recursive: bo
                 mode=stat.S_IMODE(st.st_mode),
             )
         except NotFoundError as exc:
-            if "Instance not found" in str(exc):
+            if isinstance(exc, InstanceNotFoundError):
                 raise
             parent = posixpath.dirname(target.rstrip("/")) or "/"
             raise CoiError(f"cannot write {remote.container}:{target}: {parent} does not exist") from exc
@@ -131,42 +109,8 @@ async def push(incus: IncusClient, local: Path, remote: Remote, *, recursive: bo
 
 
 async def _push_tree(incus: IncusClient, local: Path, remote: Remote) -> None:
-    with tempfile.TemporaryFile() as spool:
-        await anyio.to_thread.run_sync(_pack, local, spool)
-        spool.seek(0)
-        errors: list[bytes] = []
-
-        async def keep(data: bytes) -> None:
-            errors.append(data)
-
-        # One exec: create the target, then unpack as root, which keeps owners and modes.
-        script = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1"'
-        with container_errors(remote.container):
-            code = await incus.exec_stream(
-                remote.container,
-                ["sh", "-c", script, "sh", remote.path],
-                stdin=_read_chunks(spool),
-                on_stderr=keep,
-            )
-    if code != 0:
-        message = b"".join(errors).decode(errors="replace").strip() or f"tar exited with {code}"
-        raise CoiError(f"copying {local} to {remote} failed: {message}")
-
-
-def _pack(root: Path, out: IO[bytes]) -> None:
-    def numeric(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        # Empty names make tar in the container use the numeric ids.
-        info.uname = info.gname = ""
-        return info
-
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(os.listdir(root)):
-            tar.add(root / entry, arcname=entry, filter=numeric)
-
-
-async def _read_chunks(fh: IO[bytes]) -> AsyncIterator[bytes]:
-    while chunk := await anyio.to_thread.run_sync(fh.read, _CHUNK):
-        yield chunk
+    with container_errors(remote.container):
+        await incus.push_directory(remote.container, local, remote.path)
 
 
 # --- pull --------------------------------------------------------------------------------------
@@ -206,7 +150,7 @@ async def _resolve(incus: IncusClient, remote: Remote) -> tuple[str, FileInfo]:
         if info.type != "symlink":
             return path, info
         with container_errors(remote.container):
-            link = (await incus.pull_file(remote.container, path)).data.decode(errors="surrogateescape")
+            link = await incus.read_link(remote.container, path)
         path = posixpath.normpath(posixpath.join(posixpath.dirname(path), link))
     raise CoiError(f"{remote}: too many levels of symbolic links")
 
@@ -229,64 +173,5 @@ async def _pull_tree(incus: IncusClient, remote: Remote, target: Path) -> list[s
     parent = target.parent
     if not await anyio.Path(parent).is_dir():
         raise CoiError(f"cannot write {target}: {parent} is not a directory")
-    with tempfile.TemporaryFile() as spool:
-        errors: list[bytes] = []
-
-        async def spill(data: bytes) -> None:
-            await anyio.to_thread.run_sync(spool.write, data)
-
-        async def keep(data: bytes) -> None:
-            errors.append(data)
-
-        with container_errors(remote.container):
-            code = await incus.exec_stream(
-                remote.container,
-                ["tar", "-c", "-f", "-", "-C", remote.path, "."],
-                on_stdout=spill,
-                on_stderr=keep,
-            )
-        if code != 0:
-            message = b"".join(errors).decode(errors="replace").strip() or f"tar exited with {code}"
-            raise CoiError(f"cannot read {remote}: {message}")
-        spool.seek(0)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".coi-pull", dir=parent))
-        try:
-            skipped = await anyio.to_thread.run_sync(_unpack, spool, staging)
-            await anyio.to_thread.run_sync(_replace, staging, target)
-        except BaseException:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(_remove, staging)
-            raise
-    return skipped
-
-
-def _unpack(spool: IO[bytes], dest: Path) -> list[str]:
-    """Unpack a tar stream into `dest`, keeping modes and owners, skipping what would escape."""
-    skipped: list[str] = []
-
-    def safe(member: tarfile.TarInfo, where: str) -> tarfile.TarInfo | None:
-        try:
-            checked = tarfile.data_filter(member, where)
-        except tarfile.FilterError:
-            skipped.append(member.name)
-            return None
-        # data_filter's verdict on the path and link, but the member's own mode and owner.
-        mode = None if member.mode is None else member.mode & ~(stat.S_ISUID | stat.S_ISGID)
-        return checked.replace(mode=mode, uid=member.uid, gid=member.gid, uname="", gname="", deep=False)
-
-    with tarfile.open(fileobj=spool, mode="r") as tar:
-        tar.extractall(dest, filter=safe, numeric_owner=True)
-    return skipped
-
-
-def _replace(staging: Path, target: Path) -> None:
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.is_dir():
-        shutil.rmtree(target)
-    staging.rename(target)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        shutil.rmtree(path)
+    with container_errors(remote.container):
+        return await incus.pull_directory(remote.container, remote.path, target, keep_owner=True)

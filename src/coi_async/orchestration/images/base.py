@@ -3,6 +3,9 @@
 This is how coi builds images where no remote image server is reachable: the host needs only
 debootstrap, tar and a Debian mirror (or a local one). The result is imported as a local image
 whose property user.coi.recipe is the hash of the shipped base recipe, so it is built once.
+
+Progress goes out as events (the item is the base's alias): the host tools' output as `Output`,
+the rest as `Note`s of the `NOTE_*` kinds below, which the CLI words.
 """
 
 from __future__ import annotations
@@ -26,9 +29,17 @@ import msgspec
 
 from coi_async.errors import BuildError, CoiError
 from coi_async.incus.client import IncusClient
+from coi_async.orchestration import events
+from coi_async.orchestration.events import Emit, Output, note
 from coi_async.recipes import BASE_DIR, files_hash
 
 OutputSink = Callable[[bytes], None]
+
+# `Note.kind`s of the base build, with their values.
+NOTE_BASE_UP_TO_DATE = "base-up-to-date"  # alias, fingerprint
+NOTE_BASE_BUILDING = "base-building"  # alias, suite, mirror
+NOTE_BASE_STEP_TOOK = "base-step-took"  # step ("debootstrap"), seconds
+NOTE_BASE_IMPORTING = "base-importing"  # alias, size (bytes)
 
 # Bumped when this module changes what it puts into the image.
 _BUILDER_VERSION = "1"
@@ -82,16 +93,16 @@ def load_base_recipe() -> BaseRecipe:
 async def ensure_debian_base(
     incus: IncusClient,
     *,
-    on_output: OutputSink,
-    on_note: Callable[[str], None],
+    emit: Emit = events.ignore,
     cache_dir: Path = _DEFAULT_CACHE,
     force: bool = False,
 ) -> str:
     """The fingerprint of the Debian base image: the cached one if its recipe is unchanged, else new."""
     recipe = load_base_recipe()
+    item = recipe.alias
     image = await incus.find_image(recipe.alias)
     if image is not None and not force and image.properties.get("user.coi.recipe") == recipe.hash:
-        on_note(f"base image {recipe.alias} is up to date ({image.fingerprint[:12]})")
+        note(emit, NOTE_BASE_UP_TO_DATE, item, alias=recipe.alias, fingerprint=image.fingerprint)
         return image.fingerprint
     if os.geteuid() != 0:
         raise BuildError(
@@ -103,13 +114,15 @@ async def ensure_debian_base(
             "debootstrap is not installed; it builds the base image from Debian packages",
             hint="apt-get install debootstrap, or pass --base with a local image alias",
         )
-    on_note(f"building base image {recipe.alias} from Debian packages ({recipe.suite}, {recipe.mirror})")
+    note(emit, NOTE_BASE_BUILDING, item, alias=recipe.alias, suite=recipe.suite, mirror=recipe.mirror)
+
+    def on_output(data: bytes) -> None:
+        emit(Output(item=item, data=data))
+
     work = Path(tempfile.mkdtemp(prefix="coi-base-", dir="/var/tmp"))
     try:
-        tarball = await _build_tarball(
-            recipe, work, cache_dir=cache_dir, on_output=on_output, on_note=on_note
-        )
-        on_note(f"importing {tarball.stat().st_size / 1e6:.0f} MB as {recipe.alias}")
+        tarball = await _build_tarball(recipe, work, cache_dir=cache_dir, on_output=on_output, emit=emit)
+        note(emit, NOTE_BASE_IMPORTING, item, alias=recipe.alias, size=str(tarball.stat().st_size))
         fingerprint = await incus.import_image(tarball)
         await incus.point_image_alias(recipe.alias, fingerprint, description="coi base image")
     finally:
@@ -127,7 +140,7 @@ async def _build_tarball(
     *,
     cache_dir: Path,
     on_output: OutputSink,
-    on_note: Callable[[str], None],
+    emit: Emit,
 ) -> Path:
     rootfs = work / "rootfs"
     rootfs.mkdir()
@@ -148,7 +161,7 @@ async def _build_tarball(
         on_output=on_output,
         what="debootstrap",
     )
-    on_note(f"debootstrap took {time.monotonic() - started:.1f}s")
+    note(emit, NOTE_BASE_STEP_TOOK, recipe.alias, step="debootstrap", seconds=f"{time.monotonic() - started:.3f}")
     shutil.copy2(BASE_DIR / "setup.sh", rootfs / "coi-setup.sh")
     await run_host_command(
         [

@@ -7,6 +7,11 @@ alias moves only after a successful publish, so a failed build leaves the previo
 
 A build container without a network interface gets egress through an allowlisting proxy on host
 loopback, reached through an Incus `proxy` device on the container's own loopback.
+
+Progress goes out as events (the item is the alias being built): each phase is a `StepStarted`
+(step = the phase, detail = what it works on) and a `StepFinished`; the recipe's output is
+`Output`; everything else is a `Note` whose kind is one of the `NOTE_*` ids below. The CLI
+words them.
 """
 
 from __future__ import annotations
@@ -18,16 +23,18 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
 
 import anyio
 import anyio.to_thread
 import msgspec
 
 from coi_async.egress import DEFAULT_ALLOWLIST, Allowlist, EgressProxy, ProxyEvent
-from coi_async.errors import BuildError, CoiError, NotFoundError
+from coi_async.errors import BuildError, CoiError
 from coi_async.incus.client import IncusClient
 from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
+from coi_async.orchestration import events
+from coi_async.orchestration.containers import ops
+from coi_async.orchestration.events import Emit, Output, StepFinished, StepStarted, note
 from coi_async.orchestration.images.base import ensure_debian_base, load_base_recipe
 from coi_async.recipes import COI_SCRIPT, DUMMY, files_hash
 
@@ -45,31 +52,16 @@ _TAIL_LINES = 20
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-class BuildReporter(Protocol):
-    """What a build tells whoever shows progress. Calls are synchronous and must be cheap."""
+# The phases, in order (`StepStarted.step`); the detail of each: the base named, the build
+# container, the script's file name, nothing.
+PHASES = ("base", "launch", "recipe", "publish")
 
-    def phase_started(self, phase: str, detail: str) -> None: ...
-    def phase_finished(self, phase: str, seconds: float) -> None: ...
-    def output(self, data: bytes) -> None: ...
-    def note(self, message: str) -> None: ...
-    def egress(self, event: ProxyEvent) -> None: ...
-
-
-class NullBuildReporter:
-    def phase_started(self, phase: str, detail: str) -> None:
-        pass
-
-    def phase_finished(self, phase: str, seconds: float) -> None:
-        pass
-
-    def output(self, data: bytes) -> None:
-        pass
-
-    def note(self, message: str) -> None:
-        pass
-
-    def egress(self, event: ProxyEvent) -> None:
-        pass
+# `Note.kind`s of a build, with their values.
+NOTE_RECIPE_CHANGED = "build-recipe-changed"  # alias
+NOTE_NIC = "build-nic"  # the build container has a network interface of its own
+NOTE_EGRESS_PROXY = "build-egress-proxy"  # url, allowed
+NOTE_EGRESS = "build-egress"  # a proxy decision: action, method, host, port, detail
+NOTE_CLEANUP_FAILED = "build-cleanup-failed"  # container, error
 
 
 class BuildRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -171,11 +163,8 @@ async def recipe_hash(incus: IncusClient, request: BuildRequest) -> str:
     return await anyio.to_thread.run_sync(lambda: files_hash(*paths, extra=(request.alias, base_id)))
 
 
-async def build_image(
-    incus: IncusClient, request: BuildRequest, reporter: BuildReporter | None = None
-) -> BuildResult:
+async def build_image(incus: IncusClient, request: BuildRequest, emit: Emit = events.ignore) -> BuildResult:
     """Build `request.alias`, or reuse it when it exists and its recipe is unchanged (unless forced)."""
-    rep = reporter or NullBuildReporter()
     if not request.script.is_file():
         raise BuildError(f"build script not found: {request.script}")
     recipe = await recipe_hash(incus, request)
@@ -186,36 +175,51 @@ async def build_image(
             return BuildResult(
                 alias=request.alias, fingerprint=existing.fingerprint, skipped=True, recipe=recipe
             )
-        rep.note(f"the recipe of '{request.alias}' changed since it was built; rebuilding")
-    return await _Build(incus, request, rep, recipe).run()
+        note(emit, NOTE_RECIPE_CHANGED, request.alias, alias=request.alias)
+    return await _Build(incus, request, emit, recipe).run()
 
 
 class _Build:
-    def __init__(
-        self, incus: IncusClient, request: BuildRequest, reporter: BuildReporter, recipe: str
-    ) -> None:
+    def __init__(self, incus: IncusClient, request: BuildRequest, emit: Emit, recipe: str) -> None:
         self.incus = incus
         self.request = request
-        self.rep = reporter
+        self.emit = emit
+        self.item = request.alias
         self.recipe = recipe
         self.timings: dict[str, float] = {}
         self.name = f"{request.container_prefix}build-{secrets.token_hex(4)}"
 
     @contextlib.contextmanager
     def _phase(self, phase: str, detail: str) -> Iterator[None]:
-        self.rep.phase_started(phase, detail)
+        self.emit(StepStarted(item=self.item, step=phase, detail=detail))
         started = time.monotonic()
         try:
             yield
         finally:
             self.timings[phase] = round(time.monotonic() - started, 2)
-        self.rep.phase_finished(phase, self.timings[phase])
+        self.emit(StepFinished(item=self.item, step=phase, seconds=self.timings[phase]))
+
+    def _output(self, data: bytes) -> None:
+        self.emit(Output(item=self.item, data=data))
+
+    def _egress_event(self, event: ProxyEvent) -> None:
+        note(
+            self.emit,
+            NOTE_EGRESS,
+            self.item,
+            level="info" if event.action == "allowed" else "warning",
+            action=event.action,
+            method=event.method,
+            host=event.host,
+            port=str(event.port),
+            detail=event.detail,
+        )
 
     async def run(self) -> BuildResult:
-        with self._phase("base", f"base image '{self.request.base}'"):
+        with self._phase("base", self.request.base):
             source = await self._resolve_base()
         try:
-            with self._phase("launch", f"build container {self.name}"):
+            with self._phase("launch", self.name):
                 await self.incus.create_instance(
                     InstancesPost(
                         name=self.name,
@@ -227,9 +231,9 @@ class _Build:
                 )
                 await self._wait_ready()
             async with self._egress() as env:
-                with self._phase("recipe", f"{self.request.script.name} as root"):
+                with self._phase("recipe", self.request.script.name):
                     await self._run_recipe(env)
-            with self._phase("publish", "stop, publish uncompressed, move the alias"):
+            with self._phase("publish", ""):
                 fingerprint, version = await self._publish()
         finally:
             await self._remove_container()
@@ -246,9 +250,7 @@ class _Build:
     async def _resolve_base(self) -> InstanceSource:
         base = self.request.base
         if base == DEBIAN_BASE:
-            fingerprint = await ensure_debian_base(
-                self.incus, on_output=self.rep.output, on_note=self.rep.note
-            )
+            fingerprint = await ensure_debian_base(self.incus, emit=self.emit)
             return InstanceSource(type="image", fingerprint=fingerprint)
         if ":" in base:
             remote, _, alias = base.partition(":")
@@ -281,19 +283,17 @@ class _Build:
     async def _egress(self) -> AsyncIterator[dict[str, str]]:
         instance = await self.incus.get_instance(self.name)
         if any(device.get("type") == "nic" for device in instance.expanded_devices.values()):
-            self.rep.note("the build container has a network interface; the recipe uses it directly")
+            note(self.emit, NOTE_NIC, self.item)
             yield {}
             return
         allowlist = Allowlist.parse(self.request.allowlist)
-        proxy = EgressProxy(allowlist, on_event=self.rep.egress)
+        proxy = EgressProxy(allowlist, on_event=self._egress_event)
         async with proxy.serve(port=self.request.proxy_port) as port:
             address = f"tcp:127.0.0.1:{port}"
             device = {"type": "proxy", "listen": address, "connect": address, "bind": "instance"}
             await self.incus.update_instance(self.name, InstancePatch(devices={EGRESS_DEVICE: device}))
             url = f"http://127.0.0.1:{port}"
-            self.rep.note(
-                f"no network interface: egress through the host proxy {url} (allowed: {allowlist.describe()})"
-            )
+            note(self.emit, NOTE_EGRESS_PROXY, self.item, url=url, allowed=allowlist.describe())
             # apt ignores http_proxy when run by some tools; its own setting always applies.
             # No pipelining: the proxy answers one request per connection.
             apt_conf = (
@@ -343,7 +343,7 @@ class _Build:
         tail = _Tail(_TAIL_LINES)
 
         async def sink(data: bytes) -> None:
-            self.rep.output(data)
+            self._output(data)
             tail.add(data)
 
         # Through sh: a script without a #! line still runs (sh's fallback on ENOEXEC); one
@@ -369,7 +369,7 @@ class _Build:
         # A synced filesystem is all publishing needs; a clean shutdown would only add seconds,
         # or 30 s of grace with an init that ignores SIGPWR.
         await self.incus.exec(self.name, ["sync"])
-        await self.incus.stop_instance(self.name, force=True)
+        await ops.force_stop(self.incus, self.name)
         version = f"{self.request.alias}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
         properties = {
             "description": f"{self.request.description or self.request.alias} ({version})",
@@ -392,17 +392,10 @@ class _Build:
 
     async def _remove_container(self) -> None:
         started = time.monotonic()
-        with anyio.move_on_after(_CLEANUP_S, shield=True) as scope:
-            with contextlib.suppress(CoiError):
-                await self.incus.stop_instance(self.name, force=True)
-            try:
-                await self.incus.delete_instance(self.name)
-            except NotFoundError:
-                pass
-            except CoiError as exc:
-                self.rep.note(f"could not delete build container {self.name}: {exc}")
-        if scope.cancelled_caught:
-            self.rep.note(f"could not delete build container {self.name} within {_CLEANUP_S} s")
+        try:
+            await ops.remove(self.incus, self.name, bound_s=_CLEANUP_S)  # shielded, bounded
+        except CoiError as exc:
+            note(self.emit, NOTE_CLEANUP_FAILED, self.item, level="warning", container=self.name, error=str(exc))
         self.timings["cleanup"] = round(time.monotonic() - started, 2)
 
 

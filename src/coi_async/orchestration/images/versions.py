@@ -11,14 +11,13 @@ from __future__ import annotations
 import contextlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-
-import anyio
+from dataclasses import dataclass
 
 from coi_async.errors import CoiError, ConflictError, NotFoundError, UsageError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Image, InstancePatch
 from coi_async.orchestration.containers.commands import container_errors
+from coi_async.orchestration.runner import BulkReport, ItemContext, run_bulk
 
 VERSION_RE = re.compile(r"-(\d{8}-\d{6})$")
 
@@ -36,11 +35,33 @@ class CleanupPlan:
     keep: list[Version]  # newest first
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class CleanupReport:
-    deleted: list[Version] = field(default_factory=list)
-    kept: list[Version] = field(default_factory=list)
-    failed: list[tuple[Version, str]] = field(default_factory=list)
+    """The plan and how its deletes went: `run` has one result per version to delete, its item
+    the image fingerprint."""
+
+    plan: CleanupPlan
+    run: BulkReport
+    per_item_s: float
+
+    @property
+    def kept(self) -> list[Version]:
+        return self.plan.keep
+
+    @property
+    def deleted(self) -> list[Version]:
+        """The versions deleted (or gone already), oldest first."""
+        ok = {r.item for r in self.run.succeeded}
+        return [v for v in self.plan.delete if v.fingerprint in ok]
+
+    @property
+    def failed(self) -> list[tuple[Version, str]]:
+        """The versions that could not be deleted, with the reason, oldest first."""
+        reasons = {
+            r.item: f"no answer after {self.per_item_s:g}s" if r.outcome == "timed-out" else r.error or ""
+            for r in self.run.failed
+        }
+        return [(v, reasons[v.fingerprint]) for v in self.plan.delete if v.fingerprint in reasons]
 
 
 def version_stamp(alias: str) -> str | None:
@@ -74,29 +95,15 @@ async def cleanup(
 ) -> CleanupReport:
     """Delete the versions `plan_cleanup` picks, a few at once; a failed delete is reported."""
     plan = plan_cleanup(await incus.list_images(), prefix, keep)
-    report = CleanupReport(kept=plan.keep)
-    limiter = anyio.CapacityLimiter(parallel)
 
-    async def remove(version: Version) -> None:
-        async with limiter:
-            try:
-                with anyio.fail_after(per_item_s):
-                    await incus.delete_image(version.fingerprint)
-            except TimeoutError:
-                report.failed.append((version, f"no answer after {per_item_s:g}s"))
-            except NotFoundError:
-                report.deleted.append(version)  # gone already: what we wanted
-            except CoiError as exc:
-                report.failed.append((version, str(exc)))
-            else:
-                report.deleted.append(version)
+    async def remove(ctx: ItemContext) -> None:
+        try:
+            await incus.delete_image(ctx.name)
+        except NotFoundError:
+            pass  # gone already: what we wanted
 
-    async with anyio.create_task_group() as tg:
-        for version in plan.delete:
-            tg.start_soon(remove, version)
-    order = {v.fingerprint: i for i, v in enumerate(plan.delete)}
-    report.deleted.sort(key=lambda v: order[v.fingerprint])
-    return report
+    run = await run_bulk([v.fingerprint for v in plan.delete], remove, limit=parallel, per_item_s=per_item_s)
+    return CleanupReport(plan=plan, run=run, per_item_s=per_item_s)
 
 
 async def alias_exists(incus: IncusClient, alias: str) -> bool:

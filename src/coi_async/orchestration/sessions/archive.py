@@ -62,7 +62,9 @@ def recover_directory(target: Path) -> None:
     olds = sorted(parent.glob(f"{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
     if olds and not target.exists():
         os.rename(olds.pop(), target)
-    for stale in [*olds, *parent.glob(f"{target.name}.new-*")]:
+    # Also what a pull left half-unpacked beside a staging dir (`.<name>.new-*.coi-pull`).
+    leftovers = [*parent.glob(f"{target.name}.new-*"), *parent.glob(f".{target.name}.new-*.coi-pull")]
+    for stale in [*olds, *leftovers]:
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import posixpath
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,8 @@ import anyio
 
 from coi_async.errors import NotFoundError
 from coi_async.incus import IncusClient
+from coi_async.orchestration.events import Emit, note
 from coi_async.tools import Tool, deep_merge
-
-Say = Callable[[str], None]
 
 # Secrets stay private to the user inside too.
 _SECRET_FILES = frozenset({".credentials.json"})
@@ -76,7 +75,7 @@ async def inject_credentials(
     host_home: Path,
     home: str,
     uid: int,
-    say: Say,
+    emit: Emit,
 ) -> None:
     """Put the host's credentials and config for `tool` into `home` in the container.
 
@@ -121,31 +120,29 @@ async def inject_credentials(
         data, skipped = merge_settings(
             remote.get(tool.settings_file), host.get(tool.settings_file), tool.sandbox_settings
         )
-        _warn(say, skipped, f"~/{tool.config_dir}/{tool.settings_file}")
+        _warn(emit, container, skipped, f"~/{tool.config_dir}/{tool.settings_file}")
         writes.append((settings_remote, data, 0o644))
     if tool.home_settings_file:
         existing, mine = remote.get(tool.home_settings_file), host.get(tool.home_settings_file)
         # Written only where the user has one: the tool creates it on first run otherwise.
         if existing is not None or mine is not None:
             data, skipped = merge_settings(existing, mine, tool.sandbox_settings)
-            _warn(say, skipped, f"~/{tool.home_settings_file}")
+            _warn(emit, container, skipped, f"~/{tool.home_settings_file}")
             writes.append((home_remote, data, 0o600))
 
     async with anyio.create_task_group() as tg:
         for path, data, mode in writes:
             tg.start_soon(_push, incus, container, path, data, uid, mode)
     if host.get(".credentials.json") is None and ".credentials.json" in tool.host_files:
-        say(
-            f"[setup] No credentials found at {host_dir / '.credentials.json'}; the tool may ask you to log in"
-        )
+        note(emit, "credentials.missing", container, path=str(host_dir / ".credentials.json"))
 
 
 async def _push(incus: IncusClient, container: str, path: str, data: bytes, uid: int, mode: int) -> None:
     await incus.push_file(container, path, data, uid=uid, gid=uid, mode=mode)
 
 
-def _warn(say: Say, skipped: list[str], what: str) -> None:
+def _warn(emit: Emit, container: str, skipped: list[str], what: str) -> None:
     if "host" in skipped:
-        say(f"[setup] Warning: {what} is not a JSON object; copied as it is, without the sandbox settings")
+        note(emit, "credentials.host-not-json", container, level="warning", file=what)
     elif "existing" in skipped:
-        say(f"[setup] Warning: the session's {what} was not a JSON object; replaced by the host's")
+        note(emit, "credentials.session-not-json", container, level="warning", file=what)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import anyio
 import msgspec
@@ -54,10 +54,9 @@ from coi_async.naming import (
     workspace_hash,
 )
 from coi_async.orchestration.containers import ops
+from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.sessions.model import home_of, user_of_uid
 from coi_async.slots import Candidate, Occupant, candidates, validate_slot
-
-Say = Callable[[str], None]
 
 DOCKER_CONFIG = {
     "security.nesting": "true",
@@ -67,10 +66,6 @@ DOCKER_CONFIG = {
 WORKSPACE_PATH = "/workspace"
 # How often a launch re-lists and tries again when every candidate slot was taken under it.
 _ROUNDS = 3
-
-
-def _quiet(_: str) -> None:
-    pass
 
 
 class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -104,8 +99,9 @@ class Launched(msgspec.Struct, frozen=True, kw_only=True):
     slot: int
     reused: bool  # an existing persistent container was started (or found running)
     idmap: str  # "shift", "raw.idmap", or "" when reused
-    uid: int = 1000  # the code user's uid (and gid) inside
-    home: str = "/home/code"
+    uid: int  # the code user's uid (and gid) inside
+    user: str
+    home: str
 
     @property
     def created(self) -> bool:
@@ -204,7 +200,7 @@ async def _start_again(incus: IncusClient, name: str) -> None:
         await anyio.sleep(0.1)
 
 
-async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, say: Say) -> str:
+async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, emit: Emit) -> str:
     """Create and start `name`; the idmap plan used. ConflictError when the name is taken.
 
     The instance carries a random launch token, so after a failure we know whether the
@@ -228,7 +224,7 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, sa
         except IncusApiError as exc:
             owner = await ops.launch_token(incus, name)
             if owner is not None and owner != token:
-                raise ConflictError(409, str(exc)) from exc  # a rival holds the name
+                raise ConflictError(409, exc.message) from exc  # a rival holds the name
             if owner == token and isinstance(exc, InstanceBusyError):
                 # Ours, but a rival's concurrent create of this name held its lock as we started.
                 try:
@@ -241,10 +237,10 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, sa
                 await ops.remove_if_ours(incus, name, token)
                 if owner is None and isinstance(exc, InstanceBusyError):
                     # A rival's create was in flight (and may yet fail): treat the name as taken.
-                    raise ConflictError(409, str(exc)) from exc
+                    raise ConflictError(409, exc.message) from exc
                 if not isinstance(exc, IdmapUnsupportedError):
                     raise
-                say(f"{plan.kind} is not usable here ({exc}); trying the next way to map file ownership")
+                note(emit, "launch.idmap-fallback", name, plan=plan.kind, error=exc.message)
                 last = exc
                 continue
         except BaseException:
@@ -273,7 +269,7 @@ async def _survey(incus: IncusClient, spec: LaunchSpec) -> dict[int, Occupant]:
     return occupants(found, prefix=spec.prefix, workspace=spec.workspace)
 
 
-async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> Launched:
+async def launch(incus: IncusClient, spec: LaunchSpec, *, emit: Emit = ignore) -> Launched:
     """Take a slot for the workspace and have its container running; see the module docstring.
 
     An explicit `spec.slot` must be free, or hold a stopped persistent container that a
@@ -285,11 +281,14 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> 
     if spec.slot:
         validate_slot(spec.slot, max_slots=spec.max_slots)
     prefix_name = SessionName.for_workspace(spec.workspace, 1, prefix=spec.prefix)
-    home = home_of(user_of_uid(spec.code_user, spec.code_uid), spec.code_uid)
+    user = user_of_uid(spec.code_user, spec.code_uid)
+    home = home_of(user, spec.code_uid)
 
     def done(slot: int, *, reused: bool, idmap: str = "") -> Launched:
         name = str(prefix_name.with_slot(slot))
-        return Launched(name=name, slot=slot, reused=reused, idmap=idmap, uid=spec.code_uid, home=home)
+        return Launched(
+            name=name, slot=slot, reused=reused, idmap=idmap, uid=spec.code_uid, user=user, home=home
+        )
 
     for _ in range(_ROUNDS):
         taken = await _survey(incus, spec)
@@ -311,7 +310,7 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> 
                 ]
                 if not order:
                     raise NoFreeSlotError(spec.max_slots)
-                say(f"Slot {spec.slot} is occupied, using slot {order[0].slot} instead")
+                note(emit, "launch.slot-occupied", slot=str(spec.slot), instead=str(order[0].slot))
             else:
                 state = "running" if current.running else "stopped"
                 raise SessionError(
@@ -319,7 +318,7 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> 
                     hint="pick another --slot, or leave it out to take a free one",
                 )
         elif preferred is not None and preferred.persistent and spec.persistent and preferred.running:
-            say("Container already running, reusing...")
+            note(emit, "launch.reusing-running", str(prefix_name.with_slot(preferred.slot)))
             return done(preferred.slot, reused=True)
         else:
             order = candidates(taken.values(), max_slots=spec.max_slots, persistent=spec.persistent)
@@ -333,10 +332,10 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, say: Say = _quiet) -> 
                 except IncusApiError:
                     # Started (or removed) by someone else since the listing: not ours to take.
                     continue
-                say("Restarting existing persistent container...")
+                note(emit, "launch.restarting", name)
                 return done(choice.slot, reused=True)
             try:
-                kind = await _create(incus, spec, name, choice.slot, say)
+                kind = await _create(incus, spec, name, choice.slot, emit)
             except ConflictError:
                 continue
             return done(choice.slot, reused=False, idmap=kind)
@@ -413,14 +412,9 @@ async def launch_session(
     config: Config,
     request: LaunchRequest,
     *,
-    say: Say = _quiet,
-    on_created: Callable[[str], object] | None = None,
+    emit: Emit = ignore,
 ) -> Launched:
-    """`launch` for an interactive session: never Incus-ephemeral, a busy --slot moves on.
-
-    `on_created(name)` is called as soon as the container exists (created or reused), so a
-    caller's cleanup can never miss it.
-    """
+    """`launch` for an interactive session: never Incus-ephemeral, a busy --slot moves on."""
     preferred = SessionName.parse(request.prefer_container, config.container_prefix)
     mounts = prepare_mounts(config, request.mounts)
     spec = spec_from_config(
@@ -436,10 +430,7 @@ async def launch_session(
         next_if_busy=True,
         prefer_slot=preferred.slot if preferred and preferred.belongs_to(request.workspace) else 0,
     )
-    launched = await launch(incus, spec, say=say)
-    if on_created is not None:
-        on_created(launched.name)
-    return launched
+    return await launch(incus, spec, emit=emit)
 
 
 def session_env(

@@ -6,10 +6,12 @@ import contextlib
 
 import msgspec
 
+from coi_async.config import Config
 from coi_async.errors import NotFoundError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
 from coi_async.naming import KEY_PERSISTENT, KEY_WORKSPACE
+from coi_async.orchestration.sessions.model import session_of
 from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore
 
 
@@ -32,9 +34,16 @@ def _latest_metadata(store: SessionStore) -> dict[str, SessionMetadata]:
     return latest
 
 
-def to_active(inst: Instance, meta: SessionMetadata | None) -> ActiveContainer:
-    persistent = meta.persistent if meta else inst.config.get(KEY_PERSISTENT) == "true"
-    workspace = (meta.workspace if meta else "") or inst.config.get(KEY_WORKSPACE, "")
+def to_active(inst: Instance, meta: SessionMetadata | None, config: Config) -> ActiveContainer:
+    """One row: the session the instance is (`session_of`), the saved metadata winning where
+    it says more. An instance under the prefix but not named like a session is listed as such."""
+    session = session_of(inst, config)
+    persistent = session.persistent if session else inst.config.get(KEY_PERSISTENT) == "true"
+    if meta is not None:
+        persistent = meta.persistent
+    workspace = (meta.workspace if meta else "") or (
+        session.workspace if session else inst.config.get(KEY_WORKSPACE, "")
+    )
     return ActiveContainer(
         name=inst.name,
         status=inst.status,
@@ -52,10 +61,10 @@ async def prefixed_instances(incus: IncusClient, prefix: str, *, with_state: boo
     return sorted((i for i in instances if i.name.startswith(prefix)), key=lambda i: i.name)
 
 
-async def active_containers(incus: IncusClient, *, prefix: str, store: SessionStore) -> list[ActiveContainer]:
-    instances = await prefixed_instances(incus, prefix, with_state=True)
+async def active_containers(incus: IncusClient, *, config: Config, store: SessionStore) -> list[ActiveContainer]:
+    instances = await prefixed_instances(incus, config.container_prefix, with_state=True)
     metadata = _latest_metadata(store)
-    return [to_active(inst, metadata.get(inst.name)) for inst in instances]
+    return [to_active(inst, metadata.get(inst.name), config) for inst in instances]
 
 
 async def persist_container(incus: IncusClient, store: SessionStore, name: str) -> bool:

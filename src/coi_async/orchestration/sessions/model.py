@@ -51,6 +51,26 @@ def user_of_uid(code_user: str, uid: int) -> str:
     return "root" if uid == 0 else code_user
 
 
+def new_session(
+    config: Config, *, workspace: str, session_id: str, persistent: bool, container: str = "", slot: int = 0
+) -> Session:
+    """A session coi is about to launch: its user, uid and home from the config, as launch stamps
+    them on the instance (so `session_of` of that instance later says the same)."""
+    uid = config.incus.code_uid
+    user = user_of_uid(config.incus.code_user, uid)
+    return Session(
+        container=container,
+        slot=slot,
+        workspace=workspace,
+        tool=config.tool.name,
+        session_id=session_id,
+        persistent=persistent,
+        uid=uid,
+        user=user,
+        home=home_of(user, uid),
+    )
+
+
 def session_of(instance: Instance, config: Config) -> Session | None:
     """The session an instance is, from the keys coi stamped on it (and the config for what an
     older or foreign instance lacks); None when the name is not one of coi's session names."""

@@ -14,13 +14,8 @@ import msgspec
 from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
 from coi_async.orchestration.containers import ops
-from coi_async.orchestration.sessions.launch import (
-    WORKSPACE_PATH,
-    Say,
-    launch,
-    session_env,
-    spec_from_config,
-)
+from coi_async.orchestration.events import Emit, note
+from coi_async.orchestration.sessions.launch import WORKSPACE_PATH, launch, session_env, spec_from_config
 
 ByteSink = Callable[[bytes], Awaitable[None]]
 
@@ -42,7 +37,7 @@ async def run_command(
     *,
     on_stdout: ByteSink,
     on_stderr: ByteSink,
-    say: Say,
+    emit: Emit,
 ) -> int:
     """Run the command; return its exit code. The image and persistence come from `config`."""
     persistent = config.defaults.persistent
@@ -56,29 +51,26 @@ async def run_command(
         host_gid=request.host_gid,
         mounts=request.mounts,
     )
-    launched = await launch(incus, spec, say=say)
-    say(f"Launching container {launched.name} from image {spec.image}...")
+    launched = await launch(incus, spec, emit=emit)
+    note(emit, "run.launching", launched.name, image=spec.image)
     try:
-        user = config.incus.code_user
-        env = session_env(home=f"/home/{user}", user=user, profile_env=config.environment, given=request.env)
+        env = session_env(
+            home=launched.home, user=launched.user, profile_env=config.environment, given=request.env
+        )
         return await incus.exec_stream(
             launched.name,
             list(request.argv),
             on_stdout=on_stdout,
             on_stderr=on_stderr,
             env=env,
-            user=config.incus.code_uid,
-            group=config.incus.code_uid,
+            user=launched.uid,
+            group=launched.uid,
             cwd=WORKSPACE_PATH,
         )
     finally:
         if persistent:
-            say(f"Stopping persistent container {launched.name}...")
+            note(emit, "run.stopping", launched.name)
             await ops.stop_and_keep(incus, launched.name)
         else:
-            say(f"Cleaning up container {launched.name}...")
+            note(emit, "run.cleaning-up", launched.name)
             await ops.remove(incus, launched.name)
-
-
-def exit_status(code: int) -> str:
-    return "Command completed successfully" if code == 0 else f"Command exited with code {code}"

@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from coi_async.errors import CoiError
+from coi_async.errors import CoiError, SessionError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.sessions import archive
 from coi_async.orchestration.sessions.model import Session
@@ -27,6 +27,14 @@ from coi_async.orchestration.sessions.store import (
     now_rfc3339,
 )
 from coi_async.tools import Tool
+
+
+class SaveTimedOutError(SessionError):
+    """The copy did not finish within its bound; the store keeps its previous copy."""
+
+    def __init__(self, bound_s: float) -> None:
+        super().__init__(f"saving session data took over {bound_s:g}s")
+        self.bound_s = bound_s
 
 
 class Saved(msgspec.Struct, frozen=True, kw_only=True):
@@ -60,8 +68,8 @@ async def save_session(
     """Pull `<home>/<tool.config_dir>` into the store and write the session's metadata.
 
     `metadata` is what the caller knows of the session already (else the stored one, else what
-    the instance says). Raises CoiError when the data exists but could not be saved within
-    `bound_s`; the store then keeps its previous copy.
+    the instance says). Raises CoiError when the data exists but could not be saved
+    (SaveTimedOutError when not within `bound_s`); the store then keeps its previous copy.
     """
     session_id = await anyio.to_thread.run_sync(session_id_for, session, store)
     if not tool.saves_state:
@@ -73,7 +81,7 @@ async def save_session(
                 incus, session.container, session_dir, session.home, config_dir=tool.config_dir, running=running
             )
     except TimeoutError:
-        raise CoiError(f"saving session data took over {bound_s:g}s") from None
+        raise SaveTimedOutError(bound_s) from None
     except CoiError as exc:
         raise CoiError(f"could not save session data: {exc}") from exc
     if outcome.missing:

@@ -1,7 +1,9 @@
-"""The tmux session a coi shell runs its tool in, always as the session's user (uid 1000).
+"""The tmux session a coi shell runs its tool in, always as the session's user.
 
-tmux's server socket lives in /tmp/tmux-<uid>/, so every command here runs as that uid with its
-HOME: a tmux command run as root would talk to another server and see no sessions (upstream #588).
+That user's uid and HOME come from the session (`model.session_of`: the `user.coi.*` keys, or the
+config's incus.code_user/code_uid), never a constant. tmux's server socket lives in
+/tmp/tmux-<uid>/, so every command here runs as that uid with its HOME: a tmux command run as
+root would talk to another server and see no sessions (upstream #588).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from coi_async.incus import IncusClient
 
 WORKDIR = "/workspace"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-# Terminals whose terminfo entries images rarely ship; they all speak xterm-256color.
 _START_ATTEMPTS = 3
 # The exit code incusd reports when it lost track of an exec's process.
 LOST_EXEC = -1
+# Terminals whose terminfo entries images rarely ship; they all speak xterm-256color.
 _FOREIGN_TERMS = ("xterm-ghostty", "wezterm", "alacritty", "kitty", "tmux-256color", "screen-256color")
 
 

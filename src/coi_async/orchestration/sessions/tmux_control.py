@@ -2,25 +2,24 @@
 
 tmux keeps one server per user (socket `/tmp/tmux-<uid>/default`), and `coi shell` starts the
 session as the session's user, not root. So every tmux command here runs as that user, with its
-HOME: the uid recorded on the instance (`user.coi.uid`), else the `code` user (1000). The
-reference ran these as root and never saw a session (upstream #588).
+HOME: the session's user (`sessions.model.session_of`), and for a container coi did not name,
+the configured code user. The reference ran these as root and never saw a session (upstream #588).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import anyio
-
+from coi_async.config import Config
 from coi_async.errors import CoiError
 from coi_async.incus import ExecResult, IncusClient
 from coi_async.incus.models import Instance
-from coi_async.naming import KEY_UID, tmux_session
+from coi_async.naming import tmux_session
 from coi_async.orchestration.containers.commands import container_errors
+from coi_async.orchestration.runner import BulkReport, ItemContext, run_bulk
+from coi_async.orchestration.sessions.model import new_session, session_of
 
-CODE_UID = 1000
-CODE_HOME = "/home/code"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -35,18 +34,37 @@ class SessionUser:
         return {"HOME": self.home, "PATH": _PATH, "LANG": "C.UTF-8", "TERM": "xterm-256color"}
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Listing:
-    sessions: list[str] = field(default_factory=list)  # containers that have a coi tmux session
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (container, reason)
+    """The check of every candidate container: `run` has one result per container (its detail
+    says whether the container has the session)."""
+
+    run: BulkReport
+    per_item_s: float
+
+    @property
+    def sessions(self) -> list[str]:
+        """Containers that have their coi tmux session, sorted."""
+        return sorted(r.item for r in self.run.succeeded if r.detail == _HAS_SESSION)
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """(container, reason) of the containers that could not be checked, sorted."""
+        return sorted(
+            (r.item, f"no answer after {self.per_item_s:g}s" if r.outcome == "timed-out" else r.error or "")
+            for r in self.run.failed
+        )
 
 
-def session_user(instance: Instance) -> SessionUser:
-    try:
-        uid = int(instance.config.get(KEY_UID, str(CODE_UID)))
-    except ValueError:
-        uid = CODE_UID
-    return SessionUser(uid, "/root" if uid == 0 else CODE_HOME)
+_HAS_SESSION = "has-session"
+
+
+def session_user(instance: Instance, config: Config) -> SessionUser:
+    """Who the container's tmux session runs as: the session's user, else the code user."""
+    session = session_of(instance, config) or new_session(
+        config, workspace="", session_id="", persistent=False, container=instance.name
+    )
+    return SessionUser(session.uid, session.home)
 
 
 async def _running(incus: IncusClient, container: str) -> Instance:
@@ -76,9 +94,9 @@ def _no_session(container: str, result: ExecResult) -> CoiError:
     )
 
 
-async def send(incus: IncusClient, container: str, command: str) -> str:
+async def send(incus: IncusClient, config: Config, container: str, command: str) -> str:
     """Type `command` and Enter into the container's tmux session; return the session name."""
-    user = session_user(await _running(incus, container))
+    user = session_user(await _running(incus, container), config)
     session = tmux_session(container)
     # `--` so that a command starting with "-" is typed, not read as an option of send-keys.
     result = await _tmux(incus, container, user, ["send-keys", "-t", session, "--", command, "Enter"])
@@ -87,43 +105,30 @@ async def send(incus: IncusClient, container: str, command: str) -> str:
     return session
 
 
-async def capture(incus: IncusClient, container: str) -> bytes:
+async def capture(incus: IncusClient, config: Config, container: str) -> bytes:
     """The visible contents of the session's pane."""
-    user = session_user(await _running(incus, container))
+    user = session_user(await _running(incus, container), config)
     result = await _tmux(incus, container, user, ["capture-pane", "-t", tmux_session(container), "-p"])
     if not result.ok:
         raise _no_session(container, result)
     return result.stdout
 
 
-async def has_session(incus: IncusClient, instance: Instance) -> bool:
-    user = session_user(instance)
+async def has_session(incus: IncusClient, config: Config, instance: Instance) -> bool:
+    user = session_user(instance, config)
     result = await _tmux(incus, instance.name, user, ["has-session", "-t", tmux_session(instance.name)])
     return result.ok
 
 
 async def list_sessions(
-    incus: IncusClient, prefix: str, *, parallel: int = 8, per_item_s: float = 15
+    incus: IncusClient, config: Config, prefix: str, *, parallel: int = 8, per_item_s: float = 15
 ) -> Listing:
     """Running containers named `<prefix>...` that have their coi tmux session, checked at once."""
-    candidates = [i for i in await incus.list_instances() if i.name.startswith(prefix) and i.running]
-    listing = Listing()
-    limiter = anyio.CapacityLimiter(parallel)
+    candidates = {i.name: i for i in await incus.list_instances() if i.name.startswith(prefix) and i.running}
 
-    async def check(instance: Instance) -> None:
-        async with limiter:
-            try:
-                with anyio.fail_after(per_item_s):
-                    if await has_session(incus, instance):
-                        listing.sessions.append(instance.name)
-            except TimeoutError:
-                listing.failed.append((instance.name, f"no answer after {per_item_s:g}s"))
-            except CoiError as exc:
-                listing.failed.append((instance.name, str(exc)))
+    async def check(ctx: ItemContext) -> None:
+        if await has_session(incus, config, candidates[ctx.name]):
+            ctx.detail = _HAS_SESSION
 
-    async with anyio.create_task_group() as tg:
-        for instance in candidates:
-            tg.start_soon(check, instance)
-    listing.sessions.sort()
-    listing.failed.sort()
-    return listing
+    run = await run_bulk(list(candidates), check, limit=parallel, per_item_s=per_item_s)
+    return Listing(run=run, per_item_s=per_item_s)

@@ -1,26 +1,37 @@
-"""Layered configuration. Pure: the CLI reads the files and passes their text in.
+"""Layering, later wins: built-in defaults → /etc/coi/config.toml → ~/.config/coi/config.toml →
+./.coi.toml → $COI_CONFIG → environment variables → `--profile` → command-line flags. Pure: the
+CLI reads the files and passes their text in.
 
-Order, later wins: built-in defaults → /etc/coi/config.toml → ~/.config/coi/config.toml →
-./.coi.toml → $COI_CONFIG → environment variables → `--profile` → command-line flags.
-
-Each file is decoded into a struct whose fields default to `UNSET`, and only the keys a file
-actually contains are laid over the layers below: a file that says nothing about
-`network.block_private_networks` leaves it as it was (the reference copied every boolean from
-every file, so `[network] mode = "restricted"` alone switched RFC1918 blocking off). Unknown keys
-and values of the wrong type are errors naming the file and the key.
+Only the keys a file actually contains are laid over the layers below: a file that says nothing
+about `network.block_private_networks` leaves it as it was (the reference copied every boolean
+from every file, so `[network] mode = "restricted"` alone switched RFC1918 blocking off).
 """
 
 from __future__ import annotations
 
 import os.path
-import re
-import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
-from msgspec import UNSET, UnsetType
+from msgspec import UNSET
 
+from coi_async.config.model import (
+    DEFAULT_ALLOWED_DOMAINS,
+    MAX_SLOTS_LIMIT,
+    NETWORK_MODES,
+    Build,
+    Config,
+    Defaults,
+    IncusSettings,
+    Mount,
+    Network,
+    NetworkLogging,
+    Paths,
+    Profile,
+    ToolSettings,
+)
+from coi_async.config.schema import FileLayer, LoggingLayer, MountEntry, ProfileLayer, decode_file
 from coi_async.errors import ConfigError, UsageError
 from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
 from coi_async.tools import DEFAULT_TOOL, get_tool
@@ -28,235 +39,6 @@ from coi_async.tools import DEFAULT_TOOL, get_tool
 SYSTEM_CONFIG = "/etc/coi/config.toml"
 PROJECT_CONFIG = ".coi.toml"
 CONFIG_ENV = "COI_CONFIG"
-
-NETWORK_MODES = ("restricted", "open", "allowlist")
-DEFAULT_ALLOWED_DOMAINS = (
-    "8.8.8.8",
-    "1.1.1.1",
-    "registry.npmjs.org",
-    "npm.pkg.github.com",
-    "api.anthropic.com",
-    "platform.claude.com",
-)
-MAX_SLOTS_LIMIT = 999  # three digits keep every name within Incus's 63 characters
-
-# --- resolved configuration (what the rest of coi reads) ---------------------------------------
-
-
-class Mount(msgspec.Struct, frozen=True):
-    host: str  # absolute, ~ expanded
-    container: str  # absolute
-
-
-class Defaults(msgspec.Struct, frozen=True, kw_only=True):
-    image: str = "coi"
-    persistent: bool = False
-    model: str = "claude-sonnet-4-5"
-    max_slots: int = 10
-    parallel: int = 8  # concurrency of bulk commands
-    mount_claude_config: bool = True  # copy host ~/.claude credentials into fresh sessions
-
-
-class Paths(msgspec.Struct, frozen=True, kw_only=True):
-    sessions_dir: str
-    storage_dir: str
-    logs_dir: str
-
-    def tool_sessions_dir(self, tool: str) -> str:
-        """Where a tool's sessions live: `sessions-<tool>` beside `sessions_dir` (~/.coi/sessions-claude)."""
-        return os.path.join(os.path.dirname(self.sessions_dir), get_tool(tool).sessions_dir_name)
-
-
-class IncusSettings(msgspec.Struct, frozen=True, kw_only=True):
-    project: str = "default"
-    group: str = "incus-admin"
-    code_uid: int = 1000
-    code_user: str = "code"
-    disable_shift: bool = False
-
-
-class NetworkLogging(msgspec.Struct, frozen=True, kw_only=True):
-    enabled: bool = True
-    path: str
-
-
-class Network(msgspec.Struct, frozen=True, kw_only=True):
-    mode: str = "restricted"
-    block_private_networks: bool = True
-    block_metadata_endpoint: bool = True
-    allow_local_network_access: bool = False
-    allowed_domains: tuple[str, ...] = DEFAULT_ALLOWED_DOMAINS
-    refresh_interval_minutes: int = 30
-    logging: NetworkLogging
-
-
-class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
-    name: str = DEFAULT_TOOL
-    binary: str = ""  # "" means the tool's own binary name
-
-
-class Profile(msgspec.Struct, frozen=True, kw_only=True):
-    image: str | None = None
-    environment: dict[str, str] = msgspec.field(default_factory=dict)
-    persistent: bool | None = None
-    mounts: tuple[Mount, ...] = ()
-
-
-class Build(msgspec.Struct, frozen=True, kw_only=True):
-    base: str = ""  # "" means the builder's own default
-    allowed_hosts: tuple[str, ...] = ()
-
-
-class Config(msgspec.Struct, frozen=True, kw_only=True):
-    defaults: Defaults = msgspec.field(default_factory=Defaults)
-    paths: Paths
-    incus: IncusSettings = msgspec.field(default_factory=IncusSettings)
-    network: Network
-    tool: ToolSettings = msgspec.field(default_factory=ToolSettings)
-    mounts: tuple[Mount, ...] = ()
-    profiles: dict[str, Profile] = msgspec.field(default_factory=dict)
-    build: Build = msgspec.field(default_factory=Build)
-    container_prefix: str = DEFAULT_PREFIX
-    # Set by `--profile`: its name and the environment it passes to every command in a session.
-    profile: str = ""
-    environment: dict[str, str] = msgspec.field(default_factory=dict)
-    # The files that were read, in order (for `--debug` and error messages).
-    sources: tuple[str, ...] = ()
-
-    @property
-    def sessions_dir(self) -> str:
-        """The current tool's session store, e.g. ~/.coi/sessions-claude."""
-        return self.paths.tool_sessions_dir(self.tool.name)
-
-
-# --- what one file may contain ------------------------------------------------------------------
-
-
-class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
-    pass
-
-
-class _DefaultsFile(_Strict):
-    image: str | UnsetType = UNSET
-    persistent: bool | UnsetType = UNSET
-    model: str | UnsetType = UNSET
-    max_slots: int | UnsetType = UNSET
-    parallel: int | UnsetType = UNSET
-    mount_claude_config: bool | UnsetType = UNSET
-
-
-class _PathsFile(_Strict):
-    sessions_dir: str | UnsetType = UNSET
-    storage_dir: str | UnsetType = UNSET
-    logs_dir: str | UnsetType = UNSET
-
-
-class _IncusFile(_Strict):
-    project: str | UnsetType = UNSET
-    group: str | UnsetType = UNSET
-    code_uid: int | UnsetType = UNSET
-    claude_uid: int | UnsetType = UNSET  # the old name of code_uid, still in the reference README
-    code_user: str | UnsetType = UNSET
-    disable_shift: bool | UnsetType = UNSET
-
-
-class _LoggingFile(_Strict):
-    enabled: bool | UnsetType = UNSET
-    path: str | UnsetType = UNSET
-
-
-class _NetworkFile(_Strict):
-    mode: str | UnsetType = UNSET
-    block_private_networks: bool | UnsetType = UNSET
-    block_metadata_endpoint: bool | UnsetType = UNSET
-    allow_local_network_access: bool | UnsetType = UNSET
-    allowed_domains: list[str] | UnsetType = UNSET
-    refresh_interval_minutes: int | UnsetType = UNSET
-    logging: _LoggingFile | UnsetType = UNSET
-
-
-class _ToolFile(_Strict):
-    name: str | UnsetType = UNSET
-    binary: str | UnsetType = UNSET
-
-
-class _MountFile(_Strict):
-    host: str
-    container: str
-
-
-class _MountsFile(_Strict):
-    default: list[_MountFile] | UnsetType = UNSET
-
-
-class _ProfileFile(_Strict):
-    image: str | UnsetType = UNSET
-    environment: dict[str, str] | UnsetType = UNSET
-    persistent: bool | UnsetType = UNSET
-    mounts: list[_MountFile] | UnsetType = UNSET
-
-
-class _BuildFile(_Strict):
-    base: str | UnsetType = UNSET
-    allowed_hosts: list[str] | UnsetType = UNSET
-
-
-class _File(_Strict):
-    defaults: _DefaultsFile | UnsetType = UNSET
-    paths: _PathsFile | UnsetType = UNSET
-    incus: _IncusFile | UnsetType = UNSET
-    network: _NetworkFile | UnsetType = UNSET
-    tool: _ToolFile | UnsetType = UNSET
-    mounts: _MountsFile | UnsetType = UNSET
-    # Decoded one profile at a time, so that errors can name the profile.
-    profiles: dict[str, dict[str, Any]] | UnsetType = UNSET
-    build: _BuildFile | UnsetType = UNSET
-
-
-# --- decoding -------------------------------------------------------------------------------------
-
-_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<path>[^`]*)`)?$")
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<field>[^`]*)`")
-_MISSING = re.compile(r"Object missing required field `(?P<field>[^`]*)`")
-
-
-def _key(path: str) -> str:
-    return path.lstrip(".")
-
-
-def _join(*parts: str) -> str:
-    return ".".join(p for p in parts if p).replace(".[", "[")
-
-
-def _validation_error(source: str, exc: msgspec.ValidationError, *, under: str = "") -> ConfigError:
-    """msgspec's message rewritten as `<file>: <problem> 'section.key'`."""
-    match = _AT.match(str(exc))
-    what = match["what"] if match else str(exc)
-    path = _key(match["path"] or "") if match else ""
-    if unknown := _UNKNOWN.fullmatch(what):
-        return ConfigError(f"{source}: unknown key '{_join(under, path, unknown['field'])}'")
-    if missing := _MISSING.fullmatch(what):
-        return ConfigError(f"{source}: missing key '{_join(under, path, missing['field'])}'")
-    shown = what.replace("`", "")
-    return ConfigError(f"{source}: wrong type for '{_join(under, path)}': {shown[:1].lower()}{shown[1:]}")
-
-
-def _decode(source: str, text: str) -> tuple[_File, dict[str, _ProfileFile]]:
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
-    try:
-        layer = msgspec.convert(raw, _File)
-    except msgspec.ValidationError as exc:
-        raise _validation_error(source, exc) from exc
-    profiles: dict[str, _ProfileFile] = {}
-    for name, body in (layer.profiles or {}).items():
-        try:
-            profiles[name] = msgspec.convert(body, _ProfileFile)
-        except msgspec.ValidationError as exc:
-            raise _validation_error(source, exc, under=f"profiles.{name}") from exc
-    return layer, profiles
 
 
 # --- merging --------------------------------------------------------------------------------------
@@ -281,7 +63,7 @@ class _Builder:
             path = self.home + path[1:]
         return path
 
-    def mount(self, source: str, key: str, entry: _MountFile) -> Mount:
+    def mount(self, source: str, key: str, entry: MountEntry) -> Mount:
         if not entry.container.startswith("/"):
             raise ConfigError(f"{source}: config mount container path must be absolute: {entry.container}")
         host = self.expand(entry.host)
@@ -289,7 +71,7 @@ class _Builder:
             raise ConfigError(f"{source}: '{key}': host path must be absolute or start with ~: {entry.host}")
         return Mount(os.path.normpath(host), os.path.normpath(entry.container))
 
-    def apply_file(self, source: str, layer: _File, profiles: Mapping[str, _ProfileFile]) -> None:
+    def apply_file(self, source: str, layer: FileLayer, profiles: Mapping[str, ProfileLayer]) -> None:
         for section in ("defaults", "paths", "incus", "network", "tool", "build"):
             body = getattr(layer, section)
             if body is UNSET:
@@ -298,7 +80,7 @@ class _Builder:
                 value = getattr(body, field)
                 if value is UNSET:
                     continue
-                if isinstance(value, _LoggingFile):
+                if isinstance(value, LoggingLayer):
                     for sub in value.__struct_fields__:
                         if (inner := getattr(value, sub)) is not UNSET:
                             self.set(f"{section}.{field}.{sub}", inner, source)
@@ -480,7 +262,7 @@ def resolve_config(
     sources: list[str] = []
     for path, text in files:
         shown = display_path(path, home)
-        layer, profiles = _decode(shown, text)
+        layer, profiles = decode_file(shown, text)
         builder.apply_file(shown, layer, profiles)
         sources.append(path)
     builder.apply_env(env)

@@ -1,4 +1,8 @@
-"""The local terminal side of an interactive exec: raw mode, keystrokes in, window sizes out."""
+"""The local terminal side of an interactive exec: raw mode, keystrokes in, window sizes out.
+
+The CLI makes one and hands it to the session flows; it satisfies `coi_async.incus.exec.Terminal`,
+which is all the exec needs of a terminal.
+"""
 
 from __future__ import annotations
 

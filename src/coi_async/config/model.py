@@ -1,0 +1,107 @@
+"""The resolved configuration: the frozen structs the rest of coi reads. Pure."""
+
+from __future__ import annotations
+
+import os.path
+
+import msgspec
+
+from coi_async.naming import DEFAULT_PREFIX
+from coi_async.tools import DEFAULT_TOOL, get_tool
+
+NETWORK_MODES = ("restricted", "open", "allowlist")
+DEFAULT_ALLOWED_DOMAINS = (
+    "8.8.8.8",
+    "1.1.1.1",
+    "registry.npmjs.org",
+    "npm.pkg.github.com",
+    "api.anthropic.com",
+    "platform.claude.com",
+)
+MAX_SLOTS_LIMIT = 999  # three digits keep every name within Incus's 63 characters
+
+
+class Mount(msgspec.Struct, frozen=True):
+    host: str  # absolute, ~ expanded
+    container: str  # absolute
+
+
+class Defaults(msgspec.Struct, frozen=True, kw_only=True):
+    image: str = "coi"
+    persistent: bool = False
+    model: str = "claude-sonnet-4-5"
+    max_slots: int = 10
+    parallel: int = 8  # concurrency of bulk commands
+    mount_claude_config: bool = True  # copy host ~/.claude credentials into fresh sessions
+
+
+class Paths(msgspec.Struct, frozen=True, kw_only=True):
+    sessions_dir: str
+    storage_dir: str
+    logs_dir: str
+
+    def tool_sessions_dir(self, tool: str) -> str:
+        """Where a tool's sessions live: `sessions-<tool>` beside `sessions_dir` (~/.coi/sessions-claude)."""
+        return os.path.join(os.path.dirname(self.sessions_dir), get_tool(tool).sessions_dir_name)
+
+
+class IncusSettings(msgspec.Struct, frozen=True, kw_only=True):
+    project: str = "default"
+    group: str = "incus-admin"
+    code_uid: int = 1000
+    code_user: str = "code"
+    disable_shift: bool = False
+
+
+class NetworkLogging(msgspec.Struct, frozen=True, kw_only=True):
+    enabled: bool = True
+    path: str
+
+
+class Network(msgspec.Struct, frozen=True, kw_only=True):
+    mode: str = "restricted"
+    block_private_networks: bool = True
+    block_metadata_endpoint: bool = True
+    allow_local_network_access: bool = False
+    allowed_domains: tuple[str, ...] = DEFAULT_ALLOWED_DOMAINS
+    refresh_interval_minutes: int = 30
+    logging: NetworkLogging
+
+
+class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
+    name: str = DEFAULT_TOOL
+    binary: str = ""  # "" means the tool's own binary name
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True):
+    image: str | None = None
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    persistent: bool | None = None
+    mounts: tuple[Mount, ...] = ()
+
+
+class Build(msgspec.Struct, frozen=True, kw_only=True):
+    base: str = ""  # "" means the builder's own default
+    allowed_hosts: tuple[str, ...] = ()
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    defaults: Defaults = msgspec.field(default_factory=Defaults)
+    paths: Paths
+    incus: IncusSettings = msgspec.field(default_factory=IncusSettings)
+    network: Network
+    tool: ToolSettings = msgspec.field(default_factory=ToolSettings)
+    mounts: tuple[Mount, ...] = ()
+    profiles: dict[str, Profile] = msgspec.field(default_factory=dict)
+    build: Build = msgspec.field(default_factory=Build)
+    container_prefix: str = DEFAULT_PREFIX
+    # Set by `--profile`: its name and the environment it passes to every command in a session.
+    profile: str = ""
+    environment: dict[str, str] = msgspec.field(default_factory=dict)
+    # The files that were read, in order (for `--debug` and error messages).
+    sources: tuple[str, ...] = ()
+
+    @property
+    def sessions_dir(self) -> str:
+        """The current tool's session store, e.g. ~/.coi/sessions-claude."""
+        return self.paths.tool_sessions_dir(self.tool.name)

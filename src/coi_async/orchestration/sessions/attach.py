@@ -1,0 +1,151 @@
+"""The user's terminal on a session: `coi attach` (choose the container, attach to its tmux or a
+bash, clean up if the session ends there) and the attaching itself, shared with `coi shell`."""
+
+from __future__ import annotations
+
+import msgspec
+
+from coi_async.config import Config
+from coi_async.errors import CoiError, SessionNotFoundError
+from coi_async.incus import IncusClient
+from coi_async.incus.exec import Terminal
+from coi_async.incus.models import Instance
+from coi_async.naming import SessionName, tmux_session
+from coi_async.orchestration.containers import ops
+from coi_async.orchestration.events import Emit
+from coi_async.orchestration.interrupts import interruptible
+from coi_async.orchestration.sessions.cleanup import SessionState, cleanup
+from coi_async.orchestration.sessions.guard import absorbing_coi_errors
+from coi_async.orchestration.sessions.model import Session, new_session, session_of
+from coi_async.orchestration.sessions.outcome import after_session
+from coi_async.orchestration.sessions.request import Outcome
+from coi_async.orchestration.sessions.store import SessionStore, check_session_id
+from coi_async.orchestration.sessions.tmux import LOST_EXEC, WORKDIR, TmuxSession, user_env
+from coi_async.slots import validate_slot
+from coi_async.tools import get_tool
+
+_ATTACH_ATTEMPTS = 3
+# Exit codes of a tmux attach that ended the normal ways (detach, exit, a signal to the client).
+_ATTACH_ENDED = (0, 130, 137, 143)
+
+
+class AttachTarget(msgspec.Struct, frozen=True, kw_only=True):
+    container: str
+    instance: Instance
+
+
+class AttachList(msgspec.Struct, frozen=True, kw_only=True):
+    running: list[str]
+
+
+async def choose_attach_target(
+    incus: IncusClient, config: Config, *, workspace: str, slot: int, name: str | None
+) -> AttachTarget | AttachList:
+    """The container to attach to: by slot, by name, or the only session there is."""
+    prefix = config.container_prefix
+    if slot:
+        validate_slot(slot, max_slots=config.defaults.max_slots)
+        container = str(SessionName.for_workspace(workspace, slot, prefix=prefix))
+        instance = await ops.state(incus, container)
+        if instance is None or not instance.running:
+            raise SessionNotFoundError(f"container {container} not found or not running")
+        return AttachTarget(container=container, instance=instance)
+    ours = sorted(
+        (i for i in await incus.list_instances() if SessionName.parse(i.name, prefix) is not None),
+        key=lambda i: i.name,
+    )
+    if name is not None:
+        for instance in ours:
+            if instance.name == name and instance.running:
+                return AttachTarget(container=name, instance=instance)
+        raise SessionNotFoundError(f"container {name} not found or not running")
+    running = [i for i in ours if i.running]
+    if len(running) == 1:
+        return AttachTarget(container=running[0].name, instance=running[0])
+    return AttachList(running=[i.name for i in running])
+
+
+def _saved_state(config: Config, session: Session) -> SessionState | None:
+    """What the cleanup of an attached session needs; None when the container carries no coi
+    session id (its data has no session to go to, so attach leaves it alone)."""
+    try:
+        check_session_id(session.session_id)
+    except CoiError:
+        return None
+    tool = get_tool(config.tool.name)
+    store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
+    return SessionState(
+        session=session, tool=tool, store=store, has_state=True, metadata=store.load_metadata(session.session_id)
+    )
+
+
+async def attach_session(
+    incus: IncusClient,
+    config: Config,
+    target: AttachTarget,
+    *,
+    use_bash: bool,
+    term: str | None,
+    emit: Emit,
+    terminal: Terminal,
+) -> Outcome:
+    """Attach to the session's tmux (or a bash); save and clean up if the session ends here."""
+    session = session_of(target.instance, config) or new_session(
+        config, workspace="", session_id="", persistent=False, container=target.container
+    )
+    env = user_env(home=session.home, user=session.user, term=term)
+    tmux = TmuxSession(incus, target.container, tmux_session(target.container), uid=session.uid, env=env)
+    async with interruptible() as interrupt:
+        outcome = Outcome.DETACHED
+        with interrupt.scope:
+            if use_bash:
+                code = await attach_terminal(incus, target.container, ["bash"], terminal, env, session.uid)
+            else:
+                code = await attach_tmux(incus, tmux, terminal)
+            outcome = await after_session(incus, target.container, tmux)
+            if use_bash:
+                # A side shell says nothing about the session: save, keep, whatever tmux does.
+                outcome = Outcome.DETACHED if outcome is not Outcome.STOPPED else outcome
+            elif code not in _ATTACH_ENDED and outcome is Outcome.ENDED:
+                return Outcome.NO_TMUX
+        if interrupt.signum is not None:
+            # Unlike `coi shell`, a signal to attach drops only this terminal: the session lives
+            # on, with its data saved so far.
+            outcome = Outcome.DETACHED
+        state = _saved_state(config, session)
+        if state is not None and outcome in (Outcome.ENDED, Outcome.STOPPED, Outcome.DETACHED):
+            await cleanup(incus, state, outcome, emit)
+    return outcome
+
+
+async def attach_tmux(incus: IncusClient, tmux: TmuxSession, terminal: Terminal) -> int | None:
+    """Attach the terminal to the tmux session; its exit code (None if the link broke).
+
+    Attaching is idempotent, so an exec incusd lost track of (-1, seen on loaded hosts) is
+    attached again while the session is there.
+    """
+    code: int | None = LOST_EXEC
+    for _ in range(_ATTACH_ATTEMPTS):
+        code = await attach_terminal(incus, tmux.container, tmux.attach_argv(), terminal, tmux.env, tmux.uid)
+        if code != LOST_EXEC:
+            break
+        with absorbing_coi_errors() as failed:
+            alive = await tmux.exists()
+        if failed or not alive:
+            break
+    return code
+
+
+async def attach_terminal(
+    incus: IncusClient, container: str, argv: list[str], terminal: Terminal, env: dict[str, str], uid: int
+) -> int | None:
+    """The user's terminal on `argv` in the container; its exit code, None if the link broke.
+
+    A broken link (the container powering off under the exec) is not an error here: what
+    happened is read from the container's state afterwards.
+    """
+    with absorbing_coi_errors():
+        return await incus.exec_attached(
+            container, argv, terminal=terminal, env=env, user=uid, group=uid, cwd=WORKDIR
+        )
+    return None

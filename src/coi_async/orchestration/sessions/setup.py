@@ -1,0 +1,208 @@
+"""A `coi shell`'s container made ready: taken (or reused), booted, its saved state restored, the
+host's credentials injected and the session's metadata written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import msgspec
+
+from coi_async.config import Config
+from coi_async.errors import SessionError
+from coi_async.incus import IncusClient
+from coi_async.naming import KEY_PERSISTENT, KEY_SESSION, SessionName
+from coi_async.orchestration.containers import ops
+from coi_async.orchestration.events import Emit, note
+from coi_async.orchestration.sessions import archive
+from coi_async.orchestration.sessions.cleanup import REMOVE_S, SaveResult, SessionState, save
+from coi_async.orchestration.sessions.credentials import inject_credentials
+from coi_async.orchestration.sessions.guard import absorbing_coi_errors
+from coi_async.orchestration.sessions.launch import LaunchRequest, launch_session
+from coi_async.orchestration.sessions.model import session_of
+from coi_async.orchestration.sessions.request import ShellRequest
+from coi_async.orchestration.sessions.store import SavedSession, SessionMetadata, now_rfc3339
+
+_READY_S = 60.0
+_RESTORE_ATTEMPTS = 3
+
+
+async def setup_session(
+    incus: IncusClient,
+    config: Config,
+    request: ShellRequest,
+    state: SessionState,
+    resumed: SavedSession | None,
+    emit: Emit,
+) -> None:
+    """Have the session's container running with its state and credentials in place."""
+    prefer = ""
+    if resumed is not None and resumed.metadata is not None and resumed.metadata.container_name:
+        prefer = resumed.metadata.container_name
+        await _resume_container(incus, config, state, prefer, emit)
+    if not state.session.container:
+        launched = await launch_session(
+            incus,
+            config,
+            LaunchRequest(
+                workspace=request.workspace,
+                slot=request.slot,
+                persistent=state.session.persistent,
+                session_id=state.session.session_id,
+                mounts=request.mounts,
+                prefer_container=prefer,
+                host_uid=request.host_uid,
+                host_gid=request.host_gid,
+            ),
+            emit=emit,
+        )
+        # No checkpoint between launch returning and this: the cleanup always knows the name.
+        state.session = msgspec.structs.replace(state.session, container=launched.name, slot=launched.slot)
+        state.created = not launched.reused
+        # A reused persistent container holds the session's own state already.
+        state.has_state = launched.reused
+        if request.slot == 0 and not launched.reused:
+            note(emit, "setup.slot-allocated", launched.name, slot=str(launched.slot))
+    session = state.session
+    state.metadata = SessionMetadata(
+        session_id=session.session_id,
+        container_name=session.container,
+        persistent=session.persistent,
+        workspace=session.workspace,
+        saved_at=now_rfc3339(),
+        tool=state.tool.name,
+        slot=session.slot,
+        image=config.defaults.image,
+        created_at=now_rfc3339(),
+        cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else ""),
+    )
+
+    restore = resumed is not None and state.created
+
+    async def restore_then_inject() -> None:
+        if resumed is not None and restore:
+            # Over exec (tar), so only once the container has booted: execs that race the
+            # init system's start can be lost.
+            await wait_ready(incus, session.container)
+            note(emit, "setup.restoring", session.container)
+            for attempt in range(_RESTORE_ATTEMPTS):
+                # Idempotent (files are overwritten), so a lost exec on a loaded host is retried.
+                with absorbing_coi_errors() as failed:
+                    await archive.restore_session_data(
+                        incus,
+                        session.container,
+                        resumed.path,
+                        session.home,
+                        session.uid,
+                        session.uid,
+                        config_dir=state.tool.config_dir,
+                        running=True,
+                    )
+                if not failed:
+                    break
+                if attempt == _RESTORE_ATTEMPTS - 1:
+                    raise failed[0]
+            state.has_state = True
+        # After the restore: fresh credentials win over saved ones. Files API only, no exec.
+        if config.defaults.mount_claude_config and request.host_home:
+            await inject_credentials(
+                incus,
+                session.container,
+                state.tool,
+                host_home=Path(request.host_home),
+                home=session.home,
+                uid=session.uid,
+                emit=emit,
+            )
+
+    async def save_metadata() -> None:
+        assert state.metadata is not None
+        await anyio.to_thread.run_sync(state.store.save_metadata, state.metadata)
+
+    # A new session's home is filled while the init system is still booting.
+    async with anyio.create_task_group() as tg:
+        if not restore:
+            tg.start_soon(wait_ready, incus, session.container)
+        tg.start_soon(restore_then_inject)
+        tg.start_soon(save_metadata)
+
+
+async def _resume_container(
+    incus: IncusClient, config: Config, state: SessionState, name: str, emit: Emit
+) -> None:
+    """Deal with the container a resumed session ran in, if it is still there.
+
+    Running: the session is picked up where it is (after a reboot or a detach, #413/#418), as
+    the user its keys name. Stopped and persistent: launch restarts it in its own slot. A stopped
+    ephemeral leftover (its coi was killed): its state is newer than the store's, so it is
+    saved, then removed.
+    """
+    parsed = SessionName.parse(name, config.container_prefix)
+    instance = await ops.state(incus, name)
+    if parsed is None or instance is None or instance.config.get(KEY_SESSION) != state.session.session_id:
+        return
+    found = session_of(instance, config)
+    if found is None:
+        return
+    if instance.running:
+        note(emit, "setup.reusing-running", name)
+        # Its identity inside (user, uid, home) is the instance's; its mode is this run's.
+        state.session = msgspec.structs.replace(
+            found, persistent=state.session.persistent, workspace=state.session.workspace
+        )
+        state.created, state.has_state = False, True
+        return
+    if state.session.persistent and instance.config.get(KEY_PERSISTENT) == "true":
+        return
+    note(emit, "setup.leftover", name)
+    leftover = SessionState(
+        session=msgspec.structs.replace(found, persistent=False), tool=state.tool, store=state.store
+    )
+    if await save(incus, leftover, emit, running=False) is not SaveResult.FAILED:
+        await ops.remove_quietly(incus, name, bound_s=REMOVE_S)
+
+
+# One exec that polls inside the container (each exec costs a round trip, and execs are slow
+# while the container boots). Ready: the image's init is not systemd, or systemd-tmpfiles-setup
+# has run (or the image has no such unit), or boot is over. Whether init is systemd is read from
+# the image, not from PID 1: early in the boot PID 1 may not be systemd yet.
+_READY_PROBE = """
+case "$(readlink -f /sbin/init 2>/dev/null)" in */systemd) ;; *) exit 0 ;; esac
+unit=systemd-tmpfiles-setup.service known=
+i=0
+while [ "$i" -lt 1500 ]; do
+    systemctl is-active --quiet "$unit" 2>/dev/null && exit 0
+    state=$(systemctl is-system-running 2>/dev/null)
+    case "$state" in
+        running|degraded) exit 0 ;;
+        initializing|starting)
+            if [ -z "$known" ]; then
+                [ "$(systemctl show -p LoadState --value "$unit" 2>/dev/null)" = not-found ] && exit 0
+                known=1
+            fi ;;
+    esac
+    sleep 0.02
+    i=$((i + 1))
+done
+exit 1
+"""
+
+
+async def wait_ready(incus: IncusClient, name: str, *, within_s: float = _READY_S) -> None:
+    """Wait until the container can host the tmux session, by probing it with exec.
+
+    Under systemd that is once systemd-tmpfiles-setup has run: it empties /tmp at boot (and
+    /tmp may become a fresh tmpfs before it), which would take a tmux server's socket
+    (/tmp/tmux-<uid>/) with it, and with it every later attach.
+    """
+    try:
+        with anyio.fail_after(within_s):
+            while True:
+                with absorbing_coi_errors():
+                    if (await incus.exec(name, ["sh", "-c", _READY_PROBE])).ok:
+                        return
+                # The exec itself failed (too early in the boot): try again shortly.
+                await anyio.sleep(0.05)
+    except TimeoutError:
+        raise SessionError(f"container {name} failed to become ready after {within_s:g} seconds") from None
