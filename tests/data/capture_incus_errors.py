@@ -208,9 +208,7 @@ async def capture(cap: Capture) -> None:
         "NotFoundError",
         params={"timeout": "1"},
     )
-    await cap.provoke(
-        "image alias missing", "GET", "/1.0/images/aliases/errcap-no-image", "NotFoundError"
-    )
+    await cap.provoke("image alias missing", "GET", "/1.0/images/aliases/errcap-no-image", "NotFoundError")
     await cap.provoke(
         "create from missing image",
         "POST",
@@ -232,7 +230,10 @@ async def capture(cap: Capture) -> None:
                 error_code=envelope.get("error_code"),
             )
         else:  # incusd 6.0 lists an unknown project as empty
-            print(f"list instances of missing project: {resp.status} {envelope.get('metadata')}", file=sys.stderr)
+            print(
+                f"list instances of missing project: {resp.status} {envelope.get('metadata')}",
+                file=sys.stderr,
+            )
 
     # A running and a stopped container.
     await cap.ensure("POST", "/1.0/instances", body=create("errcap-run", start=True))
@@ -272,7 +273,11 @@ async def capture(cap: Capture) -> None:
         body={"command": ["true"], "wait-for-websocket": True, "interactive": False},
     )
     await cap.provoke(
-        "create with taken name", "POST", "/1.0/instances", "ConflictError", body=create("errcap-run", start=False)
+        "create with taken name",
+        "POST",
+        "/1.0/instances",
+        "ConflictError",
+        body=create("errcap-run", start=False),
     )
 
     # Files API on missing paths (running and stopped).
@@ -322,7 +327,9 @@ async def capture(cap: Capture) -> None:
                     error_code=envelope.get("error_code"),
                 )
             else:
-                print(f"files POST directory that exists ({where}): accepted ({resp.status})", file=sys.stderr)
+                print(
+                    f"files POST directory that exists ({where}): accepted ({resp.status})", file=sys.stderr
+                )
 
     # Disk devices: a missing source, and (maybe) a shift the host cannot do.
     for where, inst in (("running", run), ("stopped", stopped)):
@@ -382,7 +389,11 @@ async def capture(cap: Capture) -> None:
             "PATCH",
             run,
             "IdmapUnsupportedError",
-            body={"devices": {f"sh{i}": {"type": "disk", "source": source, "path": f"/mnt/sh{i}", "shift": "true"}}},
+            body={
+                "devices": {
+                    f"sh{i}": {"type": "disk", "source": source, "path": f"/mnt/sh{i}", "shift": "true"}
+                }
+            },
         )
 
     # State changes while another operation holds the instance.
@@ -438,8 +449,13 @@ async def capture(cap: Capture) -> None:
     status, raw = await cap.raw("PUT", f"{stubborn}/state", body={"action": "stop", "timeout": 8})
     op = json.loads(raw)["operation"].split("?", 1)[0]
     await asyncio.sleep(0.3)
-    await cap.provoke("long poll whose timeout passes", "GET", f"{op}/wait", "OperationTimedOutError",
-                      params={"timeout": "1"})
+    await cap.provoke(
+        "long poll whose timeout passes",
+        "GET",
+        f"{op}/wait",
+        "OperationTimedOutError",
+        params={"timeout": "1"},
+    )
     cap.records[-1]["request"]["path"] = "/1.0/operations/<id>/wait?timeout=1"
     await cap.provoke(
         "forced stop while a stop runs",
@@ -475,11 +491,26 @@ async def capture(cap: Capture) -> None:
             if text:
                 expect = "by-text"
                 if kind == "refused":
-                    cap.record(f"concurrent create of one name ({attempt})", "POST", "/1.0/instances",
-                               expect, kind=kind, status=code, error=text, error_code=code)
+                    cap.record(
+                        f"concurrent create of one name ({attempt})",
+                        "POST",
+                        "/1.0/instances",
+                        expect,
+                        kind=kind,
+                        status=code,
+                        error=text,
+                        error_code=code,
+                    )
                 else:
-                    cap.record(f"concurrent create of one name ({attempt})", "POST", "/1.0/instances",
-                               expect, kind=kind, status_code=code, err=text)
+                    cap.record(
+                        f"concurrent create of one name ({attempt})",
+                        "POST",
+                        "/1.0/instances",
+                        expect,
+                        kind=kind,
+                        status_code=code,
+                        err=text,
+                    )
         # And a start racing the create's own start.
         if any("busy" in text for _, _, text in outcomes):
             break
@@ -490,14 +521,28 @@ async def capture(cap: Capture) -> None:
     for status, raw in results:
         envelope = json.loads(raw)
         if envelope.get("type") == "error":
-            cap.record("concurrent delete", "DELETE", "/1.0/instances/errcap-del", "NotFoundError",
-                       kind="refused", status=status, error=envelope["error"],
-                       error_code=envelope.get("error_code"))
+            cap.record(
+                "concurrent delete",
+                "DELETE",
+                "/1.0/instances/errcap-del",
+                "NotFoundError",
+                kind="refused",
+                status=status,
+                error=envelope["error"],
+                error_code=envelope.get("error_code"),
+            )
         elif envelope.get("type") == "async":
             _, _, op_meta = await cap.wait(envelope["operation"])
             if op_meta.get("err"):
-                cap.record("concurrent delete", "DELETE", "/1.0/instances/errcap-del", "OperationFailedError",
-                           kind="operation", status_code=op_meta.get("status_code"), err=op_meta["err"])
+                cap.record(
+                    "concurrent delete",
+                    "DELETE",
+                    "/1.0/instances/errcap-del",
+                    "OperationFailedError",
+                    kind="operation",
+                    status_code=op_meta.get("status_code"),
+                    err=op_meta["err"],
+                )
 
 
 async def cleanup(cap: Capture) -> None:

@@ -80,7 +80,9 @@ async def test_shell_attach_shutdown_as_another_code_user(world: ShellWorld) -> 
     # Something only dev's home has, and a decoy in code's: bulk shutdown must save the former.
     await world.incus.push_file(name, f"{HOME}/.claude/marker-dev", b"dev\n", uid=1001, gid=1001, mode=0o644)
     await world.incus.make_directory(name, "/home/code/.claude", uid=1000, gid=1000, mode=0o755)
-    await world.incus.push_file(name, "/home/code/.claude/marker-code", b"code\n", uid=1000, gid=1000, mode=0o644)
+    await world.incus.push_file(
+        name, "/home/code/.claude/marker-code", b"code\n", uid=1000, gid=1000, mode=0o644
+    )
     code, out, err = await world.run("shutdown", "--force", name)
     assert code == 0, (out, err)
     assert await world.instance(1) is None, "shutdown removes an ephemeral session container"

@@ -54,7 +54,8 @@ def test_captured_payload_is_classified(record: dict[str, Any]) -> None:
 _MARKED = [
     r
     for r in RECORDS
-    if r.get("wait", {}).get("type") == "error" and r["expect"] not in ("OperationFailedError", "BadRequestError")
+    if r.get("wait", {}).get("type") == "error"
+    and r["expect"] not in ("OperationFailedError", "BadRequestError")
 ]
 
 
@@ -93,9 +94,7 @@ def test_missing_file_is_not_a_missing_instance() -> None:
 
 def test_file_helper_not_ready_seen_under_load() -> None:
     # Seen in CI under load; not provokable on purpose, so not in the captures.
-    message = (
-        "dial unix /var/lib/incus/containers/p_x/forkfile.sock: connect: no such file or directory"
-    )
+    message = "dial unix /var/lib/incus/containers/p_x/forkfile.sock: connect: no such file or directory"
     assert isinstance(classify(500, message), FileHelperNotReadyError)
 
 
@@ -113,7 +112,10 @@ def test_stop_timeout_wins_over_deadline() -> None:
             'Failed add validation for device "d": Missing source path "/srv/already exists" for disk "d"',
             SourcePathMissingError,
         ),
-        ('Failed to fetch instance "x" in project "Instance is running": Instance not found', InstanceNotFoundError),
+        (
+            'Failed to fetch instance "x" in project "Instance is running": Instance not found',
+            InstanceNotFoundError,
+        ),
         ('Failed to start device "idmap": Required idmapping abilities not available', IdmapUnsupportedError),
         ('Project "UNIQUE constraint failed" already exists', ConflictError),
     ],

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import asyncclick as click
@@ -64,7 +65,7 @@ def test_unknown_flags_and_commands_are_one_line_usage_errors() -> None:
         assert lines[0].startswith(message), lines
 
 
-def walk(command: click.Command, path: str = "coi"):
+def walk(command: click.Command, path: str = "coi") -> Iterator[tuple[str, click.Command]]:
     yield path, command
     if isinstance(command, click.Group):
         for name, sub in command.commands.items():

@@ -34,7 +34,10 @@ def test_every_kind_the_flows_emit_has_words() -> None:
         (Note(kind="resume.inherited-persistent"), "Inherited persistent mode from session"),
         (Note(kind="setup.started", values={"session_id": ID}), f"Setting up session {ID}..."),
         (Note(kind="setup.slot-allocated", item=C, values={"slot": "3"}), "Auto-allocated slot 3"),
-        (Note(kind="launch.slot-occupied", values={"slot": "1", "instead": "2"}), "Slot 1 is occupied, using slot 2 instead"),
+        (
+            Note(kind="launch.slot-occupied", values={"slot": "1", "instead": "2"}),
+            "Slot 1 is occupied, using slot 2 instead",
+        ),
         (Note(kind="launch.restarting", item=C), "Restarting existing persistent container..."),
         (Note(kind="launch.reusing-running", item=C), "Container already running, reusing..."),
         (
@@ -55,30 +58,74 @@ def test_every_kind_the_flows_emit_has_words() -> None:
         ),
         (Note(kind="interrupted", values={"signal": "2"}), "\nReceived interrupt signal, cleaning up..."),
         (
-            Note(kind="session.starting", item=C, values={"session_id": ID, "container": C, "workspace": "/w", "mode": "interactive", "resume": ""}),
+            Note(
+                kind="session.starting",
+                item=C,
+                values={
+                    "session_id": ID,
+                    "container": C,
+                    "workspace": "/w",
+                    "mode": "interactive",
+                    "resume": "",
+                },
+            ),
             f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Interactive (tmux)",
         ),
         (
-            Note(kind="session.starting", values={"session_id": ID, "container": C, "workspace": "/w", "mode": "direct", "resume": "restored"}),
-            (f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Direct (no tmux)\n"
-             "Resume mode: Restored conversation (auto-detect)"),
+            Note(
+                kind="session.starting",
+                values={
+                    "session_id": ID,
+                    "container": C,
+                    "workspace": "/w",
+                    "mode": "direct",
+                    "resume": "restored",
+                },
+            ),
+            (
+                f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Direct (no tmux)\n"
+                "Resume mode: Restored conversation (auto-detect)"
+            ),
         ),
         (
-            Note(kind="session.starting", values={"session_id": ID, "container": C, "workspace": "/w", "mode": "background", "resume": "persistent"}),
-            (f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Background (tmux)\n"
-             "Resume mode: Persistent session"),
+            Note(
+                kind="session.starting",
+                values={
+                    "session_id": ID,
+                    "container": C,
+                    "workspace": "/w",
+                    "mode": "background",
+                    "resume": "persistent",
+                },
+            ),
+            (
+                f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Background (tmux)\n"
+                "Resume mode: Persistent session"
+            ),
         ),
-        (Note(kind="background.created", item=C, values={"tmux": f"coi-{C}"}), f"Created background tmux session: coi-{C}"),
-        (Note(kind="background.sent", item=C, values={"tmux": f"coi-{C}"}), f"Sent command to existing tmux session: coi-{C}"),
+        (
+            Note(kind="background.created", item=C, values={"tmux": f"coi-{C}"}),
+            f"Created background tmux session: coi-{C}",
+        ),
+        (
+            Note(kind="background.sent", item=C, values={"tmux": f"coi-{C}"}),
+            f"Sent command to existing tmux session: coi-{C}",
+        ),
         (
             Note(kind="background.usage", item=C),
             f"Use 'coi tmux capture {C}' to view output\nUse 'coi tmux send {C} \"<command>\"' to send commands",
         ),
-        (Note(kind="session.exec-lost", item=C), "[session] Warning: incusd lost track of the command (exit -1)"),
+        (
+            Note(kind="session.exec-lost", item=C),
+            "[session] Warning: incusd lost track of the command (exit -1)",
+        ),
         (Note(kind="cleanup.started", item=C), "\nCleaning up session..."),
         (Note(kind="save.started", item=C, values={"path": "/s/x"}), "[cleanup] Saving session data to /s/x"),
         (Note(kind="save.done", item=C), "[cleanup] Session data saved successfully"),
-        (Note(kind="save.nothing", item=C, values={"config_dir": ".claude"}), "[cleanup] No .claude directory found in container"),
+        (
+            Note(kind="save.nothing", item=C, values={"config_dir": ".claude"}),
+            "[cleanup] No .claude directory found in container",
+        ),
         (
             Note(kind="save.timed-out", item=C, values={"seconds": "60"}),
             "[cleanup] Warning: saving session data took over 60s; gave up",
@@ -87,22 +134,35 @@ def test_every_kind_the_flows_emit_has_words() -> None:
             Note(kind="save.failed", item=C, values={"error": "could not save session data: boom"}),
             "[cleanup] Warning: could not save session data: boom",
         ),
-        (Note(kind="save.skipped", item=C, values={"names": "a, b"}), "[cleanup] Left out (links or unsafe names): a, b"),
-        (Note(kind="save.retry-stopped", item=C), "[cleanup] The container stopped meanwhile; saving from its filesystem"),
+        (
+            Note(kind="save.skipped", item=C, values={"names": "a, b"}),
+            "[cleanup] Left out (links or unsafe names): a, b",
+        ),
+        (
+            Note(kind="save.retry-stopped", item=C),
+            "[cleanup] The container stopped meanwhile; saving from its filesystem",
+        ),
         (
             Note(kind="cleanup.kept-running", item=C),
-            ("[cleanup] Container kept running - use 'coi attach' to reconnect, 'coi shutdown' to stop, "
-             "or 'coi kill' to force stop"),
+            (
+                "[cleanup] Container kept running - use 'coi attach' to reconnect, 'coi shutdown' to stop, "
+                "or 'coi kill' to force stop"
+            ),
         ),
         (Note(kind="cleanup.kept-stopped", item=C), "[cleanup] Container was stopped but kept for reuse"),
         (
             Note(kind="cleanup.kept-unsaved", item=C, values={"session_id": ID}),
-            (f"[cleanup] Container {C} kept: its session data could not be saved. "
-             f"Retry with 'coi shell --resume={ID}' or copy it out with 'coi file pull'"),
+            (
+                f"[cleanup] Container {C} kept: its session data could not be saved. "
+                f"Retry with 'coi shell --resume={ID}' or copy it out with 'coi file pull'"
+            ),
         ),
         (Note(kind="cleanup.removing", item=C), "[cleanup] Removing container..."),
         (Note(kind="cleanup.removing-stopped", item=C), "[cleanup] Container was stopped, removing..."),
-        (Note(kind="cleanup.removed", item=C), "[cleanup] Container removed (session data saved for --resume)"),
+        (
+            Note(kind="cleanup.removed", item=C),
+            "[cleanup] Container removed (session data saved for --resume)",
+        ),
         (Note(kind="cleanup.already-removed", item=C), "[cleanup] Container was already removed"),
         (
             Note(kind="cleanup.no-answer", item=C),
@@ -115,7 +175,10 @@ def test_every_kind_the_flows_emit_has_words() -> None:
             Note(kind="setup.leftover", item=C),
             f"Found stopped leftover container {C} of this session, saving and deleting...",
         ),
-        (Note(kind="run.launching", item=C, values={"image": "coi"}), f"Launching container {C} from image coi..."),
+        (
+            Note(kind="run.launching", item=C, values={"image": "coi"}),
+            f"Launching container {C} from image coi...",
+        ),
         (Note(kind="run.cleaning-up", item=C), f"Cleaning up container {C}..."),
         (Note(kind="run.stopping", item=C), f"Stopping persistent container {C}..."),
     ],

@@ -79,6 +79,8 @@ def ignore(event: Event) -> None:
     del event
 
 
-def note(emit: Emit, kind: str, item: str = "", *, level: Literal["info", "warning"] = "info", **values: str) -> None:
+def note(
+    emit: Emit, kind: str, item: str = "", *, level: Literal["info", "warning"] = "info", **values: str
+) -> None:
     """Emit a `Note` (shorthand for the many one-off messages of a flow)."""
     emit(Note(kind=kind, item=item, values=values, level=level))

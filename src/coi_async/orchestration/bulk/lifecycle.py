@@ -102,7 +102,9 @@ class SessionSaver:
         user's, whose home the tool's state would be in."""
         session = session_of(inst, self.config)
         if session is None:
-            session = new_session(self.config, workspace="", session_id="", persistent=False, container=inst.name)
+            session = new_session(
+                self.config, workspace="", session_id="", persistent=False, container=inst.name
+            )
         return msgspec.structs.replace(session, running=inst.running, created_at=inst.created_at)
 
     async def save(self, incus: IncusClient, inst: Instance) -> Saved:
@@ -138,7 +140,9 @@ async def shutdown_one(
             # process nothing: let others work meanwhile. Forcing inside the wait matters: after
             # a common timeout every late container is forced at once, not in waves of --parallel.
             async with ctx.released():
-                clean = await ops.graceful_stop(incus, inst.name, grace_s=grace_s, interrupted=ctx.interrupted)
+                clean = await ops.graceful_stop(
+                    incus, inst.name, grace_s=grace_s, interrupted=ctx.interrupted
+                )
                 if clean:
                     ctx.step(STOPPED)
                 elif await ops.is_running(incus, inst.name):

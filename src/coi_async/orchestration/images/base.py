@@ -161,7 +161,13 @@ async def _build_tarball(
         on_output=on_output,
         what="debootstrap",
     )
-    note(emit, NOTE_BASE_STEP_TOOK, recipe.alias, step="debootstrap", seconds=f"{time.monotonic() - started:.3f}")
+    note(
+        emit,
+        NOTE_BASE_STEP_TOOK,
+        recipe.alias,
+        step="debootstrap",
+        seconds=f"{time.monotonic() - started:.3f}",
+    )
     shutil.copy2(BASE_DIR / "setup.sh", rootfs / "coi-setup.sh")
     await run_host_command(
         [

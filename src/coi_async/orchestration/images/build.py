@@ -395,7 +395,14 @@ class _Build:
         try:
             await ops.remove(self.incus, self.name, bound_s=_CLEANUP_S)  # shielded, bounded
         except CoiError as exc:
-            note(self.emit, NOTE_CLEANUP_FAILED, self.item, level="warning", container=self.name, error=str(exc))
+            note(
+                self.emit,
+                NOTE_CLEANUP_FAILED,
+                self.item,
+                level="warning",
+                container=self.name,
+                error=str(exc),
+            )
         self.timings["cleanup"] = round(time.monotonic() - started, 2)
 
 

@@ -75,7 +75,11 @@ def _saved_state(config: Config, session: Session) -> SessionState | None:
     tool = get_tool(config.tool.name)
     store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
     return SessionState(
-        session=session, tool=tool, store=store, has_state=True, metadata=store.load_metadata(session.session_id)
+        session=session,
+        tool=tool,
+        store=store,
+        has_state=True,
+        metadata=store.load_metadata(session.session_id),
     )
 
 

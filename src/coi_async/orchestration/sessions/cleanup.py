@@ -92,7 +92,9 @@ async def save(incus: IncusClient, state: SessionState, emit: Emit, *, running: 
     return SaveResult.SAVED
 
 
-async def _save_for_cleanup(incus: IncusClient, state: SessionState, instance: Instance, emit: Emit) -> SaveResult:
+async def _save_for_cleanup(
+    incus: IncusClient, state: SessionState, instance: Instance, emit: Emit
+) -> SaveResult:
     """Save; if that fails on a container that is going down (poweroff inside), wait, save again.
 
     A copy over exec can break when the container stops under it; a stopped container is
@@ -137,7 +139,13 @@ async def cleanup(incus: IncusClient, state: SessionState, outcome: Outcome, emi
 
 
 async def _dispose(
-    incus: IncusClient, state: SessionState, outcome: Outcome, instance: Instance, emit: Emit, *, saved: SaveResult
+    incus: IncusClient,
+    state: SessionState,
+    outcome: Outcome,
+    instance: Instance,
+    emit: Emit,
+    *,
+    saved: SaveResult,
 ) -> None:
     session = state.session
     remove = (not session.persistent and outcome is not Outcome.DETACHED) or (

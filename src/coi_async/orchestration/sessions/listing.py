@@ -61,7 +61,9 @@ async def prefixed_instances(incus: IncusClient, prefix: str, *, with_state: boo
     return sorted((i for i in instances if i.name.startswith(prefix)), key=lambda i: i.name)
 
 
-async def active_containers(incus: IncusClient, *, config: Config, store: SessionStore) -> list[ActiveContainer]:
+async def active_containers(
+    incus: IncusClient, *, config: Config, store: SessionStore
+) -> list[ActiveContainer]:
     instances = await prefixed_instances(incus, config.container_prefix, with_state=True)
     metadata = _latest_metadata(store)
     return [to_active(inst, metadata.get(inst.name), config) for inst in instances]

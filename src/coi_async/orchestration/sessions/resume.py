@@ -11,7 +11,9 @@ from coi_async.orchestration.sessions.request import ShellRequest
 from coi_async.orchestration.sessions.store import SavedSession, SessionStore, check_session_id
 
 
-def resolve_resume(request: ShellRequest, store: SessionStore, config: Config, emit: Emit) -> SavedSession | None:
+def resolve_resume(
+    request: ShellRequest, store: SessionStore, config: Config, emit: Emit
+) -> SavedSession | None:
     """The saved session to resume; None for a new session. SessionNotFoundError when there is
     none to resume, SessionError when it belongs to another workspace."""
     if request.resume is None:
@@ -44,7 +46,9 @@ def resolve_resume(request: ShellRequest, store: SessionStore, config: Config, e
     return found
 
 
-def resolve_persistent(request: ShellRequest, config: Config, resumed: SavedSession | None, emit: Emit) -> bool:
+def resolve_persistent(
+    request: ShellRequest, config: Config, resumed: SavedSession | None, emit: Emit
+) -> bool:
     """An explicit flag wins; else a resumed persistent session stays persistent; else the config."""
     if request.persistent is not None:
         return request.persistent

@@ -78,7 +78,12 @@ async def save_session(
     try:
         with anyio.fail_after(bound_s):
             outcome = await archive.save_session_data(
-                incus, session.container, session_dir, session.home, config_dir=tool.config_dir, running=running
+                incus,
+                session.container,
+                session_dir,
+                session.home,
+                config_dir=tool.config_dir,
+                running=running,
             )
     except TimeoutError:
         raise SaveTimedOutError(bound_s) from None
