@@ -40,7 +40,7 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from coi_async.config import Config
+from coi_async.config import resolve_config
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost, StatePut
@@ -214,7 +214,7 @@ async def archive(incus: IncusClient, names: list[str], home: str, parallel: int
     saver = lc.SessionSaver(
         SessionStore(Path(home) / ".coi" / "sessions-claude", config_dir=tool.config_dir),
         tool,
-        Config(container_prefix=PREFIX),
+        resolve_config([], {"COI_CONTAINER_PREFIX": PREFIX}, home=home),
     )
     instances = {i.name: i for i in await incus.list_instances() if i.name in names}
 
