@@ -28,10 +28,10 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.to_thread
+from fixtures import launch, post, throwaway_project
 from paired import median_ms, paired, paired_async
 
 from coi_async.incus import IncusClient, resolve_socket
-from coi_async.incus.models import InstanceSource, InstancesPost
 
 # One call through the client in a fresh process: argv[1] is the job, argv[2:] its arguments.
 ONE_SHOT = """
@@ -124,91 +124,75 @@ async def main(runs: int, image: str) -> None:
     def fresh(stem: str) -> str:
         return f"{stem}-{next(counter)}"
 
-    async with IncusClient.connect() as root:
-        await root.create_project(project, config={"features.images": "false", "features.profiles": "false"})
-        client = root.in_project(project)
+    async with IncusClient.connect() as root, throwaway_project(root, project) as client:
         base = f"lat-{secrets.token_hex(2)}"
         socket = str(resolve_socket(os.environ).socket)
-        try:
-            await client.create_instance(
-                InstancesPost(name=base, source=InstanceSource(type="image", alias=image), start=True)
-            )
-            cycles = max(3, runs // 4)
-            print(f"{runs} runs each ({cycles} for create+start+delete), image {image}, project {project}")
+        await launch(client, image, base)
+        cycles = max(3, runs // 4)
+        print(f"{runs} runs each ({cycles} for create+start+delete), image {image}, project {project}")
 
-            print("1. fresh process per call: a one-shot python using the client vs the incus command")
+        print("1. fresh process per call: a one-shot python using the client vs the incus command")
 
-            async def both(label: str, sides: dict[str, Callable[[], None]], n: int) -> None:
-                times = await anyio.to_thread.run_sync(lambda: paired(sides, n))
-                report(label, times, "python+client", "incus")
+        async def both(label: str, sides: dict[str, Callable[[], None]], n: int) -> None:
+            times = await anyio.to_thread.run_sync(lambda: paired(sides, n))
+            report(label, times, "python+client", "incus")
 
-            await both(
-                "get instance",
-                {
-                    "python+client": lambda: one_shot("get", project, base, image),
-                    "incus": lambda: incus("query", f"/1.0/instances/{base}?project={project}"),
-                },
-                runs,
-            )
-            await both(
-                "exec true",
-                {
-                    "python+client": lambda: one_shot("exec", project, base, image),
-                    "incus": lambda: incus("--project", project, "exec", base, "--", "true"),
-                },
-                runs,
-            )
+        await both(
+            "get instance",
+            {
+                "python+client": lambda: one_shot("get", project, base, image),
+                "incus": lambda: incus("query", f"/1.0/instances/{base}?project={project}"),
+            },
+            runs,
+        )
+        await both(
+            "exec true",
+            {
+                "python+client": lambda: one_shot("exec", project, base, image),
+                "incus": lambda: incus("--project", project, "exec", base, "--", "true"),
+            },
+            runs,
+        )
 
-            def cli_cycle() -> None:
-                name = fresh(f"{base}-i")
-                incus("--project", project, "launch", image, name, "-q")
-                incus("--project", project, "delete", "--force", name)
+        def cli_cycle() -> None:
+            name = fresh(f"{base}-i")
+            incus("--project", project, "launch", image, name, "-q")
+            incus("--project", project, "delete", "--force", name)
 
-            await both(
-                "create+start+delete",
-                {
-                    "python+client": lambda: one_shot("cycle", project, fresh(f"{base}-p"), image),
-                    "incus": cli_cycle,
-                },
-                cycles,
-            )
+        await both(
+            "create+start+delete",
+            {
+                "python+client": lambda: one_shot("cycle", project, fresh(f"{base}-p"), image),
+                "incus": cli_cycle,
+            },
+            cycles,
+        )
 
-            print("2. in process, one kept-open connection: the client vs bare aiohttp REST calls (floor)")
-            connector = aiohttp.UnixConnector(path=socket, limit=0)
-            async with aiohttp.ClientSession(connector=connector) as session:
-                floor = Floor(session, project)
+        print("2. in process, one kept-open connection: the client vs bare aiohttp REST calls (floor)")
+        connector = aiohttp.UnixConnector(path=socket, limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            floor = Floor(session, project)
 
-                async def client_cycle() -> None:
-                    name = fresh(f"{base}-c")
-                    await client.create_instance(
-                        InstancesPost(name=name, source=InstanceSource(type="image", alias=image), start=True)
-                    )
-                    await client.stop_instance(name, force=True)
-                    await client.delete_instance(name)
+            async def client_cycle() -> None:
+                name = fresh(f"{base}-c")
+                await client.create_instance(post(name, image))
+                await client.stop_instance(name, force=True)
+                await client.delete_instance(name)
 
-                pairs: list[
-                    tuple[str, Callable[[], Awaitable[object]], Callable[[], Awaitable[object]], int]
-                ] = [
-                    ("get instance", lambda: client.get_instance(base), lambda: floor.get(base), runs),
-                    ("exec true", lambda: client.exec(base, ["true"]), lambda: floor.exec(base), runs),
-                    (
-                        "create+start+delete",
-                        client_cycle,
-                        lambda: floor.cycle(fresh(f"{base}-f"), image),
-                        cycles,
-                    ),
-                ]
-                for label, with_client, bare, n in pairs:
-                    times = await paired_async({"client": with_client, "floor": bare}, n)
-                    report(label, times, "client", "floor")
-            print("  (the exec floor runs `true` without output streams; the client connects stdout/stderr)")
-        finally:
-            with anyio.move_on_after(60, shield=True):
-                for instance in await client.list_instances():
-                    if instance.running:
-                        await client.stop_instance(instance.name, force=True)
-                    await client.delete_instance(instance.name)
-                await root.delete_project(project)
+            pairs: list[tuple[str, Callable[[], Awaitable[object]], Callable[[], Awaitable[object]], int]] = [
+                ("get instance", lambda: client.get_instance(base), lambda: floor.get(base), runs),
+                ("exec true", lambda: client.exec(base, ["true"]), lambda: floor.exec(base), runs),
+                (
+                    "create+start+delete",
+                    client_cycle,
+                    lambda: floor.cycle(fresh(f"{base}-f"), image),
+                    cycles,
+                ),
+            ]
+            for label, with_client, bare, n in pairs:
+                times = await paired_async({"client": with_client, "floor": bare}, n)
+                report(label, times, "client", "floor")
+        print("  (the exec floor runs `true` without output streams; the client connects stdout/stderr)")
 
 
 if __name__ == "__main__":

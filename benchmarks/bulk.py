@@ -39,6 +39,7 @@ from pathlib import Path
 
 import anyio
 import anyio.to_thread
+from fixtures import clear, throwaway_project
 
 from coi_async.config import resolve_config
 from coi_async.errors import CoiError
@@ -46,7 +47,6 @@ from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost, StatePut
 from coi_async.naming import KEY_SESSION
 from coi_async.orchestration.bulk import lifecycle as lc
-from coi_async.orchestration.containers import ops
 from coi_async.orchestration.runner import ItemContext, run_bulk
 from coi_async.orchestration.sessions.store import SessionStore
 from coi_async.tools import get_tool
@@ -103,26 +103,6 @@ async def make(
     async with anyio.create_task_group() as tg:
         for name in names:
             tg.start_soon(one, name)
-
-
-async def clear(incus: IncusClient) -> None:
-    """Remove every instance of the project, retrying while some are still busy."""
-    for _ in range(30):
-        instances = await incus.list_instances()
-        if not instances:
-            return
-
-        async def one(name: str) -> None:
-            try:
-                await ops.force_stop(incus, name)
-                await ops.delete(incus, name)
-            except CoiError:
-                pass
-
-        async with anyio.create_task_group() as tg:
-            for inst in instances:
-                tg.start_soon(one, inst.name)
-        await anyio.sleep(1)
 
 
 # --- (a) the reference's way -------------------------------------------------------------------------
@@ -295,9 +275,7 @@ async def main(args: argparse.Namespace) -> None:
             f"image {image}, project {project}, reps {args.reps}, coi --parallel default "
             f"(config defaults.parallel), {os.cpu_count()} CPUs"
         )
-        await root.create_project(project, config={"features.images": "false", "features.profiles": "false"})
-        incus = root.in_project(project)
-        try:
+        async with throwaway_project(root, project, grace_s=300) as incus:
             # Warm-up, not measured: Python's bytecode and the page cache for coi, incusd's caches
             # for both sides, so that the first timed side of the first N pays no cold start.
             print("warm-up: ", end="", flush=True)
@@ -410,10 +388,6 @@ async def main(args: argparse.Namespace) -> None:
                 seconds, _, rss_kib = coi(project, tempfile.mkdtemp(dir=tmp), "shutdown", "--all", "--force")
                 samples.add("memory", args.memory_n, seconds)
                 await clear(incus)
-        finally:
-            with anyio.move_on_after(300, shield=True):
-                await clear(incus)
-                await root.delete_project(project)
 
     print()
     for n in sizes:

@@ -17,58 +17,44 @@ import secrets
 import time
 
 import anyio
+from fixtures import launch, throwaway_project
 
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
-from coi_async.incus.models import InstanceSource, InstancesPost
 
 
 async def main(opts: argparse.Namespace) -> None:
-    project = f"bench-x-{secrets.token_hex(3)}"
     names = [f"stress-{i}" for i in range(opts.containers)]
     losses: list[str] = []
     errors: list[str] = []
     done = 0
-    async with IncusClient.connect() as root:
-        await root.create_project(project, config={"features.images": "false", "features.profiles": "false"})
-        incus = root.in_project(project)
-        try:
-            async with anyio.create_task_group() as tg:
-                for name in names:
-                    post = InstancesPost(
-                        name=name, source=InstanceSource(type="image", alias=opts.image), start=True
+    async with (
+        IncusClient.connect() as root,
+        throwaway_project(root, f"bench-x-{secrets.token_hex(3)}") as incus,
+    ):
+        await launch(incus, opts.image, *names)
+        limiter = anyio.CapacityLimiter(opts.concurrency)
+
+        async def one(i: int) -> None:
+            nonlocal done
+            out, err = f"out-{i}-{secrets.token_hex(4)}", f"err-{i}-{secrets.token_hex(4)}"
+            async with limiter:
+                try:
+                    result = await incus.exec(
+                        names[i % len(names)], ["sh", "-c", f"echo -n {out}; echo -n {err} >&2"]
                     )
-                    tg.start_soon(incus.create_instance, post)
-            limiter = anyio.CapacityLimiter(opts.concurrency)
+                except CoiError as exc:
+                    errors.append(f"exec {i}: {exc}")
+                    return
+            done += 1
+            if (result.exit_code, result.stdout, result.stderr) != (0, out.encode(), err.encode()):
+                losses.append(f"exec {i}: exit {result.exit_code}, {result.stdout!r}, {result.stderr!r}")
 
-            async def one(i: int) -> None:
-                nonlocal done
-                out, err = f"out-{i}-{secrets.token_hex(4)}", f"err-{i}-{secrets.token_hex(4)}"
-                async with limiter:
-                    try:
-                        result = await incus.exec(
-                            names[i % len(names)], ["sh", "-c", f"echo -n {out}; echo -n {err} >&2"]
-                        )
-                    except CoiError as exc:
-                        errors.append(f"exec {i}: {exc}")
-                        return
-                done += 1
-                if (result.exit_code, result.stdout, result.stderr) != (0, out.encode(), err.encode()):
-                    losses.append(f"exec {i}: exit {result.exit_code}, {result.stdout!r}, {result.stderr!r}")
-
-            began = time.perf_counter()
-            async with anyio.create_task_group() as tg:
-                for i in range(opts.execs):
-                    tg.start_soon(one, i)
-            elapsed = time.perf_counter() - began
-        finally:
-            with anyio.move_on_after(120, shield=True):
-                for instance in await incus.list_instances():
-                    if instance.running:
-                        await incus.stop_instance(instance.name, force=True)
-                    await incus.delete_instance(instance.name)
-                # Never `?force=true` (it wipes the shared default profile on Incus 6.0).
-                await root.delete_project(project)
+        began = time.perf_counter()
+        async with anyio.create_task_group() as tg:
+            for i in range(opts.execs):
+                tg.start_soon(one, i)
+        elapsed = time.perf_counter() - began
 
     print(
         f"{opts.execs} execs, {opts.concurrency} at a time over {opts.containers} containers "

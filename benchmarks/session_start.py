@@ -252,6 +252,14 @@ def bench_run(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
             remove_all(opts.project, prefix)
 
 
+def report(command: str, image: str, runs: int, medians: tuple[float, float]) -> None:
+    coi_median, ref_median = medians
+    print(f"image {image}, {runs} runs each, alternating, medians:")
+    print(f"  {command:<26} {coi_median:7.3f} s")
+    print(f"  reference incus sequence   {ref_median:7.3f} s")
+    print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -270,17 +278,9 @@ def main() -> None:
         subprocess.run(["incus", "project", "create", opts.project, *shared], capture_output=True, check=True)
     try:
         if opts.job in ("shell", "both"):
-            coi_median, ref_median = bench_shell(opts, prefix)
-            print(f"image {opts.shell_image}, {opts.runs} runs each, alternating, medians:")
-            print(f"  coi shell --background     {coi_median:7.3f} s")
-            print(f"  reference incus sequence   {ref_median:7.3f} s")
-            print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+            report("coi shell --background", opts.shell_image, opts.runs, bench_shell(opts, prefix))
         if opts.job in ("run", "both"):
-            coi_median, ref_median = bench_run(opts, prefix)
-            print(f"image {opts.image}, {opts.runs} runs each, alternating, medians:")
-            print(f"  coi run -- true            {coi_median:7.3f} s")
-            print(f"  reference incus sequence   {ref_median:7.3f} s")
-            print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+            report("coi run -- true", opts.image, opts.runs, bench_run(opts, prefix))
     finally:
         if throwaway:
             # Never `project delete --force` (it wipes the shared default profile on Incus 6.0).

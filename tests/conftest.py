@@ -18,8 +18,8 @@ import pytest
 
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient, resolve_socket
+from tests.coi_cli import home_env
 from tests.helpers import busybox, no_incus, remove_instance, throwaway_project
-from tests.integration.coi_cli import home_env
 
 # The COI_* variables the test run itself sets on purpose; every other one is the developer's.
 KEPT_COI_VARIABLES = frozenset({"COI_REQUIRE_INCUS"})

@@ -32,6 +32,7 @@ from coi_async.incus import resolve_socket
 
 IMAGE = "coi-test-busybox"
 OUT = HERE / "incus_errors.json"
+EXEC_TRUE = {"command": ["true"], "wait-for-websocket": True, "interactive": False}
 
 
 # The outcomes a race can have, for records whose class depends on which one happened.
@@ -56,12 +57,21 @@ class Capture:
         return text.replace(self.project, "<project>")
 
     async def raw(
-        self, method: str, path: str, *, body: object = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        params: dict[str, str] | None = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
+        """One request: `body` sent as JSON, or `data` as it is with `headers`."""
         query = {"project": self.project, **(params or {})}
-        data = json.dumps(body).encode() if body is not None else None
-        headers = {"Content-Type": "application/json"} if data is not None else {}
-        async with self.session.request(method, path, params=query, data=data, headers=headers) as resp:
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json", **(headers or {})}
+        async with self.session.request(method, path, params=query, data=data, headers=headers or {}) as resp:
             return resp.status, await resp.read()
 
     async def wait(self, op_path: str, poll_s: int = 120) -> tuple[int, dict[str, Any], dict[str, Any]]:
@@ -96,27 +106,19 @@ class Capture:
         path: str,
         expect: str,
         *,
-        body: object = None,
         params: dict[str, str] | None = None,
+        **send: Any,
     ) -> None:
-        """Send one request; record its refusal, or the failure of the operation it started."""
-        status, raw = await self.raw(method, path, body=body, params=params)
+        """Send one request (`send`: the rest of `raw`'s arguments); record its refusal, or the
+        failure of the operation it started."""
+        status, raw = await self.raw(method, path, params=params, **send)
         shown_path = path + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
         if not raw.strip():
             self.record(case, method, shown_path, expect, kind="refused", status=status, error="")
             return
         envelope = json.loads(raw)
         if envelope.get("type") == "error":
-            self.record(
-                case,
-                method,
-                shown_path,
-                expect,
-                kind="refused",
-                status=status,
-                error=envelope["error"],
-                error_code=envelope.get("error_code"),
-            )
+            self.record(case, method, shown_path, expect, **refusal(status, envelope))
             return
         if envelope.get("type") == "async":
             wait_status, wait_env, op = await self.wait(envelope["operation"])
@@ -128,9 +130,7 @@ class Capture:
                 method,
                 shown_path,
                 expect,
-                kind="operation",
-                status_code=op.get("status_code"),
-                err=op.get("err", ""),
+                **failure(op),
                 wait={
                     "status": wait_status,
                     "type": wait_env.get("type"),
@@ -140,6 +140,16 @@ class Capture:
             )
             return
         print(f"{case:45} succeeded (not recorded)", file=sys.stderr)
+
+    async def change_state(
+        self, case: str, instance: str, expect: str, action: str, **options: object
+    ) -> None:
+        """`provoke` a state change (`action` with `options`) of the instance at path `instance`."""
+        await self.provoke(case, "PUT", f"{instance}/state", expect, body={"action": action, **options})
+
+    async def provoke_create(self, case: str, expect: str, name: str, **create_args: Any) -> None:
+        """`provoke` the creation of the instance `name` (`create`'s arguments)."""
+        await self.provoke(case, "POST", "/1.0/instances", expect, body=create(name, **create_args))
 
     async def ensure(self, method: str, path: str, *, body: object = None) -> None:
         """A setup step that must work."""
@@ -151,6 +161,21 @@ class Capture:
             _, _, op = await self.wait(envelope["operation"])
             if op.get("status_code", 0) >= 400:
                 raise SystemExit(f"setup {method} {path} failed: {op.get('err')}")
+
+
+def refusal(status: int, envelope: dict[str, Any]) -> dict[str, Any]:
+    """What a record says of a request incusd refused with the error `envelope` (HTTP `status`)."""
+    return {
+        "kind": "refused",
+        "status": status,
+        "error": envelope.get("error", ""),
+        "error_code": envelope.get("error_code"),
+    }
+
+
+def failure(op: dict[str, Any]) -> dict[str, Any]:
+    """What a record says of a background operation `op` (as GET shows it) that failed."""
+    return {"kind": "operation", "status_code": op.get("status_code"), "err": op.get("err", "")}
 
 
 def create(name: str, *, start: bool, config: dict[str, str] | None = None, devices: Any = None) -> Any:
@@ -169,12 +194,8 @@ async def capture(cap: Capture) -> None:
     missing = "/1.0/instances/errcap-missing"
     await cap.provoke("get missing instance", "GET", missing, "InstanceNotFoundError")
     await cap.provoke("state of missing instance", "GET", f"{missing}/state", "InstanceNotFoundError")
-    await cap.provoke(
-        "stop missing instance", "PUT", f"{missing}/state", "InstanceNotFoundError", body={"action": "stop"}
-    )
-    await cap.provoke(
-        "start missing instance", "PUT", f"{missing}/state", "InstanceNotFoundError", body={"action": "start"}
-    )
+    await cap.change_state("stop missing instance", missing, "InstanceNotFoundError", "stop")
+    await cap.change_state("start missing instance", missing, "InstanceNotFoundError", "start")
     await cap.provoke("delete missing instance", "DELETE", missing, "InstanceNotFoundError")
     await cap.provoke(
         "patch missing instance", "PATCH", missing, "InstanceNotFoundError", body={"config": {"user.x": "1"}}
@@ -184,7 +205,7 @@ async def capture(cap: Capture) -> None:
         "POST",
         f"{missing}/exec",
         "InstanceNotFoundError",
-        body={"command": ["true"], "wait-for-websocket": True, "interactive": False},
+        body=EXEC_TRUE,
     )
     for method in ("GET", "HEAD", "DELETE"):
         await cap.provoke(
@@ -216,53 +237,28 @@ async def capture(cap: Capture) -> None:
         "OperationFailedError",
         body={"name": "errcap-noimage", "source": {"type": "image", "alias": "errcap-no-image"}},
     )
-    async with cap.session.get("/1.0/instances", params={"project": "coi-errcap-no-such"}) as resp:
-        envelope = json.loads(await resp.read())
-        if envelope.get("type") == "error":
-            cap.record(
-                "list instances of missing project",
-                "GET",
-                "/1.0/instances",
-                "NotFoundError",
-                kind="refused",
-                status=resp.status,
-                error=envelope.get("error", ""),
-                error_code=envelope.get("error_code"),
-            )
-        else:  # incusd 6.0 lists an unknown project as empty
-            print(
-                f"list instances of missing project: {resp.status} {envelope.get('metadata')}",
-                file=sys.stderr,
-            )
+    case = "list instances of missing project"
+    status, raw = await cap.raw("GET", "/1.0/instances", params={"project": "coi-errcap-no-such"})
+    envelope = json.loads(raw)
+    if envelope.get("type") == "error":
+        cap.record(case, "GET", "/1.0/instances", "NotFoundError", **refusal(status, envelope))
+    else:  # incusd 6.0 lists an unknown project as empty
+        print(f"{case}: {status} {envelope.get('metadata')}", file=sys.stderr)
 
     # A running and a stopped container.
     await cap.ensure("POST", "/1.0/instances", body=create("errcap-run", start=True))
     await cap.ensure("POST", "/1.0/instances", body=create("errcap-stopped", start=False))
     run, stopped = "/1.0/instances/errcap-run", "/1.0/instances/errcap-stopped"
 
-    await cap.provoke(
-        "start running instance", "PUT", f"{run}/state", "AlreadyRunningError", body={"action": "start"}
+    await cap.change_state("start running instance", run, "AlreadyRunningError", "start")
+    await cap.change_state(
+        "graceful stop of stopped instance", stopped, "AlreadyStoppedError", "stop", timeout=5
     )
-    await cap.provoke(
-        "graceful stop of stopped instance",
-        "PUT",
-        f"{stopped}/state",
-        "AlreadyStoppedError",
-        body={"action": "stop", "timeout": 5},
+    await cap.change_state(
+        "forced stop of stopped instance", stopped, "AlreadyStoppedError", "stop", force=True
     )
-    await cap.provoke(
-        "forced stop of stopped instance",
-        "PUT",
-        f"{stopped}/state",
-        "AlreadyStoppedError",
-        body={"action": "stop", "force": True},
-    )
-    await cap.provoke(
-        "restart of stopped instance",
-        "PUT",
-        f"{stopped}/state",
-        "AlreadyStoppedError",
-        body={"action": "restart", "force": True},
+    await cap.change_state(
+        "restart of stopped instance", stopped, "AlreadyStoppedError", "restart", force=True
     )
     await cap.provoke("delete running instance", "DELETE", run, "InstanceRunningError")
     await cap.provoke(
@@ -270,15 +266,9 @@ async def capture(cap: Capture) -> None:
         "POST",
         f"{stopped}/exec",
         "InstanceNotRunningError",
-        body={"command": ["true"], "wait-for-websocket": True, "interactive": False},
+        body=EXEC_TRUE,
     )
-    await cap.provoke(
-        "create with taken name",
-        "POST",
-        "/1.0/instances",
-        "ConflictError",
-        body=create("errcap-run", start=False),
-    )
+    await cap.provoke_create("create with taken name", "ConflictError", "errcap-run", start=False)
 
     # Files API on missing paths (running and stopped).
     for where, inst in (("running", run), ("stopped", stopped)):
@@ -290,46 +280,23 @@ async def capture(cap: Capture) -> None:
                 "NotFoundError",
                 params={"path": "/errcap/no/such"},
             )
-        status, raw = await cap.raw(
-            "POST",
-            f"{inst}/files",
-            params={"path": "/errcap/no/such/file"},
-        )
-        envelope = json.loads(raw) if raw.strip() else {}
-        cap.record(
+        await cap.provoke(
             f"files POST into missing directory ({where})",
             "POST",
-            f"{inst.split('?')[0]}/files?path=/errcap/no/such/file",
+            f"{inst}/files",
             "NotFoundError",
-            kind="refused",
-            status=status,
-            error=envelope.get("error", ""),
-            error_code=envelope.get("error_code"),
+            params={"path": "/errcap/no/such/file"},
         )
         # make_directory of a directory that exists (archive.py suppresses ConflictError).
-        async with cap.session.post(
+        await cap.provoke(
+            f"files POST directory that exists ({where})",
+            "POST",
             f"{inst}/files",
-            params={"path": "/tmp", "project": cap.project},
+            "ConflictError",
+            params={"path": "/tmp"},
             data=b"",
             headers={"X-Incus-type": "directory", "X-Incus-mode": "0755", "X-Incus-write": "overwrite"},
-        ) as resp:
-            raw = await resp.read()
-            envelope = json.loads(raw) if raw.strip() else {}
-            if envelope.get("type") == "error":
-                cap.record(
-                    f"files POST directory that exists ({where})",
-                    "POST",
-                    f"{inst}/files?path=/tmp",
-                    "ConflictError",
-                    kind="refused",
-                    status=resp.status,
-                    error=envelope.get("error", ""),
-                    error_code=envelope.get("error_code"),
-                )
-            else:
-                print(
-                    f"files POST directory that exists ({where}): accepted ({resp.status})", file=sys.stderr
-                )
+        )
 
     # Disk devices: a missing source, and (maybe) a shift the host cannot do.
     for where, inst in (("running", run), ("stopped", stopped)):
@@ -350,39 +317,26 @@ async def capture(cap: Capture) -> None:
         )
     # A raw.idmap the host cannot grant fails the start with a bare forkstart error that does not
     # mention ids at all: nothing in the text tells it from any other failed start.
-    await cap.provoke(
-        "create with raw.idmap outside the allowed range",
-        "POST",
-        "/1.0/instances",
-        "OperationFailedError",
-        body=create("errcap-map1", start=True, config={"raw.idmap": "both 4000000000 1000"}),
-    )
-    await cap.provoke(
-        "create with security.idmap.size too small",
-        "POST",
-        "/1.0/instances",
-        "IdmapUnsupportedError",
-        body=create(
-            "errcap-map2",
-            start=True,
-            config={"security.idmap.isolated": "true", "security.idmap.size": "4294967295"},
+    idmaps = (
+        (
+            "create with raw.idmap outside the allowed range",
+            "OperationFailedError",
+            {"raw.idmap": "both 4000000000 1000"},
         ),
+        (
+            "create with security.idmap.size too small",
+            "IdmapUnsupportedError",
+            {"security.idmap.isolated": "true", "security.idmap.size": "4294967295"},
+        ),
+        (
+            "create with raw.idmap of a host uid not in /etc/subuid",
+            "OperationFailedError",
+            {"raw.idmap": "both 2000 1000"},
+        ),
+        ("create with a malformed raw.idmap", "OperationFailedError", {"raw.idmap": "both x 1000"}),
     )
-
-    await cap.provoke(
-        "create with raw.idmap of a host uid not in /etc/subuid",
-        "POST",
-        "/1.0/instances",
-        "OperationFailedError",
-        body=create("errcap-map3", start=True, config={"raw.idmap": "both 2000 1000"}),
-    )
-    await cap.provoke(
-        "create with a malformed raw.idmap",
-        "POST",
-        "/1.0/instances",
-        "OperationFailedError",
-        body=create("errcap-map4", start=True, config={"raw.idmap": "both x 1000"}),
-    )
+    for i, (case, expect, config) in enumerate(idmaps, 1):
+        await cap.provoke_create(case, expect, f"errcap-map{i}", start=True, config=config)
     for i, source in enumerate(("/sys/kernel/mm", "/proc/sys/kernel")):
         await cap.provoke(
             f"disk device with shift on {source} (running)",
@@ -402,12 +356,8 @@ async def capture(cap: Capture) -> None:
         busy = f"/1.0/instances/errcap-busy{attempt}"
         status, raw = await cap.raw("PUT", f"{busy}/state", body={"action": "start"})
         start_op = json.loads(raw)["operation"]
-        await cap.provoke(
-            f"forced stop while a start runs ({attempt})",
-            "PUT",
-            f"{busy}/state",
-            "by-text",
-            body={"action": "stop", "force": True},
+        await cap.change_state(
+            f"forced stop while a start runs ({attempt})", busy, "by-text", "stop", force=True
         )
         await cap.provoke(f"delete while a start runs ({attempt})", "DELETE", busy, "by-text")
         await cap.wait(start_op)
@@ -418,12 +368,8 @@ async def capture(cap: Capture) -> None:
         status, raw = await cap.raw("POST", "/1.0/instances", body=create(name, start=True))
         create_op = json.loads(raw)["operation"]
         await asyncio.sleep(0.05 * attempt)
-        await cap.provoke(
-            f"start while a create runs ({attempt})",
-            "PUT",
-            f"/1.0/instances/{name}/state",
-            "by-text",
-            body={"action": "start"},
+        await cap.change_state(
+            f"start while a create runs ({attempt})", f"/1.0/instances/{name}", "by-text", "start"
         )
         await cap.wait(create_op)
         if "busy" in (cap.records[-1].get("error") or cap.records[-1].get("err") or ""):
@@ -436,12 +382,8 @@ async def capture(cap: Capture) -> None:
         body=create("errcap-stubborn", start=True, config={"environment.COI_IGNORE_STOP": "1"}),
     )
     stubborn = "/1.0/instances/errcap-stubborn"
-    await cap.provoke(
-        "graceful stop whose timeout passes",
-        "PUT",
-        f"{stubborn}/state",
-        "StopTimedOutError",
-        body={"action": "stop", "timeout": 1},
+    await cap.change_state(
+        "graceful stop whose timeout passes", stubborn, "StopTimedOutError", "stop", timeout=1
     )
 
     # A long poll whose timeout passes on a still-running operation, and a state change while
@@ -457,20 +399,8 @@ async def capture(cap: Capture) -> None:
         params={"timeout": "1"},
     )
     cap.records[-1]["request"]["path"] = "/1.0/operations/<id>/wait?timeout=1"
-    await cap.provoke(
-        "forced stop while a stop runs",
-        "PUT",
-        f"{stubborn}/state",
-        "by-text",
-        body={"action": "stop", "force": True},
-    )
-    await cap.provoke(
-        "start while a stop runs",
-        "PUT",
-        f"{stubborn}/state",
-        "by-text",
-        body={"action": "start"},
-    )
+    await cap.change_state("forced stop while a stop runs", stubborn, "by-text", "stop", force=True)
+    await cap.change_state("start while a stop runs", stubborn, "by-text", "start")
     await cap.provoke("delete while a stop runs", "DELETE", stubborn, "InstanceRunningError")
     await cap.wait(op, poll_s=30)
 
@@ -479,84 +409,47 @@ async def capture(cap: Capture) -> None:
         name = f"errcap-race{attempt}"
         body = create(name, start=True)
         results = await asyncio.gather(*(cap.raw("POST", "/1.0/instances", body=body) for _ in range(2)))
-        outcomes: list[tuple[str, int, str]] = []
+        case = f"concurrent create of one name ({attempt})"
+        texts: list[str] = []
         for status, raw in results:
             envelope = json.loads(raw)
             if envelope.get("type") == "error":
-                outcomes.append(("refused", status, envelope["error"]))
+                cap.record(case, "POST", "/1.0/instances", "by-text", **refusal(status, envelope))
+                texts.append(envelope["error"])
             else:
                 _, _, op_meta = await cap.wait(envelope["operation"])
-                outcomes.append(("operation", op_meta.get("status_code", 0), op_meta.get("err", "")))
-        for kind, code, text in outcomes:
-            if text:
-                expect = "by-text"
-                if kind == "refused":
-                    cap.record(
-                        f"concurrent create of one name ({attempt})",
-                        "POST",
-                        "/1.0/instances",
-                        expect,
-                        kind=kind,
-                        status=code,
-                        error=text,
-                        error_code=code,
-                    )
-                else:
-                    cap.record(
-                        f"concurrent create of one name ({attempt})",
-                        "POST",
-                        "/1.0/instances",
-                        expect,
-                        kind=kind,
-                        status_code=code,
-                        err=text,
-                    )
-        # And a start racing the create's own start.
-        if any("busy" in text for _, _, text in outcomes):
+                if op_meta.get("err"):
+                    cap.record(case, "POST", "/1.0/instances", "by-text", **failure(op_meta))
+                texts.append(op_meta.get("err", ""))
+        if any("busy" in text for text in texts):
             break
 
     # Two deletes of one stopped instance at once.
     await cap.ensure("POST", "/1.0/instances", body=create("errcap-del", start=False))
-    results = await asyncio.gather(*(cap.raw("DELETE", "/1.0/instances/errcap-del") for _ in range(2)))
+    case, path = "concurrent delete", "/1.0/instances/errcap-del"
+    results = await asyncio.gather(*(cap.raw("DELETE", path) for _ in range(2)))
     for status, raw in results:
         envelope = json.loads(raw)
         if envelope.get("type") == "error":
-            cap.record(
-                "concurrent delete",
-                "DELETE",
-                "/1.0/instances/errcap-del",
-                "NotFoundError",
-                kind="refused",
-                status=status,
-                error=envelope["error"],
-                error_code=envelope.get("error_code"),
-            )
+            cap.record(case, "DELETE", path, "NotFoundError", **refusal(status, envelope))
         elif envelope.get("type") == "async":
             _, _, op_meta = await cap.wait(envelope["operation"])
             if op_meta.get("err"):
-                cap.record(
-                    "concurrent delete",
-                    "DELETE",
-                    "/1.0/instances/errcap-del",
-                    "OperationFailedError",
-                    kind="operation",
-                    status_code=op_meta.get("status_code"),
-                    err=op_meta["err"],
-                )
+                cap.record(case, "DELETE", path, "OperationFailedError", **failure(op_meta))
 
 
 async def cleanup(cap: Capture) -> None:
     _, raw = await cap.raw("GET", "/1.0/instances")
     for url in json.loads(raw).get("metadata") or []:
         path = url.split("?", 1)[0]
-        _, raw = await cap.raw("PUT", f"{path}/state", body={"action": "stop", "force": True})
-        envelope = json.loads(raw)
-        if envelope.get("type") == "async":
-            await cap.wait(envelope["operation"])
-        _, raw = await cap.raw("DELETE", path)
-        envelope = json.loads(raw)
-        if envelope.get("type") == "async":
-            await cap.wait(envelope["operation"])
+        for method, target, body in (
+            ("PUT", f"{path}/state", {"action": "stop", "force": True}),
+            ("DELETE", path, None),
+        ):
+            _, raw = await cap.raw(method, target, body=body)
+            envelope = json.loads(raw)
+            if envelope.get("type") == "async":
+                await cap.wait(envelope["operation"])
     # Never ?force=true: on incusd 6.0 it also wipes the shared default profile.
     async with cap.session.delete(f"/1.0/projects/{cap.project}") as resp:
         print(f"project {cap.project} deleted: HTTP {resp.status}", file=sys.stderr)

@@ -3,15 +3,16 @@
 Each `ShellWorld` has its own HOME (so ~/.coi, ~/.claude and ~/.config/coi are test-local), its
 own workspace directory (so its containers have their own name hash), the test's Incus project,
 and COI_CONTAINER_PREFIX=h3b- so parallel runs never touch each other's containers.
+
+A test gets one from the `world` fixture (tests/integration/conftest.py); a module overrides its
+`shell_config` fixture for a config of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,9 @@ from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
 from coi_async.naming import workspace_hash
+from tests.coi_cli import COI, Run, coi, coi_env
 from tests.helpers import DEBIAN_IMAGE
 
-COI = str(Path(sys.executable).with_name("coi"))
 PREFIX = "h3b-"
 DETACH = "\x02d"  # Ctrl-b d
 
@@ -56,18 +57,9 @@ class ShellWorld:
         return self.home / ".coi" / "sessions-claude"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {
-            **os.environ,
-            "HOME": str(self.home),
-            "INCUS_PROJECT": self.project,
-            "COI_CONTAINER_PREFIX": PREFIX,
-            "TERM": "xterm",
-            "NO_COLOR": "1",
-            **extra,
-        }
-        for var in ("XDG_CONFIG_HOME", "COI_CONFIG", "COI_DEBUG", "TMUX"):
-            env.pop(var, None)
-        return env
+        return coi_env(
+            home=self.home, project=self.project, prefix=PREFIX, drop=("COI_CONFIG",), TERM="xterm", **extra
+        )
 
     def setup(self, *, config: str = "") -> None:
         self.workspace.mkdir(parents=True)
@@ -103,12 +95,9 @@ class ShellWorld:
             ]
             print("\n".join(lines[-60:]))
 
-    async def run(self, *args: str, **env: str) -> tuple[int, str, str]:
-        with anyio.fail_after(180):
-            done = await anyio.run_process(
-                [COI, *args], cwd=str(self.workspace), env=self.env(**env), check=False
-            )
-        return done.returncode, done.stdout.decode(), done.stderr.decode()
+    async def run(self, *args: str, **env: str) -> Run:
+        """`coi ARGS` without a terminal."""
+        return await coi(*args, env=self.env(**env), cwd=self.workspace)
 
     async def ours(self) -> list[Instance]:
         return [i for i in await self.incus.list_instances() if i.name.startswith(f"{PREFIX}{self.hash}-")]
@@ -135,6 +124,21 @@ class ShellWorld:
                     await self.incus.stop_instance(instance.name, force=True)
                 with contextlib.suppress(CoiError):
                     await self.incus.delete_instance(instance.name)
+
+
+def talk(child: pexpect.spawn, text: str) -> None:
+    """Say `text` to the fake Claude at its prompt and wait for its echo."""
+    child.expect("You: ")
+    child.sendline(text)
+    child.expect(f"Claude: {text}")
+
+
+def detach(child: pexpect.spawn) -> int:
+    """Detach (Ctrl-b d) from a session whose container stays; coi's exit code."""
+    child.send(DETACH)
+    child.expect(r"\[detached")
+    child.expect("Container kept running")
+    return finish(child)
 
 
 def finish(child: pexpect.spawn, *, timeout: float = 60) -> int:

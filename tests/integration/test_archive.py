@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from coi_async.incus import IncusClient
-from coi_async.orchestration.sessions.archive import restore_session_data, save_session_data
+from coi_async.orchestration.sessions.archive import StatePlace, restore_session_data, save_session_data
 
 pytestmark = pytest.mark.incus
 
@@ -36,7 +36,7 @@ SEED = (
 
 async def test_save_from_running_then_again_replaces(incus: IncusClient, box: str, tmp_path: Path) -> None:
     await sh(incus, box, SEED)
-    out = await save_session_data(incus, box, tmp_path, HOME)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
     assert out.saved
     assert out.method == "exec"
     data = tmp_path / ".claude"
@@ -49,7 +49,7 @@ async def test_save_from_running_then_again_replaces(incus: IncusClient, box: st
         box,
         "rm /home/code/.claude/projects/-workspace/conv-1.jsonl && echo x > /home/code/.claude/new",
     )
-    out = await save_session_data(incus, box, tmp_path, HOME, running=True)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, running=True)
     assert out.saved
     assert (data / "new").read_text() == "x\n"
     assert not (data / "projects/-workspace/conv-1.jsonl").exists()
@@ -59,7 +59,7 @@ async def test_save_from_running_then_again_replaces(incus: IncusClient, box: st
 async def test_save_from_stopped_container(incus: IncusClient, box: str, tmp_path: Path) -> None:
     await sh(incus, box, SEED)
     await incus.stop_instance(box, force=True)
-    out = await save_session_data(incus, box, tmp_path, HOME)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
     assert out.saved
     assert out.method == "files"
     assert out.skipped == ("link",)  # the files API cannot show a link as a link
@@ -74,7 +74,7 @@ async def test_missing_directory_keeps_the_old_copy(incus: IncusClient, box: str
     old.mkdir()
     (old / "keep").write_text("good")
     await sh(incus, box, "rm -rf /home/code/.claude")
-    out = await save_session_data(incus, box, tmp_path, HOME)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
     assert out.missing
     assert not out.saved
     assert (old / "keep").read_text() == "good"
@@ -103,14 +103,14 @@ async def test_interrupted_save_keeps_the_previous_copy(incus: IncusClient, box:
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as scope:
                 tg.start_soon(cancel_when_staging_fills, scope)
-                await save_session_data(incus, box, tmp_path, HOME)
+                await save_session_data(incus, StatePlace(box, HOME), tmp_path)
                 pytest.fail("the save was expected to be cancelled")
             tg.cancel_scope.cancel()
     assert scope.cancelled_caught
     assert sorted(os.listdir(tmp_path)) == [".claude"]
     assert (old / "keep").read_text() == "good"
     # And the next save goes through.
-    out = await save_session_data(incus, box, tmp_path, HOME)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
     assert out.saved
     assert len(list((old / "d").iterdir())) == 300
 
@@ -121,7 +121,7 @@ async def test_restore_into_running_and_stopped(incus: IncusClient, box: str, tm
     (data / "c.jsonl").write_text("conv\n")
     (tmp_path / ".claude" / "settings.json").write_text("{}")
     await sh(incus, box, "rm -rf /home/code/.claude")
-    assert await restore_session_data(incus, box, tmp_path, HOME, 1000, 1000)
+    assert await restore_session_data(incus, StatePlace(box, HOME), tmp_path, 1000)
     listing = await sh(
         incus,
         box,
@@ -133,7 +133,7 @@ async def test_restore_into_running_and_stopped(incus: IncusClient, box: str, tm
 
     await sh(incus, box, "rm -rf /home/code/.claude")
     await incus.stop_instance(box, force=True)
-    assert await restore_session_data(incus, box, tmp_path, HOME, 1000, 1000)
+    assert await restore_session_data(incus, StatePlace(box, HOME), tmp_path, 1000)
     await incus.start_instance(box)
     listing = await sh(
         incus,
@@ -144,4 +144,4 @@ async def test_restore_into_running_and_stopped(incus: IncusClient, box: str, tm
         listing
         == "1000:1000 /home/code/.claude\n1000:1000 /home/code/.claude/projects/-workspace/c.jsonl\nconv\n"
     )
-    assert not await restore_session_data(incus, box, tmp_path / "nothing", HOME, 1000, 1000)
+    assert not await restore_session_data(incus, StatePlace(box, HOME), tmp_path / "nothing", 1000)

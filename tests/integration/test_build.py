@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -13,8 +14,8 @@ from coi_async.errors import BuildError, EgressError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.events import Event, Note, Output, StepStarted
 from coi_async.orchestration.images.build import NOTE_EGRESS, BuildResult, build_image, custom_request
+from tests.coi_cli import coi
 from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE, from_image, remove_instance
-from tests.integration.coi_cli import Run, coi
 
 pytestmark = pytest.mark.incus
 
@@ -60,6 +61,16 @@ async def remove_images(incus: IncusClient, alias: str) -> None:
                     await incus.delete_image(image.fingerprint)
 
 
+@pytest.fixture
+async def alias(incus: IncusClient, unique: str) -> AsyncIterator[str]:
+    """The alias of the image a test builds; its images are removed afterwards."""
+    name = f"{PREFIX}{unique}"
+    try:
+        yield name
+    finally:
+        await remove_images(incus, name)
+
+
 def script(tmp_path: Path, body: str) -> Path:
     path = tmp_path / "build.sh"
     path.write_text("#!/bin/sh\nset -e\n" + body)
@@ -67,9 +78,8 @@ def script(tmp_path: Path, body: str) -> Path:
 
 
 async def test_custom_build_installs_a_debian_package_through_the_proxy(
-    incus: IncusClient, unique: str, tmp_path: Path
+    incus: IncusClient, unique: str, alias: str, tmp_path: Path
 ) -> None:
-    alias = f"{PREFIX}{unique}-custom"
     recipe = script(
         tmp_path,
         """
@@ -128,7 +138,6 @@ test -x /tmp/dummy
         assert again.fingerprint == result.fingerprint
     finally:
         await remove_instance(incus, check)
-        await remove_images(incus, alias)
 
 
 async def _tiny_image(incus: IncusClient, alias: str, tmp_path: Path) -> BuildResult:
@@ -137,84 +146,70 @@ async def _tiny_image(incus: IncusClient, alias: str, tmp_path: Path) -> BuildRe
 
 
 async def test_failing_script_shows_its_last_lines_and_keeps_the_previous_image(
-    incus: IncusClient, unique: str, tmp_path: Path
+    incus: IncusClient, alias: str, tmp_path: Path
 ) -> None:
-    alias = f"{PREFIX}{unique}-fail"
-    try:
-        with anyio.fail_after(120):
-            before = await _tiny_image(incus, alias, tmp_path)
-            failing = tmp_path / "fail.sh"
-            failing.write_text("#!/bin/sh\necho line-one\necho line-two >&2\nexit 3\n")
-            with pytest.raises(BuildError) as caught:
-                await build_image(
-                    incus,
-                    custom_request(alias, failing, base=BUSYBOX_IMAGE, force=True, container_prefix=PREFIX),
-                )
-        message = str(caught.value)
-        assert "fail.sh failed with exit code 3" in message
-        assert message.endswith("line-one\nline-two")
-        assert caught.value.hint is not None
-        assert "unchanged" in caught.value.hint
-        image = await incus.find_image(alias)
-        assert image is not None
-        assert image.fingerprint == before.fingerprint
-        assert await build_leftovers(incus) == []
-    finally:
-        await remove_images(incus, alias)
+    with anyio.fail_after(120):
+        before = await _tiny_image(incus, alias, tmp_path)
+        failing = tmp_path / "fail.sh"
+        failing.write_text("#!/bin/sh\necho line-one\necho line-two >&2\nexit 3\n")
+        with pytest.raises(BuildError) as caught:
+            await build_image(
+                incus,
+                custom_request(alias, failing, base=BUSYBOX_IMAGE, force=True, container_prefix=PREFIX),
+            )
+    message = str(caught.value)
+    assert "fail.sh failed with exit code 3" in message
+    assert message.endswith("line-one\nline-two")
+    assert caught.value.hint is not None
+    assert "unchanged" in caught.value.hint
+    image = await incus.find_image(alias)
+    assert image is not None
+    assert image.fingerprint == before.fingerprint
+    assert await build_leftovers(incus) == []
 
 
-async def test_ctrl_c_mid_build_leaves_nothing_behind(
-    incus: IncusClient, unique: str, tmp_path: Path
-) -> None:
-    alias = f"{PREFIX}{unique}-cancel"
+async def test_ctrl_c_mid_build_leaves_nothing_behind(incus: IncusClient, alias: str, tmp_path: Path) -> None:
     slow = script(tmp_path, "echo recipe-started\nsleep 600\n")
     rec = Recorder()
     rec.marker = b"recipe-started"
-    try:
-        with anyio.fail_after(120):
-            async with anyio.create_task_group() as tg:
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as tg:
 
-                async def run() -> None:
-                    await build_image(
-                        incus, custom_request(alias, slow, base=BUSYBOX_IMAGE, container_prefix=PREFIX), rec
-                    )
+            async def run() -> None:
+                await build_image(
+                    incus, custom_request(alias, slow, base=BUSYBOX_IMAGE, container_prefix=PREFIX), rec
+                )
 
-                tg.start_soon(run)
-                await rec.seen.wait()
-                assert len(await build_leftovers(incus)) == 1
-                tg.cancel_scope.cancel()
-        assert await build_leftovers(incus) == []
-        assert await incus.find_image(alias) is None
-    finally:
-        await remove_images(incus, alias)
+            tg.start_soon(run)
+            await rec.seen.wait()
+            assert len(await build_leftovers(incus)) == 1
+            tg.cancel_scope.cancel()
+    assert await build_leftovers(incus) == []
+    assert await incus.find_image(alias) is None
 
 
 async def test_proxy_port_in_use_is_a_clear_error_and_leaves_nothing(
-    incus: IncusClient, unique: str, tmp_path: Path
+    incus: IncusClient, alias: str, tmp_path: Path
 ) -> None:
-    alias = f"{PREFIX}{unique}-port"
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    try:
-        async with listener:
-            with (
-                anyio.fail_after(60),
-                pytest.raises(EgressError, match=f"127.0.0.1:{port} is already in use"),
-            ):
-                await build_image(
-                    incus,
-                    custom_request(
-                        alias,
-                        script(tmp_path, "true\n"),
-                        base=BUSYBOX_IMAGE,
-                        proxy_port=port,
-                        container_prefix=PREFIX,
-                    ),
-                )
-        assert await build_leftovers(incus) == []
-        assert await incus.find_image(alias) is None
-    finally:
-        await remove_images(incus, alias)
+    async with listener:
+        with (
+            anyio.fail_after(60),
+            pytest.raises(EgressError, match=f"127.0.0.1:{port} is already in use"),
+        ):
+            await build_image(
+                incus,
+                custom_request(
+                    alias,
+                    script(tmp_path, "true\n"),
+                    base=BUSYBOX_IMAGE,
+                    proxy_port=port,
+                    container_prefix=PREFIX,
+                ),
+            )
+    assert await build_leftovers(incus) == []
+    assert await incus.find_image(alias) is None
 
 
 async def test_unknown_base_is_refused_before_anything_is_created(incus: IncusClient, tmp_path: Path) -> None:
@@ -226,52 +221,58 @@ async def test_unknown_base_is_refused_before_anything_is_created(incus: IncusCl
     assert await build_leftovers(incus) == []
 
 
-async def run_coi(*args: str, project: str) -> Run:
-    return await coi(*args, project=project, COI_CONTAINER_PREFIX=PREFIX)
-
-
 async def test_cli_missing_script_and_unknown_base(incus_project: str, tmp_path: Path) -> None:
-    missing = await run_coi(
-        "build", "custom", "h6-x", "--script", str(tmp_path / "nope.sh"), project=incus_project
+    missing = await coi(
+        "build",
+        "custom",
+        "h6-x",
+        "--script",
+        str(tmp_path / "nope.sh"),
+        project=incus_project,
+        COI_CONTAINER_PREFIX=PREFIX,
     )
     assert missing.code == 1
     assert missing.stderr.strip() == f"Error: build script not found: {tmp_path / 'nope.sh'}"
     assert missing.stdout == ""
 
     ok_script = script(tmp_path, "true\n")
-    unknown = await run_coi(
-        "build", "custom", "h6-x", "--script", str(ok_script), "--base", "h6-nope", project=incus_project
+    unknown = await coi(
+        "build",
+        "custom",
+        "h6-x",
+        "--script",
+        str(ok_script),
+        "--base",
+        "h6-nope",
+        project=incus_project,
+        COI_CONTAINER_PREFIX=PREFIX,
     )
     assert unknown.code == 1
     assert "Error: unknown base image 'h6-nope'" in unknown.stderr
     assert "Traceback" not in unknown.stderr
 
-    usage = await run_coi("build", "custom", "h6-x", project=incus_project)
+    usage = await coi("build", "custom", "h6-x", project=incus_project, COI_CONTAINER_PREFIX=PREFIX)
     assert usage.code == 2
     assert "--script" in usage.stderr
 
 
 async def test_cli_custom_build_prints_json(
-    incus: IncusClient, incus_project: str, unique: str, tmp_path: Path
+    incus: IncusClient, incus_project: str, alias: str, tmp_path: Path
 ) -> None:
-    alias = f"{PREFIX}{unique}-cli"
     recipe = script(tmp_path, "echo cli >/etc/h6-cli\n")
     args = ("build", "custom", alias, "--script", str(recipe), "--base", BUSYBOX_IMAGE)
-    try:
-        built = await run_coi(*args, project=incus_project)
-        assert built.code == 0, built.stderr
-        assert built.stdout.startswith(f'{{"alias":"{alias}","fingerprint":"')
-        assert "Building custom image" in built.stderr
-        assert "Build phases: base" in built.stderr
-        assert f"==> [base] base image '{BUSYBOX_IMAGE}'\n" in built.stderr
-        assert "==> [base] done in " in built.stderr
-        assert "==> [launch] build container " in built.stderr
-        assert "==> [recipe] build.sh as root\n" in built.stderr
-        assert "==> [publish] stop, publish uncompressed, move the alias\n" in built.stderr
-        assert f"==> image {alias}-" in built.stderr
-        again = await run_coi(*args, project=incus_project)
-        assert again.code == 0
-        assert again.stdout.strip() == f'{{"alias":"{alias}","skipped":true}}'
-        assert "Image already exists. Use --force to rebuild." in again.stderr
-    finally:
-        await remove_images(incus, alias)
+    built = await coi(*args, project=incus_project, COI_CONTAINER_PREFIX=PREFIX)
+    assert built.code == 0, built.stderr
+    assert built.stdout.startswith(f'{{"alias":"{alias}","fingerprint":"')
+    assert "Building custom image" in built.stderr
+    assert "Build phases: base" in built.stderr
+    assert f"==> [base] base image '{BUSYBOX_IMAGE}'\n" in built.stderr
+    assert "==> [base] done in " in built.stderr
+    assert "==> [launch] build container " in built.stderr
+    assert "==> [recipe] build.sh as root\n" in built.stderr
+    assert "==> [publish] stop, publish uncompressed, move the alias\n" in built.stderr
+    assert f"==> image {alias}-" in built.stderr
+    again = await coi(*args, project=incus_project, COI_CONTAINER_PREFIX=PREFIX)
+    assert again.code == 0
+    assert again.stdout.strip() == f'{{"alias":"{alias}","skipped":true}}'
+    assert "Image already exists. Use --force to rebuild." in again.stderr

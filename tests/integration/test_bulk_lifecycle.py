@@ -12,7 +12,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -24,8 +23,8 @@ import pytest
 from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.naming import KEY_SESSION
+from tests.coi_cli import COI, coi, isolated_env
 from tests.helpers import busybox, throwaway_project
-from tests.integration.coi_cli import isolated_env
 
 pytestmark = pytest.mark.incus
 
@@ -36,6 +35,12 @@ PREFIX = "h4-"
 async def project(incus_socket: str) -> AsyncIterator[str]:
     async with throwaway_project("h4-", description="coi-async bulk lifecycle test; safe to delete") as name:
         yield name
+
+
+@pytest.fixture
+def env(project: str, home: Path) -> dict[str, str]:
+    """The environment of a coi run: the test's project, its own HOME, coi's names (`h4-`)."""
+    return isolated_env(home=home, project=project, prefix=PREFIX)
 
 
 @pytest.fixture
@@ -77,7 +82,7 @@ async def make_containers(
         result = await incus.exec(
             name, ["sh", "-c", script], stdin=name.encode() + b"\n" + os.urandom(data_bytes)
         )
-        assert result.ok, result.stderr.decode()
+        assert result.ok, result.stderr
         if not start:
             await incus.stop_instance(name, force=True)
 
@@ -85,16 +90,6 @@ async def make_containers(
         for name in names:
             tg.start_soon(one, name)
     return sessions
-
-
-def coi_env(project: str, home: Path) -> dict[str, str]:
-    return isolated_env(home=home, project=project, prefix=PREFIX)
-
-
-async def coi(project: str, home: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
-    return await anyio.run_process(
-        [sys.executable, "-m", "coi_async", *args], env=coi_env(project, home), check=False
-    )
 
 
 def saved_data(home: Path, session_id: str) -> Path:
@@ -123,37 +118,42 @@ async def remaining(incus: IncusClient) -> dict[str, str]:
     return {i.name: i.status for i in await incus.list_instances()}
 
 
+async def assert_all_gone_and_saved(incus: IncusClient, home: Path, sessions: dict[str, str]) -> None:
+    """No instance is left, and every container's session (container -> session id) was saved."""
+    assert await remaining(incus) == {}
+    for name, session_id in sessions.items():
+        assert_saved(home, name, session_id)
+
+
 async def test_shutdown_all_saves_every_session_and_leaves_none(
-    project: str, client: IncusClient, home: Path
+    client: IncusClient, home: Path, env: dict[str, str]
 ) -> None:
     names = container_names(8)
     sessions = await make_containers(client, names)
 
-    result = await coi(project, home, "shutdown", "--all", "--force", "--timeout", "20", "--format", "json")
+    result = await coi("shutdown", "--all", "--force", "--timeout", "20", "--format", "json", env=env)
 
-    assert result.returncode == 0, result.stderr.decode()
-    doc = json.loads(result.stdout)
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.out)
     assert sorted(r["name"] for r in doc["results"]) == sorted(names)
     assert all(r["outcome"] == "ok" and r["error"] is None for r in doc["results"])
     assert all(isinstance(r["duration_s"], float) for r in doc["results"])
-    assert await remaining(client) == {}
-    for name in names:
-        assert_saved(home, name, sessions[name])
+    await assert_all_gone_and_saved(client, home, sessions)
 
 
 async def test_ignoring_container_is_forced_after_its_timeout_others_finish_early(
-    project: str, client: IncusClient, home: Path
+    client: IncusClient, home: Path, env: dict[str, str]
 ) -> None:
     names = container_names(4)
     stubborn = names[0]
     await make_containers(client, names, ignore_stop={stubborn})
 
     start = time.monotonic()
-    result = await coi(project, home, "shutdown", *names, "--force", "--timeout", "4")
+    result = await coi("shutdown", *names, "--force", "--timeout", "4", env=env)
     elapsed = time.monotonic() - start
 
-    out = result.stdout.decode()
-    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout
+    assert result.code == 0, result.stderr
     assert await remaining(client) == {}
     blocks = {b.splitlines()[0]: b for b in out.split("Shutting down container ")[1:]}
     stubborn_block = next(b for first, b in blocks.items() if first.startswith(stubborn))
@@ -170,26 +170,26 @@ async def test_ignoring_container_is_forced_after_its_timeout_others_finish_earl
 
 
 async def test_unknown_name_is_reported_and_the_rest_proceed(
-    project: str, client: IncusClient, home: Path
+    client: IncusClient, home: Path, env: dict[str, str]
 ) -> None:
     names = container_names(2)
     sessions = await make_containers(client, names)
     ghost = f"{PREFIX}00000000-9"
 
-    result = await coi(project, home, "kill", names[0], ghost, names[1], "--force")
+    result = await coi("kill", names[0], ghost, names[1], "--force", env=env)
 
-    err = result.stderr.decode()
-    assert result.returncode == 1
+    err = result.stderr
+    assert result.code == 1
     assert f"Warning: Container {ghost} does not exist" in err
     assert err.strip().splitlines()[-1].startswith("Error: failed to kill specified containers")
     assert ghost in err.strip().splitlines()[-1]
     assert await remaining(client) == {}
     for name in names:
-        assert f"  ✓ Killed {name}" in result.stdout.decode()
+        assert f"  ✓ Killed {name}" in result.stdout
         assert_saved(home, name, sessions[name])
 
 
-async def test_bad_input_touches_nothing(project: str, client: IncusClient, home: Path) -> None:
+async def test_bad_input_touches_nothing(client: IncusClient, home: Path, env: dict[str, str]) -> None:
     names = container_names(1)
     await make_containers(client, names)
     for args in (
@@ -199,19 +199,19 @@ async def test_bad_input_touches_nothing(project: str, client: IncusClient, home
         ["kill", "--all", names[0]],
         ["shutdown"],
     ):
-        result = await coi(project, home, *args)
-        assert result.returncode == 2, args
-        lines = result.stderr.decode().strip().splitlines()
+        result = await coi(*args, env=env)
+        assert result.code == 2, args
+        lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, (args, lines)
         assert lines[0].startswith("Error: "), (args, lines)
-    result = await coi(project, home, "kill", f"{PREFIX}00000000-1", "--force")
-    assert result.returncode == 1
-    assert result.stderr.decode().strip().splitlines()[-1].startswith("Error: no such container")
+    result = await coi("kill", f"{PREFIX}00000000-1", "--force", env=env)
+    assert result.code == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("Error: no such container")
     assert await remaining(client) == {names[0]: "Running"}
 
 
 async def test_sigint_mid_shutdown_leaves_each_untouched_or_done_and_a_rerun_finishes(
-    project: str, client: IncusClient, home: Path
+    client: IncusClient, home: Path, env: dict[str, str]
 ) -> None:
     names = container_names(8)
     # Enough data that saving takes a while, so the run is caught with items in every phase.
@@ -219,8 +219,8 @@ async def test_sigint_mid_shutdown_leaves_each_untouched_or_done_and_a_rerun_fin
     args = ["shutdown", "--all", "--force", "--timeout", "30", "--parallel", "1"]
     # Driven by hand (a signal mid-run), so a plain Popen.
     proc = subprocess.Popen(  # noqa: ASYNC220
-        [sys.executable, "-m", "coi_async", *args],
-        env=coi_env(project, home),
+        [COI, *args],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -250,25 +250,23 @@ async def test_sigint_mid_shutdown_leaves_each_untouched_or_done_and_a_rerun_fin
         else:
             assert_saved(home, name, sessions[name])
 
-    again = await coi(project, home, *args[:-2])
-    assert again.returncode == 0, again.stderr.decode()
-    assert await remaining(client) == {}
-    for name in names:
-        assert_saved(home, name, sessions[name])
+    again = await coi(*args[:-2], env=env)
+    assert again.code == 0, again.stderr
+    await assert_all_gone_and_saved(client, home, sessions)
 
 
 async def test_clean_saves_and_deletes_stopped_then_sessions(
-    project: str, client: IncusClient, home: Path
+    client: IncusClient, home: Path, env: dict[str, str]
 ) -> None:
     stopped = container_names(2)
     running = container_names(1)
     sessions = await make_containers(client, stopped, start=False)
     await make_containers(client, running)
 
-    result = await coi(project, home, "clean", "--force")
+    result = await coi("clean", "--force", env=env)
 
-    out = result.stdout.decode()
-    assert result.returncode == 0, result.stderr.decode()
+    out = result.stdout
+    assert result.code == 0, result.stderr
     assert "Found 2 stopped container(s):" in out
     for name in stopped:
         assert f"Deleting container {name}..." in out
@@ -276,14 +274,14 @@ async def test_clean_saves_and_deletes_stopped_then_sessions(
     assert "\n✓ Cleaned 2 item(s)" in out
     assert await remaining(client) == {running[0]: "Running"}
 
-    result = await coi(project, home, "clean", "--sessions", "--force")
-    assert result.returncode == 0, result.stderr.decode()
-    assert "Found 2 session(s):" in result.stdout.decode()
+    result = await coi("clean", "--sessions", "--force", env=env)
+    assert result.code == 0, result.stderr
+    assert "Found 2 session(s):" in result.stdout
     assert not any((home / ".coi" / "sessions-claude").iterdir())
 
-    result = await coi(project, home, "clean", "--sessions")
-    assert "  (no saved sessions found)" in result.stdout.decode()
-    assert "Nothing to clean." in result.stdout.decode()
+    result = await coi("clean", "--sessions", env=env)
+    assert "  (no saved sessions found)" in result.stdout
+    assert "Nothing to clean." in result.stdout
 
 
 async def test_already_gone_counts_as_done(project: str, client: IncusClient) -> None:

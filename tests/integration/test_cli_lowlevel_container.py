@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from coi_async.incus import IncusClient
+from tests.coi_cli import coi
 from tests.helpers import BUSYBOX_IMAGE, remove_instance
-from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
 

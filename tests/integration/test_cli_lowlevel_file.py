@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from coi_async.incus import IncusClient
-from tests.integration.coi_cli import coi
+from tests.coi_cli import coi
 
 pytestmark = pytest.mark.incus
 

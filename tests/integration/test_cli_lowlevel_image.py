@@ -15,8 +15,8 @@ import pytest
 
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
+from tests.coi_cli import coi
 from tests.helpers import busybox, remove_instance
-from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
 

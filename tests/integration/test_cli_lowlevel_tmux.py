@@ -9,8 +9,8 @@ import anyio
 import pytest
 
 from coi_async.incus import IncusClient
+from tests.coi_cli import coi
 from tests.helpers import DEBIAN_IMAGE, busybox, from_image, remove_instance, require_image
-from tests.integration.coi_cli import coi
 
 pytestmark = pytest.mark.incus
 
@@ -46,8 +46,7 @@ async def test_send_capture_list_as_the_session_user(
     incus: IncusClient, incus_project: str, unique: str, debian: str
 ) -> None:
     prefix = f"h5-{unique}-"
-    env = {"COI_CONTAINER_PREFIX": prefix}
-    none = await coi("tmux", "list", project=incus_project, **env)
+    none = await coi("tmux", "list", project=incus_project, COI_CONTAINER_PREFIX=prefix)
     assert (none.code, none.stdout) == (0, "No active sessions\n")
     no_session = await coi("tmux", "send", debian, "echo hi", project=incus_project)
     no_session.one_error(1, f"no tmux session coi-{debian} in container {debian}")
@@ -65,7 +64,7 @@ async def test_send_capture_list_as_the_session_user(
     other = f"{prefix}plain"
     await incus.create_instance(busybox(other))
     try:
-        listed = await coi("tmux", "list", project=incus_project, **env)
+        listed = await coi("tmux", "list", project=incus_project, COI_CONTAINER_PREFIX=prefix)
         assert listed.code == 0, listed.stderr
         assert listed.stdout == f"Active sessions:\n  - {debian} (tmux session: coi-{debian})\n"
         assert f"Warning: cannot check {other}: tmux is not installed" in listed.stderr

@@ -5,15 +5,11 @@ in /home/dev, never in the default /home/code."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pexpect
 import pytest
 
-from coi_async.incus import IncusClient
 from coi_async.naming import KEY_UID, KEY_USER
-from tests.integration.shell_harness import DETACH, ShellWorld, finish, killing
+from tests.integration.shell_harness import ShellWorld, detach, killing, talk
 
 pytestmark = [pytest.mark.incus, pytest.mark.timeout(300)]
 
@@ -22,31 +18,16 @@ HOME = "/home/dev"
 
 
 @pytest.fixture
-async def world(tmp_path: Path, incus_project: str, incus: IncusClient) -> AsyncIterator[ShellWorld]:
-    w = ShellWorld(tmp_path, incus_project, incus)
-    w.setup(config=CONFIG)
-    try:
-        yield w
-    finally:
-        w.show_terminal()  # shown by pytest only when the test failed
-        await w.remove_all()
-
-
-def _talk(child: pexpect.spawn, text: str) -> None:
-    child.expect("You: ")
-    child.sendline(text)
-    child.expect(f"Claude: {text}")
+def shell_config() -> str:
+    return CONFIG
 
 
 async def test_shell_attach_shutdown_as_another_code_user(world: ShellWorld) -> None:
     name = world.container(1)
     # coi shell: the tool runs as dev (HOME=/home/dev); a detach saves from /home/dev/.claude.
     with killing(world.spawn("shell")) as child:
-        _talk(child, "hello as dev")
-        child.send(DETACH)
-        child.expect(r"\[detached")
-        child.expect("Container kept running")
-        assert finish(child) == 0
+        talk(child, "hello as dev")
+        assert detach(child) == 0
     instance = await world.instance(1)
     assert instance is not None
     assert instance.running
@@ -71,10 +52,7 @@ async def test_shell_attach_shutdown_as_another_code_user(world: ShellWorld) -> 
         child.expect("hello as dev")
         child.sendline("second as dev")
         child.expect("Claude: second as dev")
-        child.send(DETACH)
-        child.expect(r"\[detached")
-        child.expect("Container kept running")
-        assert finish(child) == 0
+        assert detach(child) == 0
     assert "second as dev" in world.conversation(session)
 
     # Something only dev's home has, and a decoy in code's: bulk shutdown must save the former.
@@ -83,8 +61,8 @@ async def test_shell_attach_shutdown_as_another_code_user(world: ShellWorld) -> 
     await world.incus.push_file(
         name, "/home/code/.claude/marker-code", b"code\n", uid=1000, gid=1000, mode=0o644
     )
-    code, out, err = await world.run("shutdown", "--force", name)
-    assert code == 0, (out, err)
+    done = await world.run("shutdown", "--force", name)
+    assert done.code == 0, (done.stdout, done.stderr)
     assert await world.instance(1) is None, "shutdown removes an ephemeral session container"
     assert world.saved_sessions() == [session], "shutdown saves into the container's own session"
     assert (session / ".claude" / "marker-dev").read_text() == "dev\n"

@@ -16,10 +16,11 @@ from coi_async.errors import CoiError, NoFreeSlotError
 from coi_async.incus import IncusClient
 from coi_async.naming import SessionName, workspace_hash
 from coi_async.orchestration.containers.ops import remove_quietly
-from coi_async.orchestration.sessions.launch import LaunchSpec, launch
+from coi_async.orchestration.sessions.instance_spec import LaunchSpec
+from coi_async.orchestration.sessions.launch import launch
 from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore, new_session_id
+from tests.coi_cli import COI, Run, coi, isolated_env
 from tests.helpers import BUSYBOX_IMAGE
-from tests.integration.coi_cli import COI, isolated_env
 
 pytestmark = pytest.mark.incus
 
@@ -33,7 +34,8 @@ def workspace(tmp_path: Path) -> Path:
     return path
 
 
-def coi_env(home: Path, project: str, **extra: str) -> dict[str, str]:
+def cli_env(home: Path, project: str, **extra: str) -> dict[str, str]:
+    """The environment of this module's coi runs: HOME `home`, Incus project `project`, busybox."""
     return isolated_env(
         home=home,
         project=project,
@@ -41,19 +43,6 @@ def coi_env(home: Path, project: str, **extra: str) -> dict[str, str]:
         drop=("COI_", "CLAUDE_ON_INCUS_", "INCUS_"),
         CLAUDE_ON_INCUS_IMAGE=BUSYBOX_IMAGE,
         **extra,
-    )
-
-
-def coi(
-    args: list[str], *, home: Path, project: str, cwd: Path, **extra: str
-) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run(
-        [COI, *args],
-        env=coi_env(home, project, **extra),
-        cwd=cwd,
-        capture_output=True,
-        timeout=120,
-        check=False,
     )
 
 
@@ -67,12 +56,10 @@ async def test_run_streams_exact_stdout_and_exit_code(
     incus: IncusClient, incus_project: str, home: Path, workspace: Path, code: int
 ) -> None:
     script = f"printf 'a  b\\n\\nc'; printf oops >&2; exit {code}"
-    done = await anyio.to_thread.run_sync(
-        lambda: coi(["run", "--", "sh", "-c", script], home=home, project=incus_project, cwd=workspace)
-    )
-    assert done.stdout == b"a  b\n\nc"
-    assert done.returncode == code, done.stderr
-    assert b"oops" in done.stderr
+    done = await coi("run", "--", "sh", "-c", script, env=cli_env(home, incus_project), cwd=workspace)
+    assert done.out == b"a  b\n\nc"
+    assert done.code == code, done.err
+    assert b"oops" in done.err
     assert await left_behind(incus, workspace) == []
 
 
@@ -81,17 +68,14 @@ async def test_workspace_files_belong_to_the_host_user_and_env_stays_out(
 ) -> None:
     (workspace / "from-host").write_text("hi")
     script = "touch /workspace/made-inside && cat /workspace/from-host && echo && env"
-    done = await anyio.to_thread.run_sync(
-        lambda: coi(
-            ["run", "-e", "PASSED=a,b=c", "--", "sh", "-c", script],
-            home=home,
-            project=incus_project,
-            cwd=workspace,
-            H3A_HOST_SECRET="do-not-leak",
-        )
+    args = ("run", "-e", "PASSED=a,b=c", "--", "sh", "-c", script)
+    done = await coi(
+        *args,
+        env=cli_env(home, incus_project, H3A_HOST_SECRET="do-not-leak"),
+        cwd=workspace,
     )
-    assert done.returncode == 0, done.stderr
-    out = done.stdout.decode()
+    assert done.code == 0, done.err
+    out = done.stdout
     assert out.startswith("hi\n")
     assert "PASSED=a,b=c\n" in out  # no comma splitting
     assert "H3A_HOST_SECRET" not in out
@@ -106,7 +90,7 @@ async def test_ctrl_c_removes_the_container(
 ) -> None:
     proc = await anyio.open_process(
         [COI, "run", "--", "sleep", "60"],
-        env=coi_env(home, incus_project),
+        env=cli_env(home, incus_project),
         cwd=workspace,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -153,9 +137,9 @@ async def test_bad_input_is_one_line_and_creates_nothing(
     message: str,
 ) -> None:
     (workspace / "afile").write_text("x")
-    done = await anyio.to_thread.run_sync(lambda: coi(args, home=home, project=incus_project, cwd=workspace))
-    err = done.stderr.decode()
-    assert done.returncode == code, err
+    done = await coi(*args, env=cli_env(home, incus_project), cwd=workspace)
+    err = done.stderr
+    assert done.code == code, err
     assert message in err
     assert err.count("Error:") == 1
     assert "Traceback" not in err
@@ -166,11 +150,9 @@ async def test_malformed_config_names_file_and_key(incus_project: str, home: Pat
     cfg = home / ".config" / "coi"
     cfg.mkdir(parents=True)
     (cfg / "config.toml").write_text("[defaults]\nimgae = 'x'\n")
-    done = await anyio.to_thread.run_sync(
-        lambda: coi(["run", "--", "true"], home=home, project=incus_project, cwd=workspace)
-    )
-    assert done.returncode == 2
-    assert done.stderr.decode().strip() == "Error: ~/.config/coi/config.toml: unknown key 'defaults.imgae'"
+    done = await coi("run", "--", "true", env=cli_env(home, incus_project), cwd=workspace)
+    assert done.code == 2
+    assert done.stderr.strip() == "Error: ~/.config/coi/config.toml: unknown key 'defaults.imgae'"
 
 
 def spec(workspace: Path, **kw: object) -> LaunchSpec:
@@ -248,12 +230,12 @@ async def test_list_info_persist(
     (store.session_dir(sid) / ".claude").mkdir()
     (store.session_dir(sid) / ".claude" / "x").write_bytes(b"x" * 2048)
 
-    def run(args: list[str]) -> subprocess.CompletedProcess[bytes]:
-        return coi(args, home=home, project=incus_project, cwd=workspace)
+    async def run(*args: str) -> Run:
+        return await coi(*args, env=cli_env(home, incus_project), cwd=workspace)
 
-    done = await anyio.to_thread.run_sync(lambda: run(["list", "--all", "--format", "json"]))
-    assert done.returncode == 0, done.stderr
-    doc = json.loads(done.stdout)
+    done = await run("list", "--all", "--format", "json")
+    assert done.code == 0, done.err
+    doc = json.loads(done.out)
     assert list(doc) == ["active_containers", "saved_sessions"]
     [mine] = [c for c in doc["active_containers"] if c["name"] == launched.name]
     assert list(mine) == ["created_at", "image", "ipv4", "name", "persistent", "status", "workspace"]
@@ -262,14 +244,14 @@ async def test_list_info_persist(
         {"ID": sid, "SavedAt": "2026-01-31T12:00:00Z", "Workspace": str(workspace)}
     ]
 
-    text = (await anyio.to_thread.run_sync(lambda: run(["list", "--all"]))).stdout.decode()
+    text = (await run("list", "--all")).stdout
     assert text.startswith("Active Containers:\n------------------\n")
     assert f"  {launched.name} (ephemeral)\n    Status: Running\n" in text
     assert f"\nSaved Sessions:\n---------------\n  {sid}\n    Saved: 2026-01-31T12:00:00Z\n" in text
 
-    done = await anyio.to_thread.run_sync(lambda: run(["persist", launched.name]))
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.decode() == (
+    done = await run("persist", launched.name)
+    assert done.code == 0, done.err
+    assert done.stdout == (
         f"Persisting container {launched.name}...\n  ✓ Persisted {launched.name}\n\nPersisted 1 container(s)\n"
     )
     meta = store.load_metadata(sid)
@@ -278,17 +260,17 @@ async def test_list_info_persist(
     inst = await incus.get_instance(launched.name)
     assert not inst.ephemeral
     assert inst.config["user.coi.persistent"] == "true"
-    doc = json.loads((await anyio.to_thread.run_sync(lambda: run(["list", "--format", "json"]))).stdout)
+    doc = json.loads((await run("list", "--format", "json")).out)
     assert "saved_sessions" not in doc
     assert [c["persistent"] for c in doc["active_containers"] if c["name"] == launched.name] == [True]
 
-    done = await anyio.to_thread.run_sync(lambda: run(["info"]))
-    assert done.returncode == 0, done.stderr
-    out = done.stdout.decode()
+    done = await run("info")
+    assert done.code == 0, done.err
+    out = done.stdout
     assert f"Session ID:     {sid}\n" in out
     assert "Session Data:   ✓ Present (.claude directory)\nData Size:      2.0 KB\n" in out
     assert f"Resume:         coi shell --resume={sid}" in out
 
-    done = await anyio.to_thread.run_sync(lambda: run(["persist", f"{PREFIX}nope-1"]))
-    assert done.returncode == 1
-    assert "failed to persist specified containers" in done.stderr.decode()
+    done = await run("persist", f"{PREFIX}nope-1")
+    assert done.code == 1
+    assert "failed to persist specified containers" in done.stderr

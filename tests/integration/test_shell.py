@@ -5,34 +5,15 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pexpect
 import pytest
 
-from coi_async.incus import IncusClient
-from tests.integration.shell_harness import DETACH, ShellWorld, finish, killing
+from tests.coi_cli import Run
+from tests.integration.shell_harness import ShellWorld, detach, finish, killing, talk
 
 pytestmark = [pytest.mark.incus, pytest.mark.timeout(240)]
-
-
-@pytest.fixture
-async def world(tmp_path: Path, incus_project: str, incus: IncusClient) -> AsyncIterator[ShellWorld]:
-    w = ShellWorld(tmp_path, incus_project, incus)
-    w.setup()
-    try:
-        yield w
-    finally:
-        w.show_terminal()  # shown by pytest only when the test failed
-        await w.remove_all()
-
-
-def _talk(child: pexpect.spawn, text: str) -> None:
-    child.expect("You: ")
-    child.sendline(text)
-    child.expect(f"Claude: {text}")
 
 
 def _end_session(child: pexpect.spawn) -> None:
@@ -45,11 +26,8 @@ def _end_session(child: pexpect.spawn) -> None:
 async def test_shell_detach_attach_exit_resume(world: ShellWorld) -> None:
     # Start, talk to the tool, detach.
     with killing(world.spawn("shell")) as child:
-        _talk(child, "hello from the test")
-        child.send(DETACH)
-        child.expect(r"\[detached")
-        child.expect("Container kept running")
-        assert finish(child) == 0
+        talk(child, "hello from the test")
+        assert detach(child) == 0
     instance = await world.instance(1)
     assert instance is not None
     assert instance.running, "a detached session keeps its container"
@@ -94,7 +72,7 @@ async def test_shell_detach_attach_exit_resume(world: ShellWorld) -> None:
         child.expect(r"Resuming session .* \(4 earlier messages\)")
         child.expect("You: hello from the test")
         child.expect("You: second message")
-        _talk(child, "third message")
+        talk(child, "third message")
         _end_session(child)
         assert finish(child) == 0
     assert await world.ours() == []
@@ -105,7 +83,7 @@ async def test_shell_detach_attach_exit_resume(world: ShellWorld) -> None:
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 async def test_signal_to_coi_saves_and_removes_ephemeral(world: ShellWorld, signum: int) -> None:
     with killing(world.spawn("shell")) as child:
-        _talk(child, "before the signal")
+        talk(child, "before the signal")
         child.kill(signum)
         code = finish(child)
     assert code == 128 + signum
@@ -116,7 +94,7 @@ async def test_signal_to_coi_saves_and_removes_ephemeral(world: ShellWorld, sign
 
 async def test_poweroff_inside_saves_and_removes_ephemeral(world: ShellWorld) -> None:
     with killing(world.spawn("shell")) as child:
-        _talk(child, "then power off")
+        talk(child, "then power off")
         child.sendline("exit")
         child.expect(r"code@.*\$ ")
         child.sendline("sudo poweroff")
@@ -129,7 +107,7 @@ async def test_poweroff_inside_saves_and_removes_ephemeral(world: ShellWorld) ->
 
 async def test_persistent_is_kept_and_resumed_in_its_own_container(world: ShellWorld) -> None:
     with killing(world.spawn("shell", "--persistent")) as child:
-        _talk(child, "persistent hello")
+        talk(child, "persistent hello")
         child.sendline("exit")
         child.expect(r"code@.*\$ ")
         child.sendline("touch ~/installed-tool")
@@ -166,15 +144,15 @@ async def test_ctrl_c_during_setup_leaves_nothing(world: ShellWorld) -> None:
 
 async def test_setup_failure_removes_the_container(world: ShellWorld) -> None:
     # busybox has no tmux and no /home/code: setup fails after the container exists.
-    code, _out, err = await world.run("shell", "--image", "coi-test-busybox")
-    assert code == 1, err
-    assert err.strip().splitlines()[-1].startswith("Error: ")
-    assert "Traceback" not in err
+    done = await world.run("shell", "--image", "coi-test-busybox")
+    assert done.code == 1, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("Error: ")
+    assert "Traceback" not in done.stderr
     assert await world.ours() == []
 
 
 async def test_ten_background_shells_take_ten_slots(world: ShellWorld) -> None:
-    results: list[tuple[int, str, str]] = []
+    results: list[Run] = []
 
     async def one() -> None:
         results.append(await world.run("shell", "--background"))
@@ -182,10 +160,10 @@ async def test_ten_background_shells_take_ten_slots(world: ShellWorld) -> None:
     async with anyio.create_task_group() as tg:
         for _ in range(10):
             tg.start_soon(one)
-    assert [r[0] for r in results] == [0] * 10, [r[2] for r in results if r[0]]
+    assert [r.code for r in results] == [0] * 10, [r.stderr for r in results if r.code]
     names = sorted(i.name for i in await world.ours())
     assert names == sorted(world.container(slot) for slot in range(1, 11))
-    assert all("Created background tmux session: coi-" in r[2] for r in results)
+    assert all("Created background tmux session: coi-" in r.stderr for r in results)
     # Every one has its tmux session, as the code user.
     for slot in (1, 10):
         result = await world.incus.exec(

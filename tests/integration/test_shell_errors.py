@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
+from tests.coi_cli import Run
 from tests.helpers import BUSYBOX_IMAGE
 from tests.integration.shell_harness import ShellWorld, finish, killing
 
@@ -19,14 +18,8 @@ pytestmark = [pytest.mark.incus, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
-async def world(tmp_path: Path, incus_project: str, incus: IncusClient) -> AsyncIterator[ShellWorld]:
-    w = ShellWorld(tmp_path, incus_project, incus)
-    w.setup(config="max_slots = 2\n")
-    try:
-        yield w
-    finally:
-        w.show_terminal()  # shown by pytest only when the test failed
-        await w.remove_all()
+def shell_config() -> str:
+    return "max_slots = 2\n"
 
 
 def _save_foreign_session(world: ShellWorld) -> str:
@@ -40,13 +33,13 @@ def _save_foreign_session(world: ShellWorld) -> str:
     return session_id
 
 
-def _one_error(code: int, err: str, expected_code: int, *fragments: str) -> None:
+def _one_error(run: Run, expected_code: int, *fragments: str) -> None:
     """Exactly one `Error:` line, the last one (progress lines may come before it)."""
-    lines = err.strip().splitlines()
-    assert code == expected_code, err
+    lines = run.stderr.strip().splitlines()
+    assert run.code == expected_code, run.stderr
     errors = [line for line in lines if line.startswith("Error: ")]
     assert errors == lines[-1:], lines
-    assert "Traceback" not in err
+    assert "Traceback" not in run.stderr
     for fragment in fragments:
         assert fragment in errors[0], (fragment, errors[0])
 
@@ -71,23 +64,23 @@ async def test_bad_input_is_one_line_and_makes_nothing(
     world: ShellWorld, args: list[str], code: int, fragment: str
 ) -> None:
     (world.workspace / "notes.txt").write_text("not a workspace")
-    got, _out, err = await world.run("shell", *args)
-    _one_error(got, err, code, fragment)
+    _one_error(await world.run("shell", *args), code, fragment)
     assert await world.ours() == []
     assert world.saved_sessions() == []
 
 
 async def test_plain_coi_with_shell_flags_runs_shell(world: ShellWorld) -> None:
-    got, _out, err = await world.run("--slot", "5")
-    _one_error(got, err, 2, "invalid slot 5: must be between 1 and 2")
-    got, _out, err = await world.run("--resume=abc")
-    _one_error(got, err, 1, "session 'abc' not found")
+    _one_error(await world.run("--slot", "5"), 2, "invalid slot 5: must be between 1 and 2")
+    _one_error(await world.run("--resume=abc"), 1, "session 'abc' not found")
 
 
 async def test_foreign_session_is_refused(world: ShellWorld) -> None:
     session_id = _save_foreign_session(world)
-    got, _out, err = await world.run("shell", f"--resume={session_id}")
-    _one_error(got, err, 1, f"session '{session_id}' belongs to workspace /somewhere/else")
+    _one_error(
+        await world.run("shell", f"--resume={session_id}"),
+        1,
+        f"session '{session_id}' belongs to workspace /somewhere/else",
+    )
     assert await world.ours() == []
     assert (world.sessions / session_id / "metadata.json").is_file(), "nothing lost"
 
@@ -99,19 +92,20 @@ async def test_all_slots_taken(world: ShellWorld) -> None:
                 name=world.container(slot), source=InstanceSource(type="image", alias=BUSYBOX_IMAGE)
             )
         )
-    got, _out, err = await world.run("shell")
-    _one_error(got, err, 1, "all 2 slots are in use")
+    _one_error(await world.run("shell"), 1, "all 2 slots are in use")
     assert sorted(i.name for i in await world.ours()) == [world.container(1), world.container(2)]
     assert world.saved_sessions() == []
 
 
 async def test_attach_errors_and_listing(world: ShellWorld) -> None:
-    got, out, err = await world.run("attach")
-    assert (got, out.strip()) == (0, "No active sessions"), err
-    got, _out, err = await world.run("attach", "--slot", "1")
-    _one_error(got, err, 1, f"container {world.container(1)} not found or not running")
-    got, _out, err = await world.run("attach", "h3b-nope")
-    _one_error(got, err, 1, "container h3b-nope not found or not running")
+    listing = await world.run("attach")
+    assert (listing.code, listing.stdout.strip()) == (0, "No active sessions"), listing.stderr
+    _one_error(
+        await world.run("attach", "--slot", "1"),
+        1,
+        f"container {world.container(1)} not found or not running",
+    )
+    _one_error(await world.run("attach", "h3b-nope"), 1, "container h3b-nope not found or not running")
 
 
 async def test_direct_mode_debug_env_and_mount(world: ShellWorld, tmp_path: Path) -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.integration.coi_cli import coi_sync
+from tests.coi_cli import coi_sync
 
 
 def test_missing_socket_is_one_line_without_traceback() -> None:

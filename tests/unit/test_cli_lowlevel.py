@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,19 +19,9 @@ from coi_async.errors import UsageError
 from coi_async.incus.models import Image, ImageAlias
 from coi_async.orchestration.files.transfer import Remote, parse_remote
 from coi_async.orchestration.images.versions import plan_cleanup, version_stamp
+from tests.coi_cli import COI, coi_sync
 
-BIN = Path(sys.executable).parent
-
-
-def run_coi(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(BIN / "coi"), *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=60,
-        check=False,
-    )
+BIN = Path(COI).parent
 
 
 def image(fingerprint: str, *aliases: str) -> Image:
@@ -40,13 +29,13 @@ def image(fingerprint: str, *aliases: str) -> Image:
 
 
 def test_version_two_lines_and_flag() -> None:
-    run = run_coi("version", "extra", "args")
-    assert run.returncode == 0
+    run = coi_sync("version", "extra", "args")
+    assert run.code == 0
     assert run.stdout.splitlines() == [
         f"coi-async (coi) v{__version__}",
         "https://github.com/coi-async/coi-async",
     ]
-    assert run_coi("--version").stdout == f"coi version {__version__}\n"
+    assert coi_sync("--version").stdout == f"coi version {__version__}\n"
 
 
 def test_unknown_flags_and_commands_are_one_line_usage_errors() -> None:
@@ -58,8 +47,8 @@ def test_unknown_flags_and_commands_are_one_line_usage_errors() -> None:
         (("image", "cleanup", "p"), "Error: Missing option '--keep'"),
         (("completion", "powershell"), "Error: Invalid value for '{bash|zsh|fish}'"),
     ]:
-        run = run_coi(*args)
-        assert run.returncode == 2, (args, run.stderr)
+        run = coi_sync(*args)
+        assert run.code == 2, (args, run.stderr)
         lines = run.stderr.splitlines()
         assert len(lines) == 1, lines
         assert lines[0].startswith(message), lines
@@ -104,10 +93,10 @@ def test_help_pages_exit_0() -> None:
         ("image", "cleanup", "--help"),
         ("tmux", "send", "--help"),
     ):
-        run = run_coi(*args)
-        assert run.returncode == 0, (args, run.stderr)
+        run = coi_sync(*args)
+        assert run.code == 0, (args, run.stderr)
         assert run.stdout.startswith("Usage: coi")
-    exec_help = run_coi("container", "exec", "--help").stdout
+    exec_help = coi_sync("container", "exec", "--help").stdout
     for flag in ("--user", "--group", "--env", "--cwd", "--capture", "--format"):
         assert flag in exec_help
 
@@ -115,7 +104,7 @@ def test_help_pages_exit_0() -> None:
 def test_bash_completion_completes_a_command() -> None:
     bash = shutil.which("bash")
     assert bash is not None
-    script = run_coi("completion", "bash").stdout
+    script = coi_sync("completion", "bash").stdout
     assert "complete " in script
     probe = (
         "source <(coi completion bash)\n"
@@ -139,8 +128,8 @@ def test_bash_completion_completes_a_command() -> None:
     ("shell", "marker"), [("zsh", "#compdef coi"), ("fish", "complete --no-files --command coi")]
 )
 def test_zsh_and_fish_scripts(shell: str, marker: str) -> None:
-    run = run_coi("completion", shell)
-    assert run.returncode == 0
+    run = coi_sync("completion", shell)
+    assert run.code == 0
     assert marker in run.stdout
     assert "_COI_COMPLETE" in run.stdout
     binary = shutil.which(shell)

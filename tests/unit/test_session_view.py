@@ -15,6 +15,13 @@ from coi_async.orchestration.events import Note, StepStarted
 SESSIONS = Path(__file__).parents[2] / "src" / "coi_async" / "orchestration" / "sessions"
 C = "coi-0123abcd-1"
 ID = "6f1c0a52-3b9e-4c43-9a0e-0d1f2e3a4b5c"
+STARTING = f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\n"
+
+
+def _starting(mode: str, resume: str, *, item: str = "") -> Note:
+    """The `session.starting` note of session ID in container C for the workspace /w."""
+    values = {"session_id": ID, "container": C, "workspace": "/w", "mode": mode, "resume": resume}
+    return Note(kind="session.starting", item=item, values=values)
 
 
 def test_every_kind_the_flows_emit_has_words() -> None:
@@ -57,51 +64,14 @@ def test_every_kind_the_flows_emit_has_words() -> None:
             "[setup] Warning: the session's ~/.claude.json was not a JSON object; replaced by the host's",
         ),
         (Note(kind="interrupted", values={"signal": "2"}), "\nReceived interrupt signal, cleaning up..."),
+        (_starting("interactive", "", item=C), f"{STARTING}Mode: Interactive (tmux)"),
         (
-            Note(
-                kind="session.starting",
-                item=C,
-                values={
-                    "session_id": ID,
-                    "container": C,
-                    "workspace": "/w",
-                    "mode": "interactive",
-                    "resume": "",
-                },
-            ),
-            f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Interactive (tmux)",
+            _starting("direct", "restored"),
+            f"{STARTING}Mode: Direct (no tmux)\nResume mode: Restored conversation (auto-detect)",
         ),
         (
-            Note(
-                kind="session.starting",
-                values={
-                    "session_id": ID,
-                    "container": C,
-                    "workspace": "/w",
-                    "mode": "direct",
-                    "resume": "restored",
-                },
-            ),
-            (
-                f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Direct (no tmux)\n"
-                "Resume mode: Restored conversation (auto-detect)"
-            ),
-        ),
-        (
-            Note(
-                kind="session.starting",
-                values={
-                    "session_id": ID,
-                    "container": C,
-                    "workspace": "/w",
-                    "mode": "background",
-                    "resume": "persistent",
-                },
-            ),
-            (
-                f"\nStarting session...\nSession ID: {ID}\nContainer: {C}\nWorkspace: /w\nMode: Background (tmux)\n"
-                "Resume mode: Persistent session"
-            ),
+            _starting("background", "persistent"),
+            f"{STARTING}Mode: Background (tmux)\nResume mode: Persistent session",
         ),
         (
             Note(kind="background.created", item=C, values={"tmux": f"coi-{C}"}),

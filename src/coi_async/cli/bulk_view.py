@@ -35,34 +35,50 @@ class Verb(msgspec.Struct, frozen=True, kw_only=True):
     done: str  # "  ✓ Shutdown {name}"
     failed: str  # "  ✗ Failed to shutdown {name}: {error}"
     live: str  # "Shutting down" (the live table's title)
+    found: str  # "container(s)" (what the list before the question names)
+    prompt: str  # "\nShutdown all these containers? [y/N]: "
+
+
+def _verb(started: str, done: str, failing: str, live: str, found: str, prompt: str) -> Verb:
+    """A Verb from its fields in order, `failing` completing "Failed to ...": failures read alike."""
+    failed = f"  ✗ Failed to {failing} {{name}}: {{error}}"
+    return Verb(started=started, done=done, failed=failed, live=live, found=found, prompt=prompt)
 
 
 def shutdown_verb(timeout_s: int) -> Verb:
-    return Verb(
-        started=f"Shutting down container {{name}} (timeout: {timeout_s}s)...",
-        done="  ✓ Shutdown {name}",
-        failed="  ✗ Failed to shutdown {name}: {error}",
-        live="Shutting down",
+    return _verb(
+        f"Shutting down container {{name}} (timeout: {timeout_s}s)...",
+        "  ✓ Shutdown {name}",
+        "shutdown",
+        "Shutting down",
+        "container(s)",
+        "\nShutdown all these containers? [y/N]: ",
     )
 
 
-KILL = Verb(
-    started="Killing container {name}...",
-    done="  ✓ Killed {name}",
-    failed="  ✗ Failed to kill {name}: {error}",
-    live="Killing",
+KILL = _verb(
+    "Killing container {name}...",
+    "  ✓ Killed {name}",
+    "kill",
+    "Killing",
+    "container(s)",
+    "\nKill all these containers? [y/N]: ",
 )
-CLEAN_CONTAINERS = Verb(
-    started="Deleting container {name}...",
-    done="",
-    failed="  ✗ Failed to delete {name}: {error}",
-    live="Deleting containers",
+CLEAN_CONTAINERS = _verb(
+    "Deleting container {name}...",
+    "",
+    "delete",
+    "Deleting containers",
+    "stopped container(s)",
+    "\nDelete these containers? [y/N]: ",
 )
-CLEAN_SESSIONS = Verb(
-    started="Deleting session {name}...",
-    done="",
-    failed="  ✗ Failed to delete session {name}: {error}",
-    live="Deleting sessions",
+CLEAN_SESSIONS = _verb(
+    "Deleting session {name}...",
+    "",
+    "delete session",
+    "Deleting sessions",
+    "session(s)",
+    "\nDelete all session data? [y/N]: ",
 )
 
 
@@ -222,17 +238,11 @@ def is_terminal(stream: TextIO) -> bool:
 
 def report_json(report: BulkReport, *, command: str) -> str:
     """The `--format json` document; its field names are a contract, mapped here one by one."""
-    results: list[dict[str, Any]] = []
-    for r in report.results:
-        item: dict[str, Any] = {
-            "name": r.item,
-            "outcome": r.outcome,
-            "duration_s": r.duration_s,
-            "error": r.error,
-        }
-        if r.detail:
-            item["session_dir"] = r.detail
-        results.append(item)
+    results: list[dict[str, Any]] = [
+        {"name": r.item, "outcome": r.outcome, "duration_s": r.duration_s, "error": r.error}
+        | ({"session_dir": r.detail} if r.detail else {})
+        for r in report.results
+    ]
     doc = {
         "command": command,
         "results": results,

@@ -31,7 +31,7 @@ from coi_async.config.model import (
     Profile,
     ToolSettings,
 )
-from coi_async.config.schema import FileLayer, LoggingLayer, MountEntry, ProfileLayer, decode_file
+from coi_async.config.schema import FileSettings, MountEntry, decode_file
 from coi_async.errors import ConfigError, UsageError
 from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
 from coi_async.tools import DEFAULT_TOOL, get_tool
@@ -71,28 +71,15 @@ class _Builder:
             raise ConfigError(f"{source}: '{key}': host path must be absolute or start with ~: {entry.host}")
         return Mount(os.path.normpath(host), os.path.normpath(entry.container))
 
-    def apply_file(self, source: str, layer: FileLayer, profiles: Mapping[str, ProfileLayer]) -> None:
-        for section in ("defaults", "paths", "incus", "network", "tool", "build"):
-            body = getattr(layer, section)
-            if body is UNSET:
-                continue
-            for field in body.__struct_fields__:
-                value = getattr(body, field)
-                if value is UNSET:
-                    continue
-                if isinstance(value, LoggingLayer):
-                    for sub in value.__struct_fields__:
-                        if (inner := getattr(value, sub)) is not UNSET:
-                            self.set(f"{section}.{field}.{sub}", inner, source)
-                    continue
-                # The old name of code_uid sets the new key.
-                key = "code_uid" if (section, field) == ("incus", "claude_uid") else field
-                self.set(f"{section}.{key}", value, source)
-        if layer.mounts is not UNSET and layer.mounts.default is not UNSET:
-            # Mounts accumulate across files, as in the reference.
-            for i, entry in enumerate(layer.mounts.default):
-                self.mounts.append(self.mount(source, f"mounts.default[{i}]", entry))
-        for name, prof in profiles.items():
+    def apply_file(self, source: str, settings: FileSettings) -> None:
+        for key, value in settings.values.items():
+            if key == "mounts.default":
+                # Mounts accumulate across files, as in the reference.
+                for i, entry in enumerate(value):
+                    self.mounts.append(self.mount(source, f"mounts.default[{i}]", entry))
+            else:
+                self.set(key, value, source)
+        for name, prof in settings.profiles.items():
             merged = self.profiles.setdefault(name, {"environment": {}, "mounts": []})
             if prof.image is not UNSET:
                 merged["image"] = prof.image
@@ -262,8 +249,7 @@ def resolve_config(
     sources: list[str] = []
     for path, text in files:
         shown = display_path(path, home)
-        layer, profiles = decode_file(shown, text)
-        builder.apply_file(shown, layer, profiles)
+        builder.apply_file(shown, decode_file(shown, text))
         sources.append(path)
     builder.apply_env(env)
     config = _build(builder, env)

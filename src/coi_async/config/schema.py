@@ -19,57 +19,9 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class _DefaultsFile(_Strict):
-    image: str | UnsetType = UNSET
-    persistent: bool | UnsetType = UNSET
-    model: str | UnsetType = UNSET
-    max_slots: int | UnsetType = UNSET
-    parallel: int | UnsetType = UNSET
-    mount_claude_config: bool | UnsetType = UNSET
-
-
-class _PathsFile(_Strict):
-    sessions_dir: str | UnsetType = UNSET
-    storage_dir: str | UnsetType = UNSET
-    logs_dir: str | UnsetType = UNSET
-
-
-class _IncusFile(_Strict):
-    project: str | UnsetType = UNSET
-    group: str | UnsetType = UNSET
-    code_uid: int | UnsetType = UNSET
-    claude_uid: int | UnsetType = UNSET  # the old name of code_uid, still in the reference README
-    code_user: str | UnsetType = UNSET
-    disable_shift: bool | UnsetType = UNSET
-
-
-class LoggingLayer(_Strict):
-    enabled: bool | UnsetType = UNSET
-    path: str | UnsetType = UNSET
-
-
-class _NetworkFile(_Strict):
-    mode: str | UnsetType = UNSET
-    block_private_networks: bool | UnsetType = UNSET
-    block_metadata_endpoint: bool | UnsetType = UNSET
-    allow_local_network_access: bool | UnsetType = UNSET
-    allowed_domains: list[str] | UnsetType = UNSET
-    refresh_interval_minutes: int | UnsetType = UNSET
-    logging: LoggingLayer | UnsetType = UNSET
-
-
-class _ToolFile(_Strict):
-    name: str | UnsetType = UNSET
-    binary: str | UnsetType = UNSET
-
-
 class MountEntry(_Strict):
     host: str
     container: str
-
-
-class _MountsFile(_Strict):
-    default: list[MountEntry] | UnsetType = UNSET
 
 
 class ProfileLayer(_Strict):
@@ -79,21 +31,76 @@ class ProfileLayer(_Strict):
     mounts: list[MountEntry] | UnsetType = UNSET
 
 
-class _BuildFile(_Strict):
-    base: str | UnsetType = UNSET
-    allowed_hosts: list[str] | UnsetType = UNSET
+class _Logging(_Strict):
+    enabled: bool | UnsetType = UNSET
+    path: str | UnsetType = UNSET
 
 
-class FileLayer(_Strict):
-    defaults: _DefaultsFile | UnsetType = UNSET
-    paths: _PathsFile | UnsetType = UNSET
-    incus: _IncusFile | UnsetType = UNSET
-    network: _NetworkFile | UnsetType = UNSET
-    tool: _ToolFile | UnsetType = UNSET
-    mounts: _MountsFile | UnsetType = UNSET
-    # Decoded one profile at a time, so that errors can name the profile.
-    profiles: dict[str, dict[str, Any]] | UnsetType = UNSET
-    build: _BuildFile | UnsetType = UNSET
+# Each section's keys and their types; every key is optional in a file. `profiles` is decoded one
+# profile at a time, so that errors can name the profile.
+_SECTIONS: dict[str, dict[str, Any]] = {
+    "defaults": {
+        "image": str,
+        "persistent": bool,
+        "model": str,
+        "max_slots": int,
+        "parallel": int,
+        "mount_claude_config": bool,
+    },
+    "paths": {"sessions_dir": str, "storage_dir": str, "logs_dir": str},
+    "incus": {
+        "project": str,
+        "group": str,
+        "code_uid": int,
+        "claude_uid": int,  # the old name of code_uid, still in the reference README
+        "code_user": str,
+        "disable_shift": bool,
+    },
+    "network": {
+        "mode": str,
+        "block_private_networks": bool,
+        "block_metadata_endpoint": bool,
+        "allow_local_network_access": bool,
+        "allowed_domains": list[str],
+        "refresh_interval_minutes": int,
+        "logging": _Logging,
+    },
+    "tool": {"name": str, "binary": str},
+    "mounts": {"default": list[MountEntry]},
+    "build": {"base": str, "allowed_hosts": list[str]},
+}
+_RENAMED = {"incus.claude_uid": "incus.code_uid"}
+
+
+def _optional_struct(name: str, keys: dict[str, Any]) -> type[msgspec.Struct]:
+    fields = [(key, kind | UnsetType, UNSET) for key, kind in keys.items()]
+    return msgspec.defstruct(name, fields, bases=(_Strict,), kw_only=True)
+
+
+_FileLayer = _optional_struct(
+    "FileLayer",
+    {
+        **{section: _optional_struct(section, keys) for section, keys in _SECTIONS.items()},
+        "profiles": dict[str, dict[str, Any]],
+    },
+)
+
+
+class FileSettings(msgspec.Struct, kw_only=True):
+    """What one file says: only the keys it contains, as `section.key`, and its profiles."""
+
+    values: dict[str, Any]
+    profiles: dict[str, ProfileLayer]
+
+
+def _flatten(prefix: str, body: msgspec.Struct, into: dict[str, Any]) -> None:
+    for field in body.__struct_fields__:
+        value = getattr(body, field)
+        key = _RENAMED.get(f"{prefix}{field}", f"{prefix}{field}")
+        if isinstance(value, _Logging):
+            _flatten(f"{key}.", value, into)
+        elif value is not UNSET:
+            into[key] = value
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -124,19 +131,24 @@ def _validation_error(source: str, exc: msgspec.ValidationError, *, under: str =
     return ConfigError(f"{source}: wrong type for '{_join(under, path)}': {shown[:1].lower()}{shown[1:]}")
 
 
-def decode_file(source: str, text: str) -> tuple[FileLayer, dict[str, ProfileLayer]]:
+def decode_file(source: str, text: str) -> FileSettings:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        layer = msgspec.convert(raw, FileLayer)
+        layer = msgspec.convert(raw, _FileLayer)
     except msgspec.ValidationError as exc:
         raise _validation_error(source, exc) from exc
+    values: dict[str, Any] = {}
+    for section in _SECTIONS:
+        if (body := getattr(layer, section)) is not UNSET:
+            _flatten(f"{section}.", body, values)
     profiles: dict[str, ProfileLayer] = {}
-    for name, body in (layer.profiles or {}).items():
+    # Checked above to be a table of tables.
+    for name, body in raw.get("profiles", {}).items():
         try:
             profiles[name] = msgspec.convert(body, ProfileLayer)
         except msgspec.ValidationError as exc:
             raise _validation_error(source, exc, under=f"profiles.{name}") from exc
-    return layer, profiles
+    return FileSettings(values=values, profiles=profiles)

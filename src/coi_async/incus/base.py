@@ -55,17 +55,9 @@ class ApiBase:
         return params
 
     async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: object = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, method: str, path: str, *, body: object = None, params: Mapping[str, str] | None = None
     ) -> SyncResponse | AsyncResponse:
-        return await self._transport.request(
-            method, path, params=self._params(params), body=body, headers=headers
-        )
+        return await self._transport.request(method, path, params=self._params(params), body=body)
 
     async def _get(
         self, path: str, type_: type[T], *, params: Mapping[str, str] | None = None, what: str
@@ -74,16 +66,10 @@ class ApiBase:
         return decode(envelope.metadata, type_, what=what)
 
     async def _run(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: object = None,
-        params: Mapping[str, str] | None = None,
-        headers: Mapping[str, str] | None = None,
+        self, method: str, path: str, *, body: object = None, params: Mapping[str, str] | None = None
     ) -> Operation | None:
         """Send a request and, if incusd made it a background operation, wait for its end."""
-        envelope = await self._call(method, path, body=body, params=params, headers=headers)
+        envelope = await self._call(method, path, body=body, params=params)
         if isinstance(envelope, AsyncResponse):
             return await self.wait_operation(envelope.operation)
         return None

@@ -111,7 +111,31 @@ def _exit_code(op: Operation) -> int:
     raise IncusError("exec ended without an exit code")
 
 
+def _request(command: list[str], env: Mapping[str, str] | None, user: int, group: int, cwd: str) -> ExecPost:
+    return ExecPost(
+        command=command,
+        environment=dict(env or {}),
+        wait_for_websocket=True,
+        user=user,
+        group=group,
+        cwd=cwd,
+    )
+
+
 class ExecApi(ApiBase):
+    @contextlib.asynccontextmanager
+    async def _streams(
+        self, name: str, request: ExecPost, *, last: str
+    ) -> AsyncIterator[tuple[str, dict[str, WebSocket]]]:
+        """Start `request` and yield its operation and connected streams, closed on the way out."""
+        operation, fds = await self._start_exec(name, request)
+        sockets = await self._connect_all(operation, fds, last=last)
+        try:
+            yield operation, sockets
+        finally:
+            with anyio.CancelScope(shield=True):
+                await _close_all(sockets)
+
     async def _start_exec(self, name: str, request: ExecPost) -> tuple[str, dict[str, str]]:
         envelope = await self._call("POST", f"{instance_path(name)}/exec", body=request)
         if not isinstance(envelope, AsyncResponse):
@@ -165,18 +189,9 @@ class ExecApi(ApiBase):
         cwd: str = "",
     ) -> int:
         """Run a command without a terminal, streaming its output; return its exit code."""
-        request = ExecPost(
-            command=command,
-            environment=dict(env or {}),
-            wait_for_websocket=True,
-            user=user,
-            group=group,
-            cwd=cwd,
-        )
-        operation, fds = await self._start_exec(name, request)
-        sockets = await self._connect_all(operation, fds, last="0")
-        result: list[Operation] = []
-        try:
+        request = _request(command, env, user, group, cwd)
+        async with self._streams(name, request, last="0") as (operation, sockets):
+            result: list[Operation] = []
 
             async def wait() -> None:
                 result.append(await self._wait(operation))
@@ -187,9 +202,6 @@ class ExecApi(ApiBase):
                 async with anyio.create_task_group() as outputs:
                     outputs.start_soon(_pump_out, sockets["1"], on_stdout)
                     outputs.start_soon(_pump_out, sockets["2"], on_stderr)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _close_all(sockets)
         return _exit_code(result[0])
 
     async def exec(
@@ -246,45 +258,33 @@ class ExecApi(ApiBase):
         (columns, rows) whenever the local window changes.
         """
         width, height = size
-        request = ExecPost(
-            command=command,
-            environment=dict(env or {}),
-            interactive=True,
-            wait_for_websocket=True,
-            width=width,
-            height=height,
-            user=user,
-            group=group,
-            cwd=cwd,
+        request = msgspec.structs.replace(
+            _request(command, env, user, group, cwd), interactive=True, width=width, height=height
         )
-        operation, fds = await self._start_exec(name, request)
-        sockets = await self._connect_all(operation, fds, last="control")
-        result: list[Operation] = []
-        try:
-            async with anyio.create_task_group() as tg:
+        async with (
+            self._streams(name, request, last="control") as (operation, sockets),
+            anyio.create_task_group() as tg,
+        ):
 
-                async def forward_input() -> None:
-                    while data := await read_input():
-                        await sockets["0"].send_bytes(data)
+            async def forward_input() -> None:
+                while data := await read_input():
+                    await sockets["0"].send_bytes(data)
 
-                async def forward_resizes() -> None:
-                    if resizes is None:
-                        return
-                    async for columns, rows in resizes:
-                        await send_resize(sockets["control"], columns, rows)
+            async def forward_resizes() -> None:
+                if resizes is None:
+                    return
+                async for columns, rows in resizes:
+                    await send_resize(sockets["control"], columns, rows)
 
-                tg.start_soon(forward_input)
-                tg.start_soon(forward_resizes)
-                await _pump_out(sockets["0"], write_output)
-                # incusd holds the operation open until our side of the PTY stream ends too.
-                with contextlib.suppress(IncusError):
-                    await sockets["0"].send_text("")
-                result.append(await self._wait(operation))
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True):
-                await _close_all(sockets)
-        return _exit_code(result[0])
+            tg.start_soon(forward_input)
+            tg.start_soon(forward_resizes)
+            await _pump_out(sockets["0"], write_output)
+            # incusd holds the operation open until our side of the PTY stream ends too.
+            with contextlib.suppress(IncusError):
+                await sockets["0"].send_text("")
+            done = await self._wait(operation)
+            tg.cancel_scope.cancel()
+        return _exit_code(done)
 
     async def exec_attached(
         self,

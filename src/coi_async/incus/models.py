@@ -65,20 +65,13 @@ class Operation(msgspec.Struct, kw_only=True):
 
 class ServerEnvironment(msgspec.Struct, kw_only=True):
     server_version: str = ""
-    server_name: str = ""
-    server_clustered: bool = False
     project: str = ""
     driver: str = ""
-    driver_version: str = ""
     storage: str = ""
-    kernel_version: str = ""
-    architectures: list[str] = []
 
 
 class ServerInfo(msgspec.Struct, kw_only=True):
     api_extensions: list[str] = []
-    api_status: str = ""
-    api_version: str = ""
     auth: str = ""
     environment: ServerEnvironment = msgspec.field(default_factory=ServerEnvironment)
     config: dict[str, Any] = {}
@@ -93,7 +86,6 @@ class ServerInfo(msgspec.Struct, kw_only=True):
 class InstanceAddress(msgspec.Struct, kw_only=True):
     family: str = ""  # "inet" or "inet6"
     address: str = ""
-    netmask: str = ""
     scope: str = ""
 
 
@@ -107,7 +99,6 @@ class InstanceState(msgspec.Struct, kw_only=True):
     status: str = ""
     status_code: int = 0
     pid: int = 0
-    processes: int = 0
     network: dict[str, InstanceNetwork] | None = None
 
     def ipv4(self, interface: str = "eth0") -> str:
@@ -125,13 +116,10 @@ class Instance(msgspec.Struct, kw_only=True):
     status_code: int = 0
     type: str = "container"
     ephemeral: bool = False
-    stateful: bool = False
     description: str = ""
-    architecture: str = ""
     project: str = ""
     location: str = ""
     created_at: str = ""
-    last_used_at: str = ""
     profiles: list[str] = []
     config: dict[str, str] = {}
     devices: dict[str, dict[str, str]] = {}
@@ -187,7 +175,6 @@ class StatePut(msgspec.Struct, kw_only=True, omit_defaults=True):
     action: str
     timeout: int = -1
     force: bool = False
-    stateful: bool = False
 
 
 class InstancesStatePut(msgspec.Struct, kw_only=True):
@@ -221,16 +208,10 @@ class Image(msgspec.Struct, kw_only=True):
     fingerprint: str
     aliases: list[ImageAlias] = []
     properties: dict[str, str] = {}
-    architecture: str = ""
     type: str = "container"
-    filename: str = ""
     size: int = 0
-    public: bool = False
-    auto_update: bool = False
-    cached: bool = False
     created_at: str = ""
     uploaded_at: str = ""
-    last_used_at: str = ""
     project: str = ""
 
     @property

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING
 
 import anyio
 
 from coi_async.errors import CoiError
+
+if TYPE_CHECKING:
+    from coi_async.cli.app import App
+    from coi_async.incus import IncusClient
 
 # Deadlines for incusd's own work; a user's command (`container exec`) has none.
 QUICK_S = 60.0
@@ -32,3 +37,14 @@ def deadline(seconds: float, what: str) -> Iterator[None]:
             yield
     except TimeoutError as exc:
         raise CoiError(f"{what} timed out after {seconds:g}s") from exc
+
+
+@contextlib.asynccontextmanager
+async def connected(app: App, seconds: float, what: str) -> AsyncIterator[IncusClient]:
+    """A client for work that must end within `seconds` (see `deadline`).
+
+    Opening the client is not counted: the deadline is for what incusd is asked to do.
+    """
+    async with app.incus() as incus:
+        with deadline(seconds, what):
+            yield incus

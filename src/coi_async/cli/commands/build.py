@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,27 +30,34 @@ def note_text(event: Note) -> str | None:
     from coi_async.orchestration.images import base as image_base
     from coi_async.orchestration.images import build as image_build
 
-    v = event.values
-    kind = event.kind
-    if kind == image_build.NOTE_RECIPE_CHANGED:
-        return f"the recipe of '{v['alias']}' changed since it was built; rebuilding"
-    if kind == image_build.NOTE_NIC:
-        return "the build container has a network interface; the recipe uses it directly"
-    if kind == image_build.NOTE_EGRESS_PROXY:
-        return f"no network interface: egress through the host proxy {v['url']} (allowed: {v['allowed']})"
-    if kind == image_build.NOTE_CLEANUP_FAILED:
-        return f"could not delete build container {v['container']}: {v['error']}"
-    if kind == image_base.NOTE_BASE_UP_TO_DATE:
-        return f"base image {v['alias']} is up to date ({v['fingerprint'][:12]})"
-    if kind == image_base.NOTE_BASE_BUILDING:
-        return f"building base image {v['alias']} from Debian packages ({v['suite']}, {v['mirror']})"
-    if kind == image_base.NOTE_BASE_STEP_TOOK:
-        return f"{v['step']} took {float(v['seconds']):.1f}s"
-    if kind == image_base.NOTE_BASE_IMPORTING:
-        return f"importing {int(v['size']) / 1e6:.0f} MB as {v['alias']}"
-    if kind == image_build.NOTE_EGRESS:
-        return None
-    return " ".join([kind, *(f"{k}={val}" for k, val in v.items())])
+    sentences: dict[str, Callable[[dict[str, str]], str | None]] = {
+        image_build.NOTE_RECIPE_CHANGED: lambda v: (
+            f"the recipe of '{v['alias']}' changed since it was built; rebuilding"
+        ),
+        image_build.NOTE_NIC: lambda _: (
+            "the build container has a network interface; the recipe uses it directly"
+        ),
+        image_build.NOTE_EGRESS_PROXY: lambda v: (
+            f"no network interface: egress through the host proxy {v['url']} (allowed: {v['allowed']})"
+        ),
+        image_build.NOTE_CLEANUP_FAILED: lambda v: (
+            f"could not delete build container {v['container']}: {v['error']}"
+        ),
+        image_base.NOTE_BASE_UP_TO_DATE: lambda v: (
+            f"base image {v['alias']} is up to date ({v['fingerprint'][:12]})"
+        ),
+        image_base.NOTE_BASE_BUILDING: lambda v: (
+            f"building base image {v['alias']} from Debian packages ({v['suite']}, {v['mirror']})"
+        ),
+        image_base.NOTE_BASE_STEP_TOOK: lambda v: f"{v['step']} took {float(v['seconds']):.1f}s",
+        image_base.NOTE_BASE_IMPORTING: lambda v: f"importing {int(v['size']) / 1e6:.0f} MB as {v['alias']}",
+        image_build.NOTE_EGRESS: lambda _: None,  # StderrBuildView shows these, once a host
+    }
+    sentence = sentences.get(event.kind)
+    if sentence is None:
+        # A note without words yet: shown plainly rather than lost.
+        return " ".join([event.kind, *(f"{k}={val}" for k, val in event.values.items())])
+    return sentence(event.values)
 
 
 class StderrBuildView:

@@ -18,6 +18,7 @@ import anyio
 import asyncclick as click
 
 from coi_async.cli.app import App
+from coi_async.cli.commands._options import format_option
 from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
@@ -33,6 +34,8 @@ INTERRUPTED_EXIT = 130
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Per-item budget before an item commits (i.e. for saving its session data).
 _PREPARE_S = 330.0
+# What shutdown and kill are called in their question, in their summary and in its "none" line.
+_WORDS = {"shutdown": ("Shutdown", "Shutdown", "shutdown"), "kill": ("Kill", "Killed", "killed")}
 
 
 def _check_parallel(parallel: int | None, config: Config) -> int:
@@ -110,16 +113,7 @@ async def _run(
 
 
 async def _confirm_then_run(
-    out: _Out,
-    names: list[str],
-    action: Action,
-    *,
-    found: str,
-    prompt: str,
-    force: bool,
-    verb: Verb,
-    parallel: int,
-    into: BulkReport,
+    out: _Out, names: list[str], action: Action, verb: Verb, *, force: bool, parallel: int, into: BulkReport
 ) -> bool:
     """List what is about to go, ask unless forced, run, and add the results to `into`.
 
@@ -128,10 +122,10 @@ async def _confirm_then_run(
     """
     from coi_async.orchestration.runner import BulkReport
 
-    out.echo(f"Found {len(names)} {found}:")
+    out.echo(f"Found {len(names)} {verb.found}:")
     for name in names:
         out.echo(f"  - {name}")
-    if not force and not out.confirm(prompt):
+    if not force and not out.confirm(verb.prompt):
         out.echo("Cancelled.")
         return False
     part = BulkReport()
@@ -198,21 +192,30 @@ async def _end_containers(
     limit = _check_parallel(parallel, config)
     out = _Out(fmt)
     saver, _ = _saver(config)
-    noun = {"shutdown": "Shutdown", "kill": "Kill"}[kind]
+    noun, past, participle = _WORDS[kind]
+    verb = view.shutdown_verb(timeout_s) if kind == "shutdown" else view.KILL
+    report = BulkReport()
     async with app.incus() as incus:
         selection = await lc.select(incus, prefix=config.container_prefix, names=names, all_=all_)
         targets = selection.found
+        by_name = {inst.name: inst for inst in targets}
+
+        async def action(ctx: ItemContext) -> None:
+            inst = by_name[ctx.name]
+            if kind == "shutdown":
+                await lc.shutdown_one(ctx, incus, inst, saver=saver, grace_s=timeout_s)
+            else:
+                await lc.kill_one(ctx, incus, inst, saver=saver)
+
         if all_:
             if not targets:
                 out.echo(f"No containers to {kind}")
                 if out.json:
-                    _finish(out, BulkReport(), command=kind, done_line=str, none_line="", failure="")
+                    _finish(out, report, command=kind, done_line=str, none_line="", failure="")
                 return
-            out.echo(f"Found {len(targets)} container(s):")
-            for inst in targets:
-                out.echo(f"  - {inst.name}")
-            if not force and not out.confirm(f"\n{noun} all these containers? [y/N]: "):
-                out.echo("Cancelled.")
+            if not await _confirm_then_run(
+                out, list(by_name), action, verb, force=force, parallel=limit, into=report
+            ):
                 return
         else:
             for name in selection.unknown:
@@ -227,49 +230,20 @@ async def _end_containers(
             ):
                 out.echo("Cancelled.")
                 return
+            _unknown_results(report, selection.unknown)
+            await _run(out, list(by_name), action, verb=verb, parallel=limit, report=report)
 
-        report = BulkReport()
-        _unknown_results(report, selection.unknown)
-        by_name = {inst.name: inst for inst in targets}
-
-        async def action(ctx: ItemContext) -> None:
-            inst = by_name[ctx.name]
-            if kind == "shutdown":
-                await lc.shutdown_one(ctx, incus, inst, saver=saver, grace_s=timeout_s)
-            else:
-                await lc.kill_one(ctx, incus, inst, saver=saver)
-
-        verb = view.shutdown_verb(timeout_s) if kind == "shutdown" else view.KILL
-        await _run(out, list(by_name), action, verb=verb, parallel=limit, report=report)
-
-    if kind == "shutdown":
-        _finish(
-            out,
-            report,
-            command=kind,
-            done_line=lambda n: f"\nShutdown {n} container(s)",
-            none_line="\nNo containers were shutdown",
-            failure="failed to shutdown specified containers",
-        )
-    else:
-        _finish(
-            out,
-            report,
-            command=kind,
-            done_line=lambda n: f"\nKilled {n} container(s)",
-            none_line="\nNo containers were killed",
-            failure="failed to kill specified containers",
-        )
+    _finish(
+        out,
+        report,
+        command=kind,
+        done_line=lambda n: f"\n{past} {n} container(s)",
+        none_line=f"\nNo containers were {participle}",
+        failure=f"failed to {kind} specified containers",
+    )
 
 
-_format_option = click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["text", "json"]),
-    default="text",
-    show_default=True,
-    help="json: one result per container on stdout.",
-)
+_format_option = format_option("text", "json", description="json: one result per container on stdout.")
 _parallel = click.option(
     "--parallel",
     type=int,
@@ -345,6 +319,7 @@ async def clean(app: App, *, all_: bool, sessions: bool, force: bool, parallel: 
     out = _Out(fmt)
     saver, store = _saver(config)
     report = BulkReport()
+    confirm_then_run = partial(_confirm_then_run, out, force=force, parallel=limit, into=report)
 
     if all_ or not sessions:
         out.echo("Checking for stopped claude-on-incus containers...")
@@ -358,17 +333,7 @@ async def clean(app: App, *, all_: bool, sessions: bool, force: bool, parallel: 
                 async def remove(ctx: ItemContext) -> None:
                     await lc.remove_stopped_one(ctx, incus, stopped[ctx.name], saver=saver)
 
-                if not await _confirm_then_run(
-                    out,
-                    list(stopped),
-                    remove,
-                    found="stopped container(s)",
-                    prompt="\nDelete these containers? [y/N]: ",
-                    force=force,
-                    verb=view.CLEAN_CONTAINERS,
-                    parallel=limit,
-                    into=report,
-                ):
+                if not await confirm_then_run(list(stopped), remove, view.CLEAN_CONTAINERS):
                     return
 
     if (all_ or sessions) and not report.interrupted:
@@ -381,17 +346,7 @@ async def clean(app: App, *, all_: bool, sessions: bool, force: bool, parallel: 
             async def forget(ctx: ItemContext) -> None:
                 await lc.delete_session_one(ctx, store, ctx.name)
 
-            if not await _confirm_then_run(
-                out,
-                [s.id for s in saved],
-                forget,
-                found="session(s)",
-                prompt="\nDelete all session data? [y/N]: ",
-                force=force,
-                verb=view.CLEAN_SESSIONS,
-                parallel=limit,
-                into=report,
-            ):
+            if not await confirm_then_run([s.id for s in saved], forget, view.CLEAN_SESSIONS):
                 return
 
     _finish(

@@ -5,12 +5,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._lowlevel import QUICK_S, START_S, STOP_S, deadline, say
+from coi_async.cli.commands._lowlevel import QUICK_S, START_S, STOP_S, connected, say
 from coi_async.cli.commands.run import parse_env
 from coi_async.errors import CoiError, NotFoundError, UsageError
 
@@ -22,6 +22,18 @@ async def container() -> None:
     """Low-level container operations."""
 
 
+def _on_container(force: str | None = None) -> Callable[[Callable[..., Any]], click.Command]:
+    """Register `coi container COMMAND NAME`; `force`, when given, is the help of its --force flag."""
+
+    def register(fn: Callable[..., Any]) -> click.Command:
+        command = click.pass_obj(fn)
+        if force is not None:
+            command = click.option("--force", is_flag=True, help=force)(command)
+        return container.command()(click.argument("name")(command))
+
+    return register
+
+
 @container.command()
 @click.argument("image")
 @click.argument("name")
@@ -31,50 +43,38 @@ async def launch(app: App, image: str, name: str, *, ephemeral: bool) -> None:
     """Create and start container NAME from the local image IMAGE (Docker-in-container ready)."""
     from coi_async.orchestration.containers import commands as containers
 
-    async with app.incus() as incus:
-        with deadline(START_S, f"launching {name}"):
-            await containers.launch(incus, image, name, ephemeral=ephemeral)
+    async with connected(app, START_S, f"launching {name}") as incus:
+        await containers.launch(incus, image, name, ephemeral=ephemeral)
     say(f"Container {name} launched from {image}")
 
 
-@container.command()
-@click.argument("name")
-@click.pass_obj
+@_on_container()
 async def start(app: App, name: str) -> None:
     """Start a stopped container."""
     from coi_async.orchestration.containers import commands as containers
 
-    async with app.incus() as incus:
-        with deadline(START_S, f"starting {name}"):
-            await containers.start(incus, name)
+    async with connected(app, START_S, f"starting {name}") as incus:
+        await containers.start(incus, name)
     say(f"Container {name} started")
 
 
-@container.command()
-@click.argument("name")
-@click.option("--force", is_flag=True, help="Kill it at once instead of asking it to shut down.")
-@click.pass_obj
+@_on_container(force="Kill it at once instead of asking it to shut down.")
 async def stop(app: App, name: str, *, force: bool) -> None:
     """Stop a running container (gracefully, unless --force)."""
     from coi_async.orchestration.containers import commands as containers
 
-    async with app.incus() as incus:
-        with deadline(QUICK_S if force else STOP_S, f"stopping {name}"):
-            await containers.stop(incus, name, force=force)
+    async with connected(app, QUICK_S if force else STOP_S, f"stopping {name}") as incus:
+        await containers.stop(incus, name, force=force)
     say(f"Container {name} stopped")
 
 
-@container.command()
-@click.argument("name")
-@click.option("--force", is_flag=True, help="Stop it first if it is running.")
-@click.pass_obj
+@_on_container(force="Stop it first if it is running.")
 async def delete(app: App, name: str, *, force: bool) -> None:
     """Delete a container (a running one only with --force)."""
     from coi_async.orchestration.containers import commands as containers
 
-    async with app.incus() as incus:
-        with deadline(QUICK_S * 2, f"deleting {name}"):
-            await containers.delete(incus, name, force=force)
+    async with connected(app, QUICK_S * 2, f"deleting {name}") as incus:
+        await containers.delete(incus, name, force=force)
     say(f"Container {name} deleted")
 
 
@@ -163,9 +163,7 @@ async def exec_(
         raise CoiError(f"command failed: exit status {code}")
 
 
-@container.command()
-@click.argument("name")
-@click.pass_obj
+@_on_container()
 async def exists(app: App, name: str) -> None:
     """Exit 0 if the container exists, 1 if not."""
     async with app.incus() as incus:
@@ -173,9 +171,7 @@ async def exists(app: App, name: str) -> None:
     sys.exit(0 if found else 1)
 
 
-@container.command()
-@click.argument("name")
-@click.pass_obj
+@_on_container()
 async def running(app: App, name: str) -> None:
     """Exit 0 if the container is running, 1 if not."""
     async with app.incus() as incus:
@@ -205,7 +201,6 @@ async def mount(app: App, name: str, device: str, source: str, path: str, *, shi
     if not path.startswith("/"):
         raise UsageError(f"container path must be absolute: '{path}'")
     source = os.path.abspath(source)  # noqa: ASYNC240 - a getcwd, no disk access
-    async with app.incus() as incus:
-        with deadline(QUICK_S, f"mounting {source} in {name}"):
-            await containers.add_disk(incus, name, device, source, path, shift=shift)
+    async with connected(app, QUICK_S, f"mounting {source} in {name}") as incus:
+        await containers.add_disk(incus, name, device, source, path, shift=shift)
     say(f"Disk mounted: {source} -> {name}:{path}")

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._lowlevel import PUBLISH_S, QUICK_S, deadline, say
+from coi_async.cli.commands._lowlevel import PUBLISH_S, QUICK_S, connected, say
+from coi_async.cli.commands._options import format_option
 from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
@@ -44,9 +45,8 @@ def matching(image: Image, prefix: str) -> list[str]:
 
 
 async def _list(app: App, *, show_all: bool, prefix: str | None, fmt: str) -> None:
-    async with app.incus() as incus:
-        with deadline(QUICK_S, "listing images"):
-            images = await incus.list_images()
+    async with connected(app, QUICK_S, "listing images") as incus:
+        images = await incus.list_images()
     images.sort(key=lambda i: (matching(i, "")[:1] or ["\uffff"], i.fingerprint))
     if fmt == "json":
         import msgspec
@@ -113,14 +113,7 @@ async def image() -> None:
 @image.command("list")
 @click.option("-a", "--all", "show_all", is_flag=True, help="Show every local image, not just coi's.")
 @click.option("--prefix", default=None, help="Only images with an alias starting with this.")
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["table", "json"]),
-    default="table",
-    show_default=True,
-    help="table for people, json for scripts.",
-)
+@format_option("table", "json", description="table for people, json for scripts.")
 @click.pass_obj
 async def list_(app: App, *, show_all: bool, prefix: str | None, fmt: str) -> None:
     """List images."""
@@ -149,9 +142,8 @@ async def publish(app: App, container: str, alias: str, *, description: str) -> 
 
     from coi_async.orchestration.images import versions as image_versions
 
-    async with app.incus() as incus:
-        with deadline(PUBLISH_S, f"publishing {container}"):
-            fingerprint = await image_versions.publish(incus, container, alias, description=description)
+    async with connected(app, PUBLISH_S, f"publishing {container}") as incus:
+        fingerprint = await image_versions.publish(incus, container, alias, description=description)
     click.echo(msgspec.json.encode({"alias": alias, "fingerprint": fingerprint}).decode())
 
 
@@ -162,9 +154,8 @@ async def delete(app: App, alias: str) -> None:
     """Delete the image ALIAS names (with all its aliases)."""
     from coi_async.orchestration.images import versions as image_versions
 
-    async with app.incus() as incus:
-        with deadline(QUICK_S * 2, f"deleting image {alias}"):
-            await image_versions.delete(incus, alias)
+    async with connected(app, QUICK_S * 2, f"deleting image {alias}") as incus:
+        await image_versions.delete(incus, alias)
     say(f"Image {alias} deleted")
 
 
@@ -173,9 +164,8 @@ async def delete(app: App, alias: str) -> None:
 @click.pass_obj
 async def exists(app: App, alias: str) -> None:
     """Exit 0 if image ALIAS exists, 1 if not."""
-    async with app.incus() as incus:
-        with deadline(QUICK_S, f"looking up image {alias}"):
-            found = await incus.find_image(alias)
+    async with connected(app, QUICK_S, f"looking up image {alias}") as incus:
+        found = await incus.find_image(alias)
     sys.exit(0 if found is not None else 1)
 
 
@@ -192,9 +182,8 @@ async def cleanup(app: App, prefix: str, *, keep: int) -> None:
 
     if keep <= 0:
         raise UsageError("--keep must be > 0")
-    async with app.incus() as incus:
-        with deadline(PUBLISH_S, f"cleaning up {prefix}"):
-            report = await image_versions.cleanup(incus, prefix, keep)
+    async with connected(app, PUBLISH_S, f"cleaning up {prefix}") as incus:
+        report = await image_versions.cleanup(incus, prefix, keep)
     say("Cleanup complete:")
     if report.deleted:
         say(f"\nDeleted {len(report.deleted)} old version(s):")

@@ -56,14 +56,14 @@ async def run(
     app: App,
     *,
     command: tuple[str, ...],
-    workspace: str,
+    timeout_s: float | None,
     slot: int | None,
+    workspace: str,
+    mounts: tuple[str, ...],
+    env_pairs: tuple[str, ...],
+    profile: str | None,
     image: str | None,
     persistent: bool | None,
-    profile: str | None,
-    env_pairs: tuple[str, ...],
-    mounts: tuple[str, ...],
-    timeout_s: float | None,
 ) -> None:
     """Run COMMAND in a fresh container as the code user in /workspace; exit with its code.
 
@@ -72,7 +72,7 @@ async def run(
     from coi_async.cli import session_view
     from coi_async.naming import absolute_workspace
     from coi_async.orchestration.interrupts import interruptible
-    from coi_async.orchestration.sessions.launch import check_workspace, prepare_mounts
+    from coi_async.orchestration.sessions.launch_request import check_workspace, prepare_mounts
     from coi_async.orchestration.sessions.run import RunRequest, run_command
     from coi_async.slots import validate_slot
 

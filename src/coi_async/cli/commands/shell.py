@@ -19,7 +19,7 @@ _RESUME_HELP = "Resume a saved session: the latest of this workspace, or --resum
 def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[str, tuple[Mount, ...], str]:
     """The absolute workspace (checked), the extra mounts (validated, host dirs made), the home."""
     from coi_async.naming import absolute_workspace
-    from coi_async.orchestration.sessions.launch import check_workspace, prepare_mounts
+    from coi_async.orchestration.sessions.launch_request import check_workspace, prepare_mounts
 
     ws = absolute_workspace(workspace, os.getcwd())
     check_workspace(ws)

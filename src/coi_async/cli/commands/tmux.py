@@ -8,7 +8,7 @@ import sys
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._lowlevel import QUICK_S, deadline, say
+from coi_async.cli.commands._lowlevel import QUICK_S, connected, say
 
 
 @click.group()
@@ -24,9 +24,8 @@ async def send(app: App, container: str, command: str) -> None:
     """Type COMMAND, then Enter, into the container's tmux session (key names like C-c work)."""
     from coi_async.orchestration.sessions import tmux_control
 
-    async with app.incus() as incus:
-        with deadline(QUICK_S, f"sending to {container}"):
-            session = await tmux_control.send(incus, app.config(), container, command)
+    async with connected(app, QUICK_S, f"sending to {container}") as incus:
+        session = await tmux_control.send(incus, app.config(), container, command)
     click.echo(f"Sent command to session {session}")
 
 
@@ -37,9 +36,8 @@ async def capture(app: App, container: str) -> None:
     """Print what the container's tmux session shows now."""
     from coi_async.orchestration.sessions import tmux_control
 
-    async with app.incus() as incus:
-        with deadline(QUICK_S, f"capturing {container}"):
-            screen = await tmux_control.capture(incus, app.config(), container)
+    async with connected(app, QUICK_S, f"capturing {container}") as incus:
+        screen = await tmux_control.capture(incus, app.config(), container)
     sys.stdout.buffer.write(screen)
     sys.stdout.flush()
 
@@ -52,9 +50,8 @@ async def list_(app: App) -> None:
     from coi_async.orchestration.sessions import tmux_control
 
     prefix = container_prefix(os.environ)
-    async with app.incus() as incus:
-        with deadline(QUICK_S, "listing tmux sessions"):
-            listing = await tmux_control.list_sessions(incus, app.config(), prefix)
+    async with connected(app, QUICK_S, "listing tmux sessions") as incus:
+        listing = await tmux_control.list_sessions(incus, app.config(), prefix)
     for name, reason in listing.failed:
         say(f"Warning: cannot check {name}: {reason}")
     if not listing.sessions:

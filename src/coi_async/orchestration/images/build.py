@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import anyio
 import anyio.to_thread
@@ -98,55 +99,43 @@ def host_ca_certificates(root: Path = Path("/usr/local/share/ca-certificates")) 
     return tuple(sorted(p for p in root.rglob("*.crt") if p.is_file()))
 
 
-def coi_request(
-    *,
-    base: str = DEBIAN_BASE,
-    force: bool = False,
-    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST,
-    proxy_port: int = 0,
-    container_prefix: str = "coi-",
-    ca_certs: tuple[Path, ...] | None = None,
-) -> BuildRequest:
+class BuildOptions(TypedDict, total=False):
+    """How a build runs, whichever image it makes."""
+
+    force: bool
+    allowlist: tuple[str, ...]
+    proxy_port: int
+    container_prefix: str
+    # Default: the CA certificates added on this host.
+    ca_certs: tuple[Path, ...]
+
+
+def coi_request(*, base: str = DEBIAN_BASE, **options: Unpack[BuildOptions]) -> BuildRequest:
     """The `coi` image: the shipped recipe on the configured base."""
-    return BuildRequest(
-        alias="coi",
-        script=COI_SCRIPT,
-        base=base,
-        force=force,
-        files={"/tmp/dummy": DUMMY},
-        allowlist=allowlist,
-        proxy_port=proxy_port,
-        container_prefix=container_prefix,
-        ca_certs=host_ca_certificates() if ca_certs is None else ca_certs,
-        description="coi: AI coding CLIs in a container",
-    )
+    return _request("coi", COI_SCRIPT, base, "coi: AI coding CLIs in a container", options)
 
 
 def custom_request(
-    alias: str,
-    script: Path,
-    *,
-    base: str = "coi",
-    force: bool = False,
-    allowlist: tuple[str, ...] = DEFAULT_ALLOWLIST,
-    proxy_port: int = 0,
-    container_prefix: str = "coi-",
-    ca_certs: tuple[Path, ...] | None = None,
+    alias: str, script: Path, *, base: str = "coi", **options: Unpack[BuildOptions]
 ) -> BuildRequest:
     """A custom image: the user's script on any base (the `coi` image by default)."""
     if not script.is_file():
         raise BuildError(f"build script not found: {script}")
+    return _request(alias, script.resolve(), base, f"coi custom image {alias}", options)
+
+
+def _request(alias: str, script: Path, base: str, description: str, options: BuildOptions) -> BuildRequest:
     return BuildRequest(
         alias=alias,
-        script=script.resolve(),
+        script=script,
         base=base,
-        force=force,
+        force=options.get("force", False),
         files={"/tmp/dummy": DUMMY},
-        allowlist=allowlist,
-        proxy_port=proxy_port,
-        container_prefix=container_prefix,
-        ca_certs=host_ca_certificates() if ca_certs is None else ca_certs,
-        description=f"coi custom image {alias}",
+        allowlist=options.get("allowlist", DEFAULT_ALLOWLIST),
+        proxy_port=options.get("proxy_port", 0),
+        container_prefix=options.get("container_prefix", "coi-"),
+        ca_certs=options["ca_certs"] if "ca_certs" in options else host_ca_certificates(),
+        description=description,
     )
 
 

@@ -20,7 +20,10 @@ import ctypes
 import os
 import secrets
 import shutil
+import stat
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import anyio
 import anyio.to_thread
@@ -86,49 +89,122 @@ def _safe_entry(name: str) -> bool:
     return bool(name) and name not in (".", "..") and "/" not in name and "\0" not in name
 
 
-async def _pull_tree(
-    incus: IncusClient,
-    container: str,
-    remote: str,
-    local: Path,
-    limiter: anyio.CapacityLimiter,
-    skipped: list[str],
-    rel: str = "",
+class _Kind(NamedTuple):
+    kind: str  # "directory", "file", or anything else (left out)
+    mode: int
+
+
+class _TreeCopy:
+    """A files-API copy of a directory tree, one side local and the other in the container.
+
+    Directories are made before their entries; entries are looked at and copied concurrently,
+    at most `_WALK_PARALLEL` requests in flight; anything but a file or directory (a symlink, a
+    device, a name that could escape) is left out and listed in `skipped`.
+    """
+
+    def __init__(
+        self,
+        *,
+        names: Callable[[str], Awaitable[list[str]]],
+        kind: Callable[[str], Awaitable[_Kind]],
+        make_directory: Callable[[str, int], Awaitable[None]],
+        copy_file: Callable[[str, str], Awaitable[None]],
+    ) -> None:
+        self._names = names
+        self._kind = kind
+        self._make_directory = make_directory
+        self._copy_file = copy_file
+        self._limiter = anyio.CapacityLimiter(_WALK_PARALLEL)
+        self.skipped: list[str] = []
+
+    async def copy(self, source: str, target: str, mode: int, rel: str = "") -> None:
+        async with self._limiter:
+            await self._make_directory(target, mode)
+            names = await self._names(source)
+
+        async def one(name: str) -> None:
+            shown = f"{rel}{name}"
+            if not _safe_entry(name):
+                self.skipped.append(shown)
+                return
+            from_, to = f"{source}/{name}", f"{target}/{name}"
+            async with self._limiter:
+                found = await self._kind(from_)
+            if found.kind == "directory":
+                await self.copy(from_, to, found.mode, f"{shown}/")
+            elif found.kind == "file":
+                async with self._limiter:
+                    await self._copy_file(from_, to)
+            else:
+                self.skipped.append(shown)
+
+        async with anyio.create_task_group() as tg:
+            for name in names:
+                tg.start_soon(one, name)
+
+
+async def _pull_tree(incus: IncusClient, container: str, remote: str, local: Path) -> list[str]:
+    async def names(directory: str) -> list[str]:
+        return await incus.list_directory(container, directory)
+
+    async def kind(path: str) -> _Kind:
+        info = await incus.stat_file(container, path)
+        return _Kind(info.type, info.mode)
+
+    async def make_directory(path: str, mode: int) -> None:
+        # Always ours to write, or its own entries could not be written into it.
+        await anyio.Path(path).mkdir(parents=True, exist_ok=True)
+        await anyio.Path(path).chmod(mode & 0o777 | 0o700)
+
+    async def copy_file(source: str, target: str) -> None:
+        await incus.pull_file_to(container, source, Path(target))
+
+    walk = _TreeCopy(names=names, kind=kind, make_directory=make_directory, copy_file=copy_file)
+    await walk.copy(remote, str(local), 0o700)
+    return walk.skipped
+
+
+def _local_kind(path: str) -> _Kind:
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode):
+        return _Kind("directory", st.st_mode)
+    return _Kind("file" if stat.S_ISREG(st.st_mode) else "other", st.st_mode)
+
+
+async def _push_tree(
+    incus: IncusClient, container: str, local: Path, remote: str, *, uid: int, gid: int
 ) -> None:
-    async with limiter:
-        entries = await incus.list_directory(container, remote)
-    await anyio.Path(local).mkdir(parents=True, exist_ok=True)
+    async def names(directory: str) -> list[str]:
+        return await anyio.to_thread.run_sync(os.listdir, directory)
 
-    async def one(entry: str) -> None:
-        shown = f"{rel}{entry}"
-        if not _safe_entry(entry):
-            skipped.append(shown)
-            return
-        path = f"{remote}/{entry}"
-        async with limiter:
-            info = await incus.stat_file(container, path)
-        if info.type == "directory":
-            await _pull_tree(incus, container, path, local / entry, limiter, skipped, f"{shown}/")
-            await anyio.Path(local / entry).chmod(info.mode & 0o777 | 0o700)
-        elif info.type == "file":
-            async with limiter:
-                await incus.pull_file_to(container, path, local / entry)
-        else:
-            skipped.append(shown)
+    async def kind(path: str) -> _Kind:
+        return await anyio.to_thread.run_sync(_local_kind, path)
 
-    async with anyio.create_task_group() as tg:
-        for entry in entries:
-            tg.start_soon(one, entry)
+    async def make_directory(path: str, mode: int) -> None:
+        with contextlib.suppress(ConflictError):
+            await incus.make_directory(container, path, uid=uid, gid=gid, mode=mode & 0o777)
+
+    async def copy_file(source: str, target: str) -> None:
+        await incus.push_file_from(container, target, Path(source), uid=uid, gid=gid)
+
+    walk = _TreeCopy(names=names, kind=kind, make_directory=make_directory, copy_file=copy_file)
+    await walk.copy(str(local), remote, (await anyio.Path(local).stat()).st_mode)
+
+
+class StatePlace(msgspec.Struct, frozen=True):
+    """Where a session's tool state lives: `<home>/<config_dir>` in `container`."""
+
+    container: str
+    home: str
+    config_dir: str = ".claude"
+
+    @property
+    def path(self) -> str:
+        return f"{self.home.rstrip('/')}/{self.config_dir}"
 
 
 async def save_session_data(
-    incus: IncusClient,
-    container: str,
-    session_dir: Path,
-    home: str,
-    *,
-    config_dir: str = ".claude",
-    running: bool | None = None,
+    incus: IncusClient, place: StatePlace, session_dir: Path, *, running: bool | None = None
 ) -> SaveOutcome:
     """Copy `<home>/<config_dir>` out of the container into `<session_dir>/<config_dir>`.
 
@@ -137,7 +213,7 @@ async def save_session_data(
     failure or cancellation leaves the previous copy as it was. NotFoundError if the container
     does not exist.
     """
-    remote = f"{home.rstrip('/')}/{config_dir}"
+    container, config_dir, remote = place.container, place.config_dir, place.path
     target = session_dir / config_dir
     if running is None:
         running = (await incus.get_instance(container)).running
@@ -156,8 +232,7 @@ async def save_session_data(
             skipped = await incus.pull_directory(container, remote, staging)
             method = "exec"
         else:
-            limiter = anyio.CapacityLimiter(_WALK_PARALLEL)
-            await _pull_tree(incus, container, remote, staging, limiter, skipped)
+            skipped = await _pull_tree(incus, container, remote, staging)
             method = "files"
         await anyio.Path(staging).chmod(0o700)
         # Not cancellable: once the copy is complete, putting it in place takes two syscalls.
@@ -170,71 +245,19 @@ async def save_session_data(
     return SaveOutcome(saved=True, method=method, skipped=tuple(sorted(skipped)))
 
 
-async def _push_tree(
-    incus: IncusClient,
-    container: str,
-    local: Path,
-    remote: str,
-    *,
-    uid: int,
-    gid: int,
-    limiter: anyio.CapacityLimiter,
-    skipped: list[str],
-    rel: str = "",
-) -> None:
-    st = await anyio.Path(local).stat()
-    async with limiter:
-        with contextlib.suppress(ConflictError):
-            await incus.make_directory(container, remote, uid=uid, gid=gid, mode=st.st_mode & 0o777)
-
-    async def one(entry: os.DirEntry[str]) -> None:
-        path, shown = f"{remote}/{entry.name}", f"{rel}{entry.name}"
-        if entry.is_symlink():
-            skipped.append(shown)
-        elif entry.is_dir():
-            await _push_tree(
-                incus,
-                container,
-                Path(entry.path),
-                path,
-                uid=uid,
-                gid=gid,
-                limiter=limiter,
-                skipped=skipped,
-                rel=f"{shown}/",
-            )
-        elif entry.is_file():
-            async with limiter:
-                await incus.push_file_from(container, path, Path(entry.path), uid=uid, gid=gid)
-        else:
-            skipped.append(shown)
-
-    entries = await anyio.to_thread.run_sync(lambda: list(os.scandir(local)))
-    async with anyio.create_task_group() as tg:
-        for entry in entries:
-            tg.start_soon(one, entry)
-
-
 async def restore_session_data(
-    incus: IncusClient,
-    container: str,
-    session_dir: Path,
-    home: str,
-    uid: int,
-    gid: int,
-    *,
-    config_dir: str = ".claude",
-    running: bool | None = None,
+    incus: IncusClient, place: StatePlace, session_dir: Path, uid: int, *, running: bool | None = None
 ) -> bool:
-    """Copy `<session_dir>/<config_dir>` into the container's `<home>/<config_dir>`, owned by uid:gid.
+    """Copy `<session_dir>/<config_dir>` into the container's `<home>/<config_dir>`, owned by
+    uid:uid.
 
     Existing files there are overwritten, others kept. Works before the container's first start
     too (files API), so the tool never starts without its state. False if nothing was saved.
     """
-    local = session_dir / config_dir
+    container, remote, gid = place.container, place.path, uid
+    local = session_dir / place.config_dir
     if not await anyio.Path(local).is_dir():
         return False
-    remote = f"{home.rstrip('/')}/{config_dir}"
     if running is None:
         running = (await incus.get_instance(container)).running
     if running:
@@ -242,7 +265,5 @@ async def restore_session_data(
         # tar made the directory itself as root; the tool must own it.
         await incus.exec(container, ["chown", f"{uid}:{gid}", remote])
     else:
-        skipped: list[str] = []
-        limiter = anyio.CapacityLimiter(_WALK_PARALLEL)
-        await _push_tree(incus, container, local, remote, uid=uid, gid=gid, limiter=limiter, skipped=skipped)
+        await _push_tree(incus, container, local, remote, uid=uid, gid=gid)
     return True

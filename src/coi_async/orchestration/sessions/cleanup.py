@@ -22,7 +22,7 @@ from coi_async.orchestration.sessions.model import Session
 from coi_async.orchestration.sessions.outcome import STATE_S, poll_stopped, wait_stopped
 from coi_async.orchestration.sessions.request import Outcome
 from coi_async.orchestration.sessions.save import SaveTimedOutError, save_session, session_id_for
-from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore
+from coi_async.orchestration.sessions.store import SavedSession, SessionMetadata, SessionStore
 from coi_async.tools import Tool
 
 # Upper bounds for the cleanup steps: they run shielded, so they must end on their own.
@@ -48,6 +48,8 @@ class SessionState:
     ready: bool = False
     # What the store says (or will say) about the session; kept current by every save.
     metadata: SessionMetadata | None = None
+    # The saved session this one resumes, if any.
+    resumed: SavedSession | None = None
 
 
 class SaveResult(enum.Enum):

@@ -15,7 +15,9 @@ from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, note
-from coi_async.orchestration.sessions.launch import WORKSPACE_PATH, launch, session_env, spec_from_config
+from coi_async.orchestration.sessions.instance_spec import WORKSPACE_PATH, spec_from_config
+from coi_async.orchestration.sessions.launch import launch
+from coi_async.orchestration.sessions.launch_request import session_env
 
 ByteSink = Callable[[bytes], Awaitable[None]]
 

@@ -77,14 +77,8 @@ async def save_session(
     session_dir = store.session_dir(session_id)
     try:
         with anyio.fail_after(bound_s):
-            outcome = await archive.save_session_data(
-                incus,
-                session.container,
-                session_dir,
-                session.home,
-                config_dir=tool.config_dir,
-                running=running,
-            )
+            place = archive.StatePlace(session.container, session.home, tool.config_dir)
+            outcome = await archive.save_session_data(incus, place, session_dir, running=running)
     except TimeoutError:
         raise SaveTimedOutError(bound_s) from None
     except CoiError as exc:

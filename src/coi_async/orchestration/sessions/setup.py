@@ -19,10 +19,10 @@ from coi_async.orchestration.sessions import archive
 from coi_async.orchestration.sessions.cleanup import REMOVE_S, SaveResult, SessionState, save
 from coi_async.orchestration.sessions.credentials import inject_credentials
 from coi_async.orchestration.sessions.guard import absorbing_coi_errors
-from coi_async.orchestration.sessions.launch import LaunchRequest, launch_session
+from coi_async.orchestration.sessions.launch_request import LaunchRequest, launch_session
 from coi_async.orchestration.sessions.model import session_of
 from coi_async.orchestration.sessions.request import ShellRequest
-from coi_async.orchestration.sessions.store import SavedSession, SessionMetadata, now_rfc3339
+from coi_async.orchestration.sessions.store import SessionMetadata, now_rfc3339
 
 _READY_S = 60.0
 _RESTORE_ATTEMPTS = 3
@@ -33,10 +33,10 @@ async def setup_session(
     config: Config,
     request: ShellRequest,
     state: SessionState,
-    resumed: SavedSession | None,
     emit: Emit,
 ) -> None:
     """Have the session's container running with its state and credentials in place."""
+    resumed = state.resumed
     prefer = ""
     if resumed is not None and resumed.metadata is not None and resumed.metadata.container_name:
         prefer = resumed.metadata.container_name
@@ -89,16 +89,8 @@ async def setup_session(
             for attempt in range(_RESTORE_ATTEMPTS):
                 # Idempotent (files are overwritten), so a lost exec on a loaded host is retried.
                 with absorbing_coi_errors() as failed:
-                    await archive.restore_session_data(
-                        incus,
-                        session.container,
-                        resumed.path,
-                        session.home,
-                        session.uid,
-                        session.uid,
-                        config_dir=state.tool.config_dir,
-                        running=True,
-                    )
+                    place = archive.StatePlace(session.container, session.home, state.tool.config_dir)
+                    await archive.restore_session_data(incus, place, resumed.path, session.uid, running=True)
                 if not failed:
                     break
                 if attempt == _RESTORE_ATTEMPTS - 1:

@@ -59,12 +59,12 @@ async def run_shell(
                     session_id=resumed.id if resumed else new_session_id(),
                     persistent=persistent,
                 )
-                state = SessionState(session=session, tool=tool, store=store)
+                state = SessionState(session=session, tool=tool, store=store, resumed=resumed)
                 note(emit, "setup.started", session_id=session.session_id)
-                await setup_session(incus, config, request, state, resumed, emit)
+                await setup_session(incus, config, request, state, emit)
                 state.ready = True
-                announce(state, request, resumed, emit)
-                outcome = await run_tool(incus, config, request, state, resumed, emit=emit, terminal=terminal)
+                announce(state, request, emit)
+                outcome = await run_tool(incus, config, request, state, emit=emit, terminal=terminal)
         except BaseException:
             if interrupt.signum is None or state is None:
                 # A failed setup (or a bug): remove what we made, after saving what it held.

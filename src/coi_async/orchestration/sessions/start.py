@@ -12,17 +12,17 @@ from coi_async.orchestration.sessions.attach import attach_terminal, attach_tmux
 from coi_async.orchestration.sessions.cleanup import SessionState
 from coi_async.orchestration.sessions.outcome import after_session
 from coi_async.orchestration.sessions.request import Outcome, ShellRequest
-from coi_async.orchestration.sessions.store import SavedSession, discover_cli_session_id
+from coi_async.orchestration.sessions.store import discover_cli_session_id
 from coi_async.orchestration.sessions.tmux import LOST_EXEC, TmuxSession, user_env
 
 
-def announce(state: SessionState, request: ShellRequest, resumed: SavedSession | None, emit: Emit) -> None:
+def announce(state: SessionState, request: ShellRequest, emit: Emit) -> None:
     """What is about to run, where (one `session.starting` note)."""
     mode = "direct"
     if request.use_tmux:
         mode = "background" if request.background else "interactive"
     resume = ""
-    if resumed is not None:
+    if state.resumed is not None:
         resume = "persistent" if not state.created else "restored"
     session = state.session
     note(
@@ -37,13 +37,11 @@ def announce(state: SessionState, request: ShellRequest, resumed: SavedSession |
     )
 
 
-def tool_command(
-    state: SessionState, config: Config, request: ShellRequest, resumed: SavedSession | None
-) -> list[str]:
+def tool_command(state: SessionState, config: Config, request: ShellRequest) -> list[str]:
     """The command the session runs: the tool (new, or resuming its conversation), or bash."""
     if request.debug:
         return ["bash"]
-    binary, tool = config.tool.binary, state.tool
+    binary, tool, resumed = config.tool.binary, state.tool, state.resumed
     if resumed is not None:
         cli_id = (resumed.metadata.cli_session_id if resumed.metadata else "") or discover_cli_session_id(
             tool, resumed.path
@@ -57,7 +55,6 @@ async def run_tool(
     config: Config,
     request: ShellRequest,
     state: SessionState,
-    resumed: SavedSession | None,
     *,
     emit: Emit,
     terminal: Terminal,
@@ -67,7 +64,7 @@ async def run_tool(
     # -e pairs over the profile's environment, for every process of the session.
     extra = {**config.environment, **request.env}
     env = user_env(home=session.home, user=session.user, term=request.term, extra=extra)
-    argv = tool_command(state, config, request, resumed)
+    argv = tool_command(state, config, request)
     state.has_state = True
     if not request.use_tmux:
         if await attach_terminal(incus, session.container, argv, terminal, env, session.uid) == LOST_EXEC:

@@ -2,8 +2,9 @@
 
 `os.environ` is already the test's own (tests/conftest.py's autouse `isolated_environment`: its
 own HOME and XDG directories, no COI_* variable of the developer's), so a run sees only what the
-test gives it. `coi` (async) and `coi_sync` return a `Run`; `coi_env` is the environment they use,
-for tests that must start the process themselves (pexpect, Popen).
+test gives it. `coi` (async) and `coi_sync` return a `Run` (the output as bytes, `out`/`err`, and
+as text, `stdout`/`stderr`); `coi_env` and `isolated_env` make the environments they run in, also
+for tests that must start the process themselves (pexpect, Popen) with `COI`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -95,26 +97,44 @@ def isolated_env(
     return coi_env(home=home, prefix=prefix, drop=drop, COI_INCUS_PROJECT=project, **extra)
 
 
-async def coi(*args: str, project: str | None = None, cwd: Path | str | None = None, **env: str) -> Run:
-    """`coi ARGS` in the Incus project `project` (INCUS_PROJECT), with `env` on top of `coi_env()`."""
-    environ = coi_env(project=project)
-    environ.update(env)
+def _environ(env: Mapping[str, str] | None, project: str | None, extra: Mapping[str, str]) -> dict[str, str]:
+    if env is not None and project is not None:
+        raise TypeError("give the project in `env` or as `project`, not both")
+    environ = dict(env) if env is not None else coi_env(project=project)
+    environ.update(extra)
+    return environ
+
+
+async def coi(
+    *args: str,
+    env: Mapping[str, str] | None = None,
+    project: str | None = None,
+    cwd: Path | str | None = None,
+    stdin: bytes = b"",
+    **extra: str,
+) -> Run:
+    """`coi ARGS` in `cwd` with `stdin` as its input; the test fails after TIMEOUT_S (for less, put
+    the call in an `anyio.fail_after`).
+
+    Its environment is `env` (e.g. one of `coi_env` or `isolated_env`), by default `coi_env()` in
+    the Incus project `project` (INCUS_PROJECT); `extra` variables on top."""
+    environ = _environ(env, project, extra)
     with anyio.fail_after(TIMEOUT_S):
-        done = await anyio.run_process([COI, *args], env=environ, cwd=cwd, check=False)
+        done = await anyio.run_process([COI, *args], input=stdin, env=environ, cwd=cwd, check=False)
     return Run(done.returncode, done.stdout, done.stderr)
 
 
 def coi_sync(
     *args: str,
+    env: Mapping[str, str] | None = None,
     project: str | None = None,
     cwd: Path | str | None = None,
     stdin: bytes = b"",
     timeout: float = TIMEOUT_S,
-    **env: str,
+    **extra: str,
 ) -> Run:
     """`coi` for a synchronous test (or from a worker thread)."""
-    environ = coi_env(project=project)
-    environ.update(env)
+    environ = _environ(env, project, extra)
     done = subprocess.run(
         [COI, *args], env=environ, cwd=cwd, input=stdin, capture_output=True, timeout=timeout, check=False
     )

@@ -1,0 +1,22 @@
+"""Options that commands of different families define alike."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import asyncclick as click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def format_option(*choices: str, description: str) -> Callable[[F], F]:
+    """`--format` into `fmt`, one of `choices`; the first is the default."""
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(list(choices)),
+        default=choices[0],
+        show_default=True,
+        help=description,
+    )
