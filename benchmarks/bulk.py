@@ -21,6 +21,10 @@ above); the peak RSS of one coi process shutting down --memory-n containers; and
 bulk state change (PUT /1.0/instances) against per-instance stops fanned out.
 
     .venv/bin/python benchmarks/bulk.py [--n 8,16,32] [--reps 1] [--image coi-test-debian]
+
+With --baseline OTHER/.venv/bin/python, that checkout's coi is timed as (c') right after (c) in
+every repetition, on freshly made containers of the same kind: before and after a change from
+one machine state.
 """
 
 from __future__ import annotations
@@ -164,13 +168,13 @@ async def floor(incus: IncusClient, names: list[str], *, force: bool, grace_s: i
 # --- (c) coi --------------------------------------------------------------------------------------------
 
 
-def coi(project: str, home: str, *args: str) -> tuple[float, int, int]:
-    """Wall time, exit code and peak RSS (KiB) of one coi run."""
+def coi(project: str, home: str, *args: str, python: str = sys.executable) -> tuple[float, int, int]:
+    """Wall time, exit code and peak RSS (KiB) of one coi run (`python`'s coi_async)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("COI_")}
     env.update(COI_CONTAINER_PREFIX=PREFIX, COI_INCUS_PROJECT=project, HOME=home, NO_COLOR="1")
     start = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "coi_async", *args],
+        [python, "-m", "coi_async", *args],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -317,6 +321,19 @@ async def main(args: argparse.Namespace) -> None:
                     seconds, _, _ = coi(project, home, "shutdown", "--all", "--force")
                     samples.add("c-shutdown", n, seconds)
                     print("c", end=" ", flush=True)
+                    if args.baseline:
+                        names = names_for(n)
+                        await make(incus, names, image, systemd=systemd)
+                        seconds, _, _ = coi(
+                            project,
+                            tempfile.mkdtemp(dir=tmp),
+                            "shutdown",
+                            "--all",
+                            "--force",
+                            python=args.baseline,
+                        )
+                        samples.add("base-shutdown", n, seconds)
+                        print("c'", end=" ", flush=True)
                     # kill
                     names = names_for(n)
                     await make(incus, names, image, systemd=systemd)
@@ -333,6 +350,19 @@ async def main(args: argparse.Namespace) -> None:
                     seconds, _, _ = coi(project, tempfile.mkdtemp(dir=tmp), "kill", "--all", "--force")
                     samples.add("c-kill", n, seconds)
                     print("c", end=" ", flush=True)
+                    if args.baseline:
+                        names = names_for(n)
+                        await make(incus, names, image, systemd=systemd)
+                        seconds, _, _ = coi(
+                            project,
+                            tempfile.mkdtemp(dir=tmp),
+                            "kill",
+                            "--all",
+                            "--force",
+                            python=args.baseline,
+                        )
+                        samples.add("base-kill", n, seconds)
+                        print("c'", end=" ", flush=True)
                     # server-side bulk state change against per-instance stops (force)
                     names = names_for(n)
                     await make(incus, names, image, systemd=systemd)
@@ -396,9 +426,11 @@ async def main(args: argparse.Namespace) -> None:
             ("(a) shutdown, reference way", "a-shutdown"),
             ("(b) shutdown, floor", "b-shutdown"),
             ("(c) coi shutdown --all --force", "c-shutdown"),
+            ("(c') baseline coi shutdown", "base-shutdown"),
             ("(a) kill, reference way", "a-kill"),
             ("(b) kill, floor", "b-kill"),
             ("(c) coi kill --all --force", "c-kill"),
+            ("(c') baseline coi kill", "base-kill"),
             ("archive 1 session", "archive-1"),
             (f"archive {n} sessions", "archive-n"),
             ("force stop: one bulk PUT", "bulk-put"),
@@ -414,6 +446,11 @@ async def main(args: argparse.Namespace) -> None:
             f"kill coi/floor {ratio(m('c-kill', n), m('b-kill', n))}, "
             f"reference/coi {ratio(m('a-kill', n), m('c-kill', n))}"
         )
+        if args.baseline:
+            print(
+                f"          baseline: shutdown coi/baseline {ratio(m('c-shutdown', n), m('base-shutdown', n))}, "
+                f"kill coi/baseline {ratio(m('c-kill', n), m('base-kill', n))}"
+            )
         print(
             f"          archive N/1 {ratio(m('archive-n', n), m('archive-1', n))}; "
             f"bulk PUT/per-instance {ratio(m('bulk-put', n), m('per-instance-put', n))}; "
@@ -446,4 +483,9 @@ if __name__ == "__main__":
         "--d-reference-n", type=int, default=8, help="(d): measure the reference up to this N"
     )
     parser.add_argument("--memory-n", type=int, default=100, help="containers for the RSS check (0: skip)")
+    parser.add_argument(
+        "--baseline",
+        default="",
+        help="another checkout's python (e.g. the tree before a change): its coi is timed as (c') in every rep",
+    )
     anyio.run(main, parser.parse_args())

@@ -16,6 +16,10 @@ the medians and the ratio (target: coi at most 0.3× the reference sequence).
 
     .venv/bin/python benchmarks/session_start.py [--runs 7] [--image coi-test-busybox] [--project P]
                                                  [--job run|shell|both] [--shell-image coi-test-debian]
+                                                 [--baseline OTHER/.venv/bin/coi]
+
+With --baseline, a second coi (another checkout's: the tree before a change) is timed in the same
+interleaved rounds, and its ratio to this coi is printed: before and after from one machine state.
 
 The shell job's reference sequence is §3's `shell` row for a new ephemeral session with a host
 ~/.claude (credentials copied, sandbox settings merged by python3, tmux server started, session
@@ -43,6 +47,7 @@ from pathlib import Path
 
 from paired import paired
 
+# The coi under test: this interpreter's, unless --coi names another.
 COI = str(Path(sys.executable).with_name("coi"))
 
 
@@ -90,9 +95,9 @@ def reference_run(project: str, image: str, workspace: str, prefix: str) -> None
         incus(project, "delete", name, "--force", check=False)
 
 
-def coi_run(env: dict[str, str], workspace: str) -> None:
+def coi_run(coi: str, env: dict[str, str], workspace: str) -> None:
     done = subprocess.run(
-        [COI, "run", "--", "true"], env=env, cwd=workspace, capture_output=True, check=False
+        [coi, "run", "--", "true"], env=env, cwd=workspace, capture_output=True, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"coi run failed ({done.returncode}): {done.stderr.decode().strip()}")
@@ -165,9 +170,9 @@ def reference_shell_background(project: str, image: str, workspace: str, home: s
     return name
 
 
-def coi_shell_background(env: dict[str, str], workspace: str) -> None:
+def coi_shell_background(coi: str, env: dict[str, str], workspace: str) -> None:
     done = subprocess.run(
-        [COI, "shell", "--background"], env=env, cwd=workspace, capture_output=True, check=False
+        [coi, "shell", "--background"], env=env, cwd=workspace, capture_output=True, check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"coi shell --background failed ({done.returncode}): {done.stderr.decode().strip()}")
@@ -187,19 +192,20 @@ def remove_all(project: str, prefix: str) -> None:
 
 
 def compare(
-    coi_side: Callable[[], object],
-    reference_side: Callable[[], object],
-    runs: int,
-    *,
-    project: str,
-    prefix: str,
-) -> tuple[float, float]:
+    sides: dict[str, Callable[[], object]], runs: int, *, project: str, prefix: str
+) -> dict[str, float]:
     """Median seconds of each side, alternately, each sample from a machine without the run's containers."""
     remove_all(project, prefix)
-    times = paired(
-        {"coi": coi_side, "reference": reference_side}, runs, between=lambda: remove_all(project, prefix)
-    )
-    return statistics.median(times["coi"]), statistics.median(times["reference"])
+    times = paired(sides, runs, between=lambda: remove_all(project, prefix))
+    return {name: statistics.median(samples) for name, samples in times.items()}
+
+
+def coi_sides(opts: argparse.Namespace, job: Callable[[str], None]) -> dict[str, Callable[[], object]]:
+    """The coi side, and the baseline coi (another checkout's) when --baseline names one."""
+    sides: dict[str, Callable[[], object]] = {"coi": lambda: job(opts.coi)}
+    if opts.baseline:
+        sides["baseline"] = lambda: job(opts.baseline)
+    return sides
 
 
 def clean_env(home: str, project: str, prefix: str, image: str) -> dict[str, str]:
@@ -211,7 +217,7 @@ def clean_env(home: str, project: str, prefix: str, image: str) -> dict[str, str
     }
 
 
-def bench_shell(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
+def bench_shell(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
     """Median seconds of `coi shell --background` and of the reference's sequence for it."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-home-") as home,
@@ -222,18 +228,16 @@ def bench_shell(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
             (Path(home) / rel).write_text(text)
         env = clean_env(home, opts.project, f"{prefix}coi-", opts.shell_image)
         try:
-            return compare(
-                lambda: coi_shell_background(env, workspace),
-                lambda: reference_shell_background(opts.project, opts.shell_image, workspace, home, prefix),
-                opts.runs,
-                project=opts.project,
-                prefix=prefix,
+            sides = coi_sides(opts, lambda coi: coi_shell_background(coi, env, workspace))
+            sides["reference"] = lambda: reference_shell_background(
+                opts.project, opts.shell_image, workspace, home, prefix
             )
+            return compare(sides, opts.runs, project=opts.project, prefix=prefix)
         finally:
             remove_all(opts.project, prefix)
 
 
-def bench_run(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
+def bench_run(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
     """Median seconds of `coi run -- true` and of the reference's sequence for it."""
     with (
         tempfile.TemporaryDirectory(prefix="bench-home-") as home,
@@ -241,23 +245,22 @@ def bench_run(opts: argparse.Namespace, prefix: str) -> tuple[float, float]:
     ):
         env = clean_env(home, opts.project, prefix, opts.image)
         try:
-            return compare(
-                lambda: coi_run(env, workspace),
-                lambda: reference_run(opts.project, opts.image, workspace, prefix),
-                opts.runs,
-                project=opts.project,
-                prefix=prefix,
-            )
+            sides = coi_sides(opts, lambda coi: coi_run(coi, env, workspace))
+            sides["reference"] = lambda: reference_run(opts.project, opts.image, workspace, prefix)
+            return compare(sides, opts.runs, project=opts.project, prefix=prefix)
         finally:
             remove_all(opts.project, prefix)
 
 
-def report(command: str, image: str, runs: int, medians: tuple[float, float]) -> None:
-    coi_median, ref_median = medians
+def report(command: str, image: str, runs: int, medians: dict[str, float]) -> None:
     print(f"image {image}, {runs} runs each, alternating, medians:")
-    print(f"  {command:<26} {coi_median:7.3f} s")
-    print(f"  reference incus sequence   {ref_median:7.3f} s")
-    print(f"  ratio coi / reference      {coi_median / ref_median:7.2f}  (target <= 0.30)")
+    print(f"  {command:<26} {medians['coi']:7.3f} s")
+    if "baseline" in medians:
+        print(f"  baseline coi               {medians['baseline']:7.3f} s")
+    print(f"  reference incus sequence   {medians['reference']:7.3f} s")
+    print(f"  ratio coi / reference      {medians['coi'] / medians['reference']:7.2f}  (target <= 0.30)")
+    if "baseline" in medians:
+        print(f"  ratio coi / baseline       {medians['coi'] / medians['baseline']:7.2f}")
 
 
 def main() -> None:
@@ -269,6 +272,10 @@ def main() -> None:
     parser.add_argument("--project", default="", help="an existing project (default: a throwaway one)")
     parser.add_argument("--job", choices=("run", "shell", "both"), default="both")
     parser.add_argument("--shell-image", default="coi-test-debian", help="needs tmux (the shell job)")
+    parser.add_argument("--coi", default=COI, help="the coi executable to time (default: this venv's)")
+    parser.add_argument(
+        "--baseline", default="", help="another coi executable (e.g. an older checkout's), timed alongside"
+    )
     opts = parser.parse_args()
     prefix = f"bench{secrets.token_hex(2)}-"
     throwaway = not opts.project
