@@ -35,10 +35,12 @@ def workdir(tmp_path: Path) -> Path:
     return path
 
 
-def run(home: Path, cwd: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(
+    home: Path, cwd: Path, *args: str, stdin: str = "", program: Path = SCRIPT
+) -> subprocess.CompletedProcess[str]:
     env = {"HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args],
+        [sys.executable, str(program), *args],
         input=stdin,
         capture_output=True,
         text=True,
@@ -208,3 +210,14 @@ def test_blank_lines_are_ignored_and_unicode_survives(home: Path, workdir: Path)
     assert result.returncode == 0
     assert "Claude: zażółć 🙂" in result.stdout
     assert [e["text"] for e in entries(project_dir(home, workdir) / "u.jsonl")] == ["zażółć 🙂"] * 2
+
+
+def test_as_dummy_it_answers_like_the_original_stub(home: Path, workdir: Path, tmp_path: Path) -> None:
+    dummy = tmp_path / "dummy"
+    dummy.symlink_to(SCRIPT.resolve())
+    done = run(home, workdir, "--session-id", str(uuid.uuid4()), stdin="hello\nexit\n", program=dummy)
+    assert done.returncode == 0, done.stderr
+    assert "You: hello-BACK\n" in done.stdout
+    assert "Claude:" not in done.stdout
+    [log] = list(project_dir(home, workdir).glob("*.jsonl"))
+    assert [e["text"] for e in entries(log)] == ["hello", "hello-BACK"], "its state is kept for --resume"

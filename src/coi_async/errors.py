@@ -133,6 +133,10 @@ class EgressError(CoiError):
     """The egress proxy could not start (e.g. its port is taken) or was misconfigured."""
 
 
+class EgressDaemonRunningError(EgressError):
+    """Another egress daemon already serves the same incusd for this user."""
+
+
 class SessionError(CoiError):
     """Domain errors about coi sessions, slots and saved session data."""
 
@@ -154,6 +158,29 @@ class NoFreeSlotError(SessionError):
 
 class BuildError(CoiError):
     """An image build failed: the base, the recipe, or publishing."""
+
+
+class ArchiveError(CoiError):
+    """A tar stream out of a container was refused: malformed, over a limit, or it could not be
+    unpacked. Nothing of it was kept: the previous copy is as it was."""
+
+
+class ArchiveLimitError(ArchiveError):
+    """The copy would exceed one of its caps (`cap`: "max_members", "max_file_bytes" or
+    "max_total_bytes")."""
+
+    def __init__(self, message: str, *, cap: str, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.cap = cap
+
+
+class ReadLimitError(CoiError):
+    """What is read from an instance into memory (a file, a command's output) is larger than the
+    bound its reader set; nothing past the bound was read."""
+
+    def __init__(self, message: str, *, limit: int) -> None:
+        super().__init__(message)
+        self.limit = limit
 
 
 def coi_errors(exc: BaseException) -> list[CoiError] | None:

@@ -38,6 +38,8 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     session_id_flag: str = ""
     resume_flag: str = ""
     sandbox_settings: Mapping[str, Any] = msgspec.field(default_factory=dict)
+    # The hosts the tool itself talks to (its API, sign-in, telemetry): always in an egress allowlist.
+    api_hosts: tuple[str, ...] = ()
 
     @property
     def sessions_dir_name(self) -> str:
@@ -105,6 +107,13 @@ CLAUDE = Tool(
         "bypassPermissionsModeAccepted": True,
         "permissions": {"defaultMode": "bypassPermissions"},
     },
+    api_hosts=(
+        "api.anthropic.com",
+        "console.anthropic.com",
+        "statsig.anthropic.com",
+        "platform.claude.com",
+        "claude.ai",
+    ),
 )
 
 TOOLS: Mapping[str, Tool] = {tool.name: tool for tool in (CLAUDE,)}

@@ -2,7 +2,8 @@
 
 Each `ShellWorld` has its own HOME (so ~/.coi, ~/.claude and ~/.config/coi are test-local), its
 own workspace directory (so its containers have their own name hash), the test's Incus project,
-and COI_CONTAINER_PREFIX=h3b- so parallel runs never touch each other's containers.
+and COI_CONTAINER_PREFIX=h3b- (or its own `prefix`) so parallel runs never touch each other's
+containers.
 
 A test gets one from the `world` fixture (tests/integration/conftest.py); a module overrides its
 `shell_config` fixture for a config of its own.
@@ -36,6 +37,7 @@ class ShellWorld:
     root: Path
     project: str
     incus: IncusClient
+    prefix: str = PREFIX
 
     @property
     def home(self) -> Path:
@@ -50,7 +52,7 @@ class ShellWorld:
         return workspace_hash(str(self.workspace))
 
     def container(self, slot: int) -> str:
-        return f"{PREFIX}{self.hash}-{slot}"
+        return f"{self.prefix}{self.hash}-{slot}"
 
     @property
     def sessions(self) -> Path:
@@ -58,7 +60,12 @@ class ShellWorld:
 
     def env(self, **extra: str) -> dict[str, str]:
         return coi_env(
-            home=self.home, project=self.project, prefix=PREFIX, drop=("COI_CONFIG",), TERM="xterm", **extra
+            home=self.home,
+            project=self.project,
+            prefix=self.prefix,
+            drop=("COI_CONFIG",),
+            TERM="xterm",
+            **extra,
         )
 
     def setup(self, *, config: str = "") -> None:
@@ -100,7 +107,9 @@ class ShellWorld:
         return await coi(*args, env=self.env(**env), cwd=self.workspace)
 
     async def ours(self) -> list[Instance]:
-        return [i for i in await self.incus.list_instances() if i.name.startswith(f"{PREFIX}{self.hash}-")]
+        return [
+            i for i in await self.incus.list_instances() if i.name.startswith(f"{self.prefix}{self.hash}-")
+        ]
 
     async def instance(self, slot: int = 1) -> Instance | None:
         try:

@@ -8,12 +8,17 @@ from pathlib import Path
 import anyio
 import pytest
 
+from coi_async.config.model import Limits
+from coi_async.errors import ArchiveLimitError
 from coi_async.incus import IncusClient
+from coi_async.orchestration.files.limits import copy_caps
 from coi_async.orchestration.sessions.archive import StatePlace, restore_session_data, save_session_data
+from coi_async.untar import Caps
 
 pytestmark = pytest.mark.incus
 
 HOME = "/home/code"
+CAPS = copy_caps(Limits())
 
 
 @pytest.fixture
@@ -27,6 +32,19 @@ async def sh(incus: IncusClient, name: str, script: str) -> str:
     return result.stdout.decode()
 
 
+def old_copy(session_dir: Path) -> Path:
+    """A previous saved copy in `session_dir`, which a failed save must leave as it is."""
+    old = session_dir / ".claude"
+    old.mkdir()
+    (old / "keep").write_text("good")
+    return old
+
+
+async def make_files(incus: IncusClient, name: str, count: int) -> None:
+    script = f"mkdir -p {HOME}/.claude/d && cd {HOME}/.claude/d && for i in $(seq 1 {count}); do echo $i > f$i; done"
+    await sh(incus, name, script)
+
+
 SEED = (
     "mkdir -p /home/code/.claude/projects/-workspace && cd /home/code/.claude && "
     "echo '{\"a\":1}' > settings.json && echo line > projects/-workspace/conv-1.jsonl && "
@@ -36,7 +54,7 @@ SEED = (
 
 async def test_save_from_running_then_again_replaces(incus: IncusClient, box: str, tmp_path: Path) -> None:
     await sh(incus, box, SEED)
-    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=CAPS)
     assert out.saved
     assert out.method == "exec"
     data = tmp_path / ".claude"
@@ -49,7 +67,7 @@ async def test_save_from_running_then_again_replaces(incus: IncusClient, box: st
         box,
         "rm /home/code/.claude/projects/-workspace/conv-1.jsonl && echo x > /home/code/.claude/new",
     )
-    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, running=True)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=CAPS, running=True)
     assert out.saved
     assert (data / "new").read_text() == "x\n"
     assert not (data / "projects/-workspace/conv-1.jsonl").exists()
@@ -59,7 +77,7 @@ async def test_save_from_running_then_again_replaces(incus: IncusClient, box: st
 async def test_save_from_stopped_container(incus: IncusClient, box: str, tmp_path: Path) -> None:
     await sh(incus, box, SEED)
     await incus.stop_instance(box, force=True)
-    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=CAPS)
     assert out.saved
     assert out.method == "files"
     assert out.skipped == ("link",)  # the files API cannot show a link as a link
@@ -70,25 +88,17 @@ async def test_save_from_stopped_container(incus: IncusClient, box: str, tmp_pat
 
 
 async def test_missing_directory_keeps_the_old_copy(incus: IncusClient, box: str, tmp_path: Path) -> None:
-    old = tmp_path / ".claude"
-    old.mkdir()
-    (old / "keep").write_text("good")
+    old = old_copy(tmp_path)
     await sh(incus, box, "rm -rf /home/code/.claude")
-    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=CAPS)
     assert out.missing
     assert not out.saved
     assert (old / "keep").read_text() == "good"
 
 
 async def test_interrupted_save_keeps_the_previous_copy(incus: IncusClient, box: str, tmp_path: Path) -> None:
-    old = tmp_path / ".claude"
-    old.mkdir()
-    (old / "keep").write_text("good")
-    await sh(
-        incus,
-        box,
-        "mkdir -p /home/code/.claude/d && cd /home/code/.claude/d && for i in $(seq 1 300); do echo $i > f$i; done",
-    )
+    old = old_copy(tmp_path)
+    await make_files(incus, box, 300)
     await incus.stop_instance(box, force=True)  # the files-API walk: many requests, easy to interrupt
 
     async def cancel_when_staging_fills(scope: anyio.CancelScope) -> None:
@@ -103,14 +113,14 @@ async def test_interrupted_save_keeps_the_previous_copy(incus: IncusClient, box:
         async with anyio.create_task_group() as tg:
             with anyio.CancelScope() as scope:
                 tg.start_soon(cancel_when_staging_fills, scope)
-                await save_session_data(incus, StatePlace(box, HOME), tmp_path)
+                await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=CAPS)
                 pytest.fail("the save was expected to be cancelled")
             tg.cancel_scope.cancel()
     assert scope.cancelled_caught
     assert sorted(os.listdir(tmp_path)) == [".claude"]
     assert (old / "keep").read_text() == "good"
     # And the next save goes through.
-    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path)
+    out = await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=CAPS)
     assert out.saved
     assert len(list((old / "d").iterdir())) == 300
 
@@ -145,3 +155,25 @@ async def test_restore_into_running_and_stopped(incus: IncusClient, box: str, tm
         == "1000:1000 /home/code/.claude\n1000:1000 /home/code/.claude/projects/-workspace/c.jsonl\nconv\n"
     )
     assert not await restore_session_data(incus, StatePlace(box, HOME), tmp_path / "nothing", 1000)
+
+
+@pytest.mark.parametrize(
+    ("caps", "message"),
+    [
+        (Caps(max_members=10, max_file_bytes=1 << 20, max_total_bytes=1 << 20), "more than 10 entries"),
+        (Caps(max_members=1000, max_file_bytes=4096, max_total_bytes=1 << 20), "big is larger than 4 KiB"),
+        (Caps(max_members=1000, max_file_bytes=1 << 20, max_total_bytes=4096), "more than 4 KiB in all"),
+    ],
+    ids=["entries", "one-file", "all-files"],
+)
+async def test_a_stopped_containers_copy_is_bounded_too(
+    incus: IncusClient, box: str, tmp_path: Path, caps: Caps, message: str
+) -> None:
+    old = old_copy(tmp_path)
+    await make_files(incus, box, 30)
+    await sh(incus, box, "head -c 5000 /dev/zero > /home/code/.claude/big")
+    await incus.stop_instance(box, force=True)  # the files-API walk
+    with pytest.raises(ArchiveLimitError, match=message):
+        await save_session_data(incus, StatePlace(box, HOME), tmp_path, caps=caps)
+    assert sorted(os.listdir(tmp_path)) == [".claude"]
+    assert (old / "keep").read_text() == "good"

@@ -122,7 +122,7 @@ async def test_push_and_pull_errors_change_nothing(
         (("push",), 2, "Missing argument 'LOCAL'"),
         (("push", str(src)), 2, "Missing argument 'CONTAINER:PATH'"),
         (("pull", "nocolon", str(tmp_path / "o")), 2, "source must be in format 'container:path'"),
-        (("pull", f"{box}:/no/such/file", str(tmp_path / "o")), 1, f"{box}:/no/such/file does not exist"),
+        (("pull", f"{box}:/no/such/file", str(tmp_path / "o")), 1, f"{box}:/no/such/file: not found"),
         (("pull", "h5-no-such-box:/etc/passwd", str(tmp_path / "o")), 1, "not found"),
         (("pull", f"{box}:/etc/passwd", str(tmp_path / "no" / "dir" / "o")), 1, "is not a directory"),
         (("pull", "-r", f"{box}:/etc", str(tmp_path / "no" / "dir" / "o")), 1, "is not a directory"),

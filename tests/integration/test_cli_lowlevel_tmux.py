@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import anyio
+import pexpect
 import pytest
 
 from coi_async.incus import IncusClient
-from tests.coi_cli import coi
+from tests.coi_cli import COI, coi, coi_env
 from tests.helpers import DEBIAN_IMAGE, busybox, from_image, remove_instance, require_image
 
 pytestmark = pytest.mark.incus
@@ -96,3 +97,43 @@ async def test_errors(incus: IncusClient, incus_project: str, unique: str) -> No
         await remove_instance(incus, stopped)
     (await coi("tmux", "send", "onlyname", project=incus_project)).one_error(2, "Missing argument 'COMMAND'")
     (await coi("tmux", "capture", project=incus_project)).one_error(2, "Missing argument 'CONTAINER'")
+
+
+async def test_root_started_session_of_a_low_level_container(
+    incus: IncusClient, incus_project: str, unique: str, debian: str
+) -> None:
+    """A tmux session started by hand as root (`coi container exec NAME -- tmux new-session ...`)
+    is found by send, capture, list and attach; without one, attach says how to get a shell."""
+    env = coi_env(project=incus_project, prefix=f"h5-{unique}-")
+    bare = await coi("attach", debian, env=env)
+    assert bare.code == 1, (bare.stdout, bare.stderr)
+    assert "No tmux session found in container." in bare.stdout
+    assert f"  coi attach {debian} --bash" in bare.stdout
+    assert "Traceback" not in bare.stderr
+
+    started = await coi(
+        "container", "exec", debian, "--",
+        "tmux", "new-session", "-d", "-s", f"coi-{debian}", "-x", "100", "-y", "30", "bash", "--norc",
+        env=env,
+    )  # fmt: skip
+    assert started.code == 0, started.stderr
+    listed = await coi("tmux", "list", env=env)
+    assert listed.stdout == f"Active sessions:\n  - {debian} (tmux session: coi-{debian})\n"
+    sent = await coi("tmux", "send", debian, "echo h10-$((6*7)) $(id -u)", env=env)
+    assert sent.code == 0, sent.stderr
+    assert "h10-42 0" in await wait_for_screen(incus_project, debian, "h10-42 0")
+
+    child = pexpect.spawn(COI, ["attach", debian], env=env, dimensions=(30, 100), timeout=30)
+    try:
+        child.expect(f"Attaching to {debian}")
+        child.expect("h10-42 0")
+        child.sendline("echo attached-$((7*6))")
+        child.expect("attached-42")
+        child.send("\x02d")  # Ctrl-b d
+        child.expect(pexpect.EOF)
+        child.close()
+        assert child.exitstatus == 0
+    finally:
+        child.terminate(force=True)
+    still = await coi("tmux", "list", env=env)
+    assert f"  - {debian} (tmux session: coi-{debian})" in still.stdout, "a detach keeps the session"

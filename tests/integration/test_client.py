@@ -14,6 +14,7 @@ import msgspec
 import pexpect
 import pytest
 
+from coi_async.config.model import Limits
 from coi_async.errors import (
     ConflictError,
     IncusUnavailableError,
@@ -26,7 +27,10 @@ from coi_async.incus.models import (
     LifecycleEvent,
     Profile,
 )
+from coi_async.orchestration.files.limits import copy_caps
 from tests.helpers import busybox, remove_instance
+
+CAPS = copy_caps(Limits())
 
 pytestmark = pytest.mark.incus
 
@@ -191,7 +195,7 @@ async def test_directory_round_trip(incus: IncusClient, box: str, tmp_path: Path
     owners = await incus.exec(box, ["stat", "-c", "%u:%g", "/home/code/proj/sub dir/b.bin"])
     assert owners.stdout.decode().strip() == "1000:1000"
     dst = tmp_path / "dst"
-    await incus.pull_directory(box, "/home/code/proj", dst)
+    await incus.pull_directory(box, "/home/code/proj", dst, caps=CAPS)
     assert (dst / "a.txt").read_text() == "alpha"
     assert (dst / "sub dir" / "b.bin").read_bytes() == b"\x00\x01\x02"
     assert os.access(dst / "run.sh", os.X_OK)
@@ -213,7 +217,7 @@ async def test_directory_pull_never_writes_outside_target(
     )
     dst = tmp_path / "dst"
     await incus.exec(box, ["sh", "-c", "echo ok > /tmp/evil/fine.txt"])
-    skipped = await incus.pull_directory(box, "/tmp/evil", dst)
+    skipped = await incus.pull_directory(box, "/tmp/evil", dst, caps=CAPS)
     assert (dst / "fine.txt").read_text() == "ok\n"
     assert set(skipped) == {"./link", "./up"}
     # Links are copied as links (never followed on the host) or refused; nothing lands outside.

@@ -123,7 +123,7 @@ async def test_ctrl_c_removes_the_container(
         (["run", "--mount", "nocolon", "--", "true"], 2, "expected HOST:CONTAINER"),
         (["run", "-e", "NOEQUALS", "--", "true"], 2, "expected KEY=VALUE"),
         (["list", "--format", "xml"], 2, "invalid format 'xml'"),
-        (["info", "../../etc"], 2, "invalid session id"),
+        (["info", "../../etc"], 1, "session not found: ../../etc"),
         (["info", "1b4e28ba-2fa1-41d2-883f-0016d3cca427"], 1, "session not found"),
     ],
 )

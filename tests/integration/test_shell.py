@@ -61,10 +61,20 @@ async def test_shell_detach_attach_exit_resume(world: ShellWorld) -> None:
         child.sendline("second message")
         child.expect("Claude: second message")
         _end_session(child)
-        child.expect("Container removed")
+        child.expect("Container kept running - use 'coi attach' to reconnect")
         assert finish(child) == 0
-    assert await world.instance(1) is None, "an ephemeral container is deleted when its session ends"
-    assert "second message" in world.conversation(session)
+    instance = await world.instance(1)
+    assert instance is not None
+    assert instance.running, "`exit` from bash keeps the container running"
+    assert "second message" in world.conversation(session), "the session data is saved all the same"
+
+    # `coi attach` gets back in: the tool starts again in a new tmux session, resuming.
+    with killing(world.spawn("attach")) as child:
+        child.expect("the tool is started again, resuming the conversation")
+        child.expect("You: second message")
+        talk(child, "after the exit")
+        assert detach(child) == 0
+    assert "after the exit" in world.conversation(session)
 
     # Resume: the earlier conversation is restored in a fresh container.
     with killing(world.spawn("shell", "--resume")) as child:
@@ -74,8 +84,9 @@ async def test_shell_detach_attach_exit_resume(world: ShellWorld) -> None:
         child.expect("You: second message")
         talk(child, "third message")
         _end_session(child)
+        child.expect("Container kept running")
         assert finish(child) == 0
-    assert await world.ours() == []
+    assert [i.name for i in await world.ours()] == [world.container(1)], "resumed in its running container"
     assert world.saved_sessions() == [session], "a resume keeps the same session id"
     assert "third message" in world.conversation(session)
 
@@ -90,6 +101,19 @@ async def test_signal_to_coi_saves_and_removes_ephemeral(world: ShellWorld, sign
     assert await world.ours() == [], "the ephemeral container is removed"
     [session] = world.saved_sessions()
     assert "before the signal" in world.conversation(session)
+
+
+async def test_persist_from_another_terminal_keeps_the_container(world: ShellWorld) -> None:
+    with killing(world.spawn("shell")) as child:
+        talk(child, "made persistent meanwhile")
+        persisted = await world.run("persist", world.container(1))
+        assert persisted.code == 0, persisted.stderr
+        child.kill(signal.SIGINT)
+        assert finish(child) == 128 + signal.SIGINT
+    instance = await world.instance(1)
+    assert instance is not None, "the session's own cleanup sees the container is persistent now"
+    [session] = world.saved_sessions()
+    assert "made persistent meanwhile" in world.conversation(session)
 
 
 async def test_poweroff_inside_saves_and_removes_ephemeral(world: ShellWorld) -> None:
@@ -174,3 +198,14 @@ async def test_ten_background_shells_take_ten_slots(world: ShellWorld) -> None:
             group=1000,
         )
         assert result.ok, result.stderr
+
+
+async def test_coi_use_dummy_runs_the_test_stub(world: ShellWorld) -> None:
+    with killing(world.spawn("shell", COI_USE_DUMMY="1")) as child:
+        child.expect("Using dummy \\(test stub\\) for faster testing")
+        child.expect("You: ")
+        child.sendline("hello")
+        child.expect("hello-BACK")
+        assert detach(child) == 0
+    [session] = world.saved_sessions()
+    assert "hello-BACK" in world.conversation(session), "the stub keeps its state under ~/.claude"

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncclick as click
 import pytest
 
 from coi_async import __version__
+from coi_async.cli import help as help_text
 from coi_async.cli.commands.image import human_size, short_date
 from coi_async.cli.main import cli
 from coi_async.errors import UsageError
@@ -54,13 +54,6 @@ def test_unknown_flags_and_commands_are_one_line_usage_errors() -> None:
         assert lines[0].startswith(message), lines
 
 
-def walk(command: click.Command, path: str = "coi") -> Iterator[tuple[str, click.Command]]:
-    yield path, command
-    if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from walk(sub, f"{path} {name}")
-
-
 LOWLEVEL = (
     "coi container",
     "coi file",
@@ -74,7 +67,8 @@ LOWLEVEL = (
 
 def test_every_flag_of_the_lowlevel_families_is_described() -> None:
     seen = 0
-    for path, command in walk(cli):
+    for below, command in help_text.walk(cli):
+        path = f"coi {below}"
         if not path.startswith(LOWLEVEL):
             continue
         assert command.help or command.short_help, f"{path} has no help"
@@ -174,3 +168,23 @@ def test_human_size_and_dates() -> None:
     assert human_size(3 * 1024**3) == "3.0GB"
     assert short_date("not a date") == "not a date"
     assert len(short_date("2026-01-31T12:00:00.123456789Z")) == len("2026-01-31 12:00")
+
+
+def test_every_help_page_has_flags_and_examples() -> None:
+    """Help reads as the original's: `Flags:` and real invocations under `Examples:`."""
+    for path, _command in help_text.walk(cli):
+        args = [*path.split(), "--help"] if path else ["--help"]
+        run = coi_sync(*args)
+        assert run.code == 0, (path, run.stderr)
+        assert "\nFlags:\n" in run.stdout, path
+        examples = run.stdout.split("\nExamples:\n", 1)
+        assert len(examples) == 2, f"coi {path} --help has no examples"
+        for line in examples[1].splitlines():
+            assert line.startswith(("  coi ", "  source <(coi")), (path, line)
+    assert "code-on-incus" in coi_sync("--help").stdout
+
+
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
+def test_completion_scripts_name_their_shell(shell: str) -> None:
+    lines = coi_sync("completion", shell).stdout.splitlines()
+    assert f"# {shell} completion for coi" in lines[:2]

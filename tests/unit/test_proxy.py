@@ -1,4 +1,5 @@
-"""The egress proxy against origin servers on loopback: HTTP, CONNECT, refusals, port clashes."""
+"""The build's egress proxy (the daemon's connection handling on a TCP port) against origin servers on
+loopback: HTTP, CONNECT, refusals, port clashes."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ import anyio.to_thread
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from coi_async.egress import DEFAULT_ALLOWLIST, Allowlist, EgressProxy, ProxyEvent
-from coi_async.egress.proxy import split_host_port
+from coi_async.config.network import parse_entries
+from coi_async.egress import DEFAULT_ALLOWLIST
+from coi_async.egress.connection import ConnectionRecord, Limits
+from coi_async.egress.policy import Policy
+from coi_async.egress.proxy import EgressProxy
 from coi_async.errors import EgressError
+from tests.unit.egress_helpers import send_and_read_to_end
 
 _connect_tcp = anyio.connect_tcp  # kept: the no_connections fixture replaces the module attribute
 Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
@@ -30,61 +35,22 @@ async def origin(handler: Handler) -> AsyncIterator[int]:
         tg.cancel_scope.cancel()
 
 
+def allowlist(*entries: str) -> Policy:
+    return Policy(mode="allowlist", allow=parse_entries(entries))
+
+
 @asynccontextmanager
-async def proxy_for(*entries: str, events: list[ProxyEvent] | None = None) -> AsyncIterator[int]:
+async def proxy_for(*entries: str, events: list[ConnectionRecord] | None = None) -> AsyncIterator[int]:
     sink = events.append if events is not None else None
-    proxy = EgressProxy(Allowlist.parse(entries), on_event=sink, idle_timeout_s=10)
+    proxy = EgressProxy(allowlist(*entries), on_record=sink, limits=Limits(idle_s=10))
     async with proxy.serve() as port:
         yield port
 
 
 async def exchange(port: int, request: bytes) -> bytes:
     """Send a request to the proxy and read until it closes the connection."""
-    with anyio.fail_after(10):
-        async with await _connect_tcp("127.0.0.1", port) as stream:
-            await stream.send(request)
-            chunks = []
-            while True:
-                try:
-                    chunks.append(await stream.receive())
-                except (anyio.EndOfStream, anyio.BrokenResourceError):
-                    return b"".join(chunks)
-
-
-# --- the allowlist -------------------------------------------------------------------------------
-
-
-def test_default_allowlist_admits_the_registries_on_web_ports_only() -> None:
-    allow = Allowlist.parse(DEFAULT_ALLOWLIST)
-    assert allow.permits("deb.debian.org", 80)
-    assert allow.permits("Registry.NPMjs.org.", 443)
-    assert not allow.permits("deb.debian.org", 22)
-    assert not allow.permits("github.com", 443)
-    assert not allow.permits("evil-deb.debian.org", 80)
-
-
-def test_allowlist_entries_with_ports_wildcards_and_addresses() -> None:
-    allow = Allowlist.parse(["127.0.0.1:8080", "*.example.org", "[::1]:9000", "  "])
-    assert allow.permits("127.0.0.1", 8080)
-    assert not allow.permits("127.0.0.1", 80)
-    assert allow.permits("a.b.example.org", 443)
-    assert not allow.permits("example.org", 443)
-    assert allow.permits("::1", 9000)
-    assert allow.describe() == "127.0.0.1:8080, *.example.org, ::1:9000"
-
-
-@pytest.mark.parametrize("entry", ["host:port", "a*.org", "*.x.*", "host:0", "[::1"])
-def test_bad_allowlist_entries_are_refused_with_the_entry_named(entry: str) -> None:
-    with pytest.raises(EgressError, match="bad egress allowlist entry"):
-        Allowlist.parse([entry])
-
-
-def test_split_host_port() -> None:
-    assert split_host_port("Deb.Debian.org:443") == ("deb.debian.org", 443)
-    assert split_host_port("[::1]:80") == ("::1", 80)
-    assert split_host_port("x.org", default_port=80) == ("x.org", 80)
-    with pytest.raises(ValueError, match="no port"):
-        split_host_port("x.org")
+    async with await _connect_tcp("127.0.0.1", port) as stream:
+        return await send_and_read_to_end(stream, request)
 
 
 # --- plain HTTP ----------------------------------------------------------------------------------
@@ -107,7 +73,7 @@ async def test_http_request_is_forwarded_in_origin_form_with_connection_close() 
             # A keep-alive origin would wait here: the proxy must still finish the exchange.
             await anyio.sleep(30)
 
-    events: list[ProxyEvent] = []
+    events: list[ConnectionRecord] = []
     async with origin(serve) as oport, proxy_for(f"127.0.0.1:{oport}", events=events) as pport:
         reply = await exchange(
             pport,
@@ -124,7 +90,11 @@ async def test_http_request_is_forwarded_in_origin_form_with_connection_close() 
     assert b"Connection: close" in headers
     assert not any(h.lower().startswith(b"proxy-") for h in headers)
     assert seen[1] == b"body"
-    assert [(e.action, e.host, e.port) for e in events] == [("allowed", "127.0.0.1", oport)]
+    assert [(e.decision, e.host, e.port, e.address) for e in events] == [
+        ("allowed", "127.0.0.1", oport, "127.0.0.1")
+    ]
+    assert events[0].bytes_up == 4  # the body; the head is not counted
+    assert events[0].bytes_down > 5
 
 
 async def test_urllib_fetches_through_the_proxy() -> None:
@@ -197,13 +167,15 @@ def no_connections(monkeypatch: pytest.MonkeyPatch) -> None:
 async def test_hosts_outside_the_allowlist_are_refused_without_any_connection(
     request_bytes: bytes, host: str, port: int
 ) -> None:
-    events: list[ProxyEvent] = []
+    events: list[ConnectionRecord] = []
     async with proxy_for(*DEFAULT_ALLOWLIST, events=events) as pport:
         reply = await exchange(pport, request_bytes)
     assert reply.startswith(b"HTTP/1.1 403 Forbidden")
-    assert f"{host}:{port} is not in the egress allowlist".encode() in reply
+    assert f"{host}:{port} is not in the allowlist".encode() in reply
     assert b"deb.debian.org" in reply  # says what is allowed
-    assert [(e.action, e.host, e.port) for e in events] == [("refused", host, port)]
+    assert [(e.decision, e.stage, e.host, e.port, e.connected) for e in events] == [
+        ("refused", "policy", host, port, False)
+    ]
 
 
 @pytest.mark.usefixtures("no_connections")
@@ -221,17 +193,17 @@ async def test_unreachable_allowed_origin_gets_502() -> None:
     listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
     closed_port = listener.extra(anyio.abc.SocketAttribute.local_port)
     await listener.aclose()
-    events: list[ProxyEvent] = []
+    events: list[ConnectionRecord] = []
     async with proxy_for(f"127.0.0.1:{closed_port}", events=events) as pport:
         reply = await exchange(pport, f"CONNECT 127.0.0.1:{closed_port} HTTP/1.1\r\n\r\n".encode())
     assert reply.startswith(b"HTTP/1.1 502 Bad Gateway")
-    assert events[0].action == "failed"
+    assert (events[0].decision, events[0].stage) == ("failed", "connect")
 
 
 async def test_a_port_in_use_is_a_clear_error() -> None:
     async with proxy_for(*DEFAULT_ALLOWLIST) as pport:
         with pytest.raises(EgressError, match=f"127.0.0.1:{pport} is already in use"):
-            async with EgressProxy(Allowlist.parse(DEFAULT_ALLOWLIST)).serve(port=pport):
+            async with EgressProxy(allowlist(*DEFAULT_ALLOWLIST)).serve(port=pport):
                 pass
 
 

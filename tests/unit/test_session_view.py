@@ -106,7 +106,7 @@ def test_every_kind_the_flows_emit_has_words() -> None:
         ),
         (
             Note(kind="save.skipped", item=C, values={"names": "a, b"}),
-            "[cleanup] Left out (links or unsafe names): a, b",
+            "[cleanup] Left out (special files, or names or links leading outside): a, b",
         ),
         (
             Note(kind="save.retry-stopped", item=C),

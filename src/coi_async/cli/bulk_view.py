@@ -86,6 +86,8 @@ def step_line(state: str, detail: str) -> str | None:
     """The contract's line for a step, if it has one."""
     if state == lc.SAVED:
         return f"  Session data saved to {detail}"
+    if state == lc.SAVE_SKIPPED:
+        return f"  Left out of the saved data (special files, or names or links leading outside): {detail}"
     if state == lc.NO_SESSION_DATA:
         return f"  No {detail} directory found in container"
     if state == lc.STOPPING:

@@ -7,6 +7,7 @@ from typing import Any
 
 import asyncclick as click
 
+from coi_async.cli import help as help_text
 from coi_async.cli.app import App
 from coi_async.cli.render import show_error
 from coi_async.errors import coi_errors
@@ -109,7 +110,8 @@ class CoiGroup(click.Group):
 @click.option("--project", envvar="COI_INCUS_PROJECT", help="Incus project to work in.")
 @click.pass_context
 async def cli(ctx: click.Context, *, debug: bool, project: str | None) -> None:
-    """coi: AI coding sessions in isolated Incus containers (no command: `coi shell`)."""
+    """coi: AI coding sessions in isolated Incus containers, a compatible implementation of
+    code-on-incus (`coi`). With no command: `coi shell`."""
     ctx.obj = App(debug=debug, project=project)
     if ctx.invoked_subcommand is None:
         from coi_async.cli.commands.shell import shell
@@ -154,9 +156,18 @@ def _register() -> None:
     cli.add_command(bulk.shutdown)
     cli.add_command(bulk.kill)
     cli.add_command(bulk.clean)
+    from coi_async.cli.commands import egress, network
+
+    cli.add_command(egress.egress)
+    cli.add_command(network.network)
+    from coi_async.cli.commands import trust
+
+    cli.add_command(trust.trust)
+    cli.add_command(trust.untrust)
 
 
 _register()
+help_text.install(cli)
 
 
 def main() -> None:

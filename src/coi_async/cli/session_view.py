@@ -44,12 +44,18 @@ SENTENCES: dict[str, str] = {
     "credentials.session-not-json": (
         "[setup] Warning: the session's {file} was not a JSON object; replaced by the host's"
     ),
+    "credentials.session-too-large": (
+        "[setup] Warning: the session's {file} is larger than {limit} bytes; not read, "
+        "left as it is without the host's settings"
+    ),
     # launch.py
     "launch.idmap-fallback": "{plan} is not usable here ({error}); trying the next way to map file ownership",
     "launch.slot-occupied": "Slot {slot} is occupied, using slot {instead} instead",
     "launch.reusing-running": "Container already running, reusing...",
     "launch.restarting": "Restarting existing persistent container...",
     # start.py
+    "attach.restarted": "Its tmux session had ended: the tool is started again, resuming the conversation",
+    "session.dummy": "Using dummy (test stub) for faster testing",
     "session.exec-lost": "[session] Warning: incusd lost track of the command (exit -1)",
     "background.sent": "Sent command to existing tmux session: {tmux}",
     "background.created": "Created background tmux session: {tmux}",
@@ -66,7 +72,7 @@ SENTENCES: dict[str, str] = {
     "save.timed-out": "[cleanup] Warning: saving session data took over {seconds}s; gave up",
     "save.failed": "[cleanup] Warning: {error}",
     "save.nothing": "[cleanup] No {config_dir} directory found in container",
-    "save.skipped": "[cleanup] Left out (links or unsafe names): {names}",
+    "save.skipped": "[cleanup] Left out (special files, or names or links leading outside): {names}",
     "save.done": "[cleanup] Session data saved successfully",
     "save.retry-stopped": "[cleanup] The container stopped meanwhile; saving from its filesystem",
     "cleanup.kept-unsaved": (
@@ -81,6 +87,8 @@ SENTENCES: dict[str, str] = {
     "cleanup.removing-stopped": "[cleanup] Container was stopped, removing...",
     "cleanup.removing": "[cleanup] Removing container...",
     "cleanup.removed": "[cleanup] Container removed (session data saved for --resume)",
+    # network/session.py
+    "egress.devices-updated": "[setup] Network devices of {item} brought in line with this session's mode",
     # run.py
     "run.launching": "Launching container {item} from image {image}...",
     "run.stopping": "Stopping persistent container {item}...",

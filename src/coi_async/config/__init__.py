@@ -4,6 +4,7 @@
 - `schema`: what one file may contain; unknown keys and wrong types are errors naming file and key.
 - `merge`: the layering (defaults → /etc/coi → ~/.config/coi → ./.coi.toml → $COI_CONFIG →
   environment → `--profile` → flags) and the command-line mounts.
+- `trust`: what an untrusted file (the workspace's `./.coi.toml` before `coi trust`) may set.
 
 The package exports what callers outside it use; the rest is imported from its module.
 """
@@ -15,17 +16,20 @@ from coi_async.config.merge import (
     display_path,
     parse_mount,
     resolve_config,
+    workspace_config_path,
 )
-from coi_async.config.model import DEFAULT_ALLOWED_DOMAINS, Config, Mount
+from coi_async.config.model import DEFAULT_ALLOWED_DOMAINS, Config, Mount, UntrustedFile
 
 __all__ = [
     "DEFAULT_ALLOWED_DOMAINS",
     "Config",
     "Mount",
+    "UntrustedFile",
     "apply_flags",
     "combine_mounts",
     "config_paths",
     "display_path",
     "parse_mount",
     "resolve_config",
+    "workspace_config_path",
 ]

@@ -10,7 +10,7 @@ from every file, so `[network] mode = "restricted"` alone switched RFC1918 block
 from __future__ import annotations
 
 import os.path
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -24,14 +24,19 @@ from coi_async.config.model import (
     Config,
     Defaults,
     IncusSettings,
+    Limits,
     Mount,
     Network,
     NetworkLogging,
     Paths,
     Profile,
+    ProfileNetwork,
     ToolSettings,
+    UntrustedFile,
 )
-from coi_async.config.schema import FileSettings, MountEntry, decode_file
+from coi_async.config.network import HostSyntaxError, parse_entries
+from coi_async.config.schema import FileSettings, MountEntry, ProfileNetworkLayer, decode_file
+from coi_async.config.trust import restrict_untrusted
 from coi_async.errors import ConfigError, UsageError
 from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
 from coi_async.tools import DEFAULT_TOOL, get_tool
@@ -78,9 +83,11 @@ class _Builder:
                 for i, entry in enumerate(value):
                     self.mounts.append(self.mount(source, f"mounts.default[{i}]", entry))
             else:
+                if key in ("network.mode", "network.allowed_domains"):
+                    check_network_value(source, key, value)
                 self.set(key, value, source)
         for name, prof in settings.profiles.items():
-            merged = self.profiles.setdefault(name, {"environment": {}, "mounts": []})
+            merged = self.profiles.setdefault(name, {"environment": {}, "mounts": [], "network": {}})
             if prof.image is not UNSET:
                 merged["image"] = prof.image
             if prof.persistent is not UNSET:
@@ -91,6 +98,8 @@ class _Builder:
                 merged["mounts"].extend(
                     self.mount(source, f"profiles.{name}.mounts[{i}]", m) for i, m in enumerate(prof.mounts)
                 )
+            if isinstance(prof.network, ProfileNetworkLayer):
+                merged["network"].update(_profile_network(source, name, prof.network))
 
     def apply_env(self, env: Mapping[str, str]) -> None:
         for var, key in (
@@ -109,6 +118,30 @@ class _Builder:
 
     def where(self, key: str) -> str:
         return self.origin.get(key, "built-in defaults")
+
+
+def check_network_value(source: str, key: str, value: Any) -> None:
+    """A network mode or allowlist as a config layer gives it; ConfigError naming file and key."""
+    if key.endswith(".mode"):
+        if value not in NETWORK_MODES:
+            raise ConfigError(f"{source}: '{key}' must be one of {', '.join(NETWORK_MODES)}, got {value!r}")
+        return
+    try:
+        parse_entries(value)
+    except HostSyntaxError as exc:
+        raise ConfigError(f"{source}: '{key}': {exc}") from None
+
+
+def _profile_network(source: str, name: str, layer: ProfileNetworkLayer) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    for field in layer.__struct_fields__:
+        value = getattr(layer, field)
+        if value is UNSET:
+            continue
+        if field in ("mode", "allowed_domains"):
+            check_network_value(source, f"profiles.{name}.network.{field}", value)
+        found[field] = tuple(value) if isinstance(value, list) else value
+    return found
 
 
 def parse_bool(value: str, *, source: str) -> bool:
@@ -137,12 +170,8 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             raise ConfigError(f"{b.where(key)}: '{key}' must be an absolute path or start with ~: {value}")
         return os.path.normpath(value)
 
+    # Checked as each file was laid on (check_network_value).
     mode = b.get("network.mode", "restricted")
-    if mode not in NETWORK_MODES:
-        raise ConfigError(
-            f"{b.where('network.mode')}: 'network.mode' must be one of {', '.join(NETWORK_MODES)}, "
-            f"got {mode!r}"
-        )
     tool_name = b.get("tool.name", DEFAULT_TOOL)
     try:
         get_tool(tool_name)
@@ -164,6 +193,7 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             environment=dict(body["environment"]),
             persistent=body.get("persistent"),
             mounts=tuple(body["mounts"]),
+            network=ProfileNetwork(**body["network"]),
         )
         for name, body in b.profiles.items()
     }
@@ -208,6 +238,11 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             allowed_hosts=tuple(b.get("build.allowed_hosts", ())),
         ),
         container_prefix=prefix,
+        limits=Limits(
+            max_save_files=_positive(b, "limits.max_save_files", Limits().max_save_files),
+            max_save_file_bytes=_positive(b, "limits.max_save_file_bytes", Limits().max_save_file_bytes),
+            max_save_bytes=_positive(b, "limits.max_save_bytes", Limits().max_save_bytes),
+        ),
     )
 
 
@@ -220,11 +255,16 @@ def config_paths(env: Mapping[str, str], *, home: str, cwd: str) -> list[tuple[s
     Only `$COI_CONFIG` must: naming a file that is not there is a mistake worth reporting.
     """
     user = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "coi", "config.toml")
-    paths = [(SYSTEM_CONFIG, False), (user, False), (os.path.join(cwd, PROJECT_CONFIG), False)]
+    paths = [(SYSTEM_CONFIG, False), (user, False), (workspace_config_path(cwd), False)]
     if explicit := env.get(CONFIG_ENV):
         explicit = home + explicit[1:] if explicit == "~" or explicit.startswith("~/") else explicit
         paths.append((os.path.join(cwd, explicit), True))
     return paths
+
+
+def workspace_config_path(cwd: str) -> str:
+    """The workspace's own config file: untrusted until `coi trust` (see `config.trust`)."""
+    return os.path.join(cwd, PROJECT_CONFIG)
 
 
 def display_path(path: str, home: str) -> str:
@@ -240,20 +280,29 @@ def resolve_config(
     *,
     home: str,
     profile: str | None = None,
+    untrusted: Collection[str] = (),
 ) -> Config:
     """The configuration from (path, text) pairs in precedence order, the environment and a profile.
 
-    Raises ConfigError naming the file (or variable) and the key for anything malformed.
+    Files whose path is in `untrusted` may only make the session stricter; what else they say is
+    left out and listed in `Config.untrusted`. Raises ConfigError naming the file (or variable)
+    and the key for anything malformed, in untrusted files too.
     """
     builder = _Builder(home)
     sources: list[str] = []
+    restricted: list[UntrustedFile] = []
     for path, text in files:
         shown = display_path(path, home)
-        builder.apply_file(shown, decode_file(shown, text))
+        settings = decode_file(shown, text)
+        if path in untrusted:
+            profiles_below = {name: body["network"] for name, body in builder.profiles.items()}
+            settings, ignored = restrict_untrusted(settings, builder.values, profiles_below)
+            restricted.append(UntrustedFile(path=path, ignored=tuple(ignored)))
+        builder.apply_file(shown, settings)
         sources.append(path)
     builder.apply_env(env)
     config = _build(builder, env)
-    config = msgspec.structs.replace(config, sources=tuple(sources))
+    config = msgspec.structs.replace(config, sources=tuple(sources), untrusted=tuple(restricted))
     if profile:
         config = apply_profile(config, profile)
     return config
@@ -270,23 +319,39 @@ def apply_profile(config: Config, name: str) -> Config:
     # Unlike the reference, a profile that says nothing about persistence leaves it alone.
     if prof.persistent is not None:
         defaults = msgspec.structs.replace(defaults, persistent=prof.persistent)
+    network = config.network
+    overrides = {k: v for k, v in msgspec.structs.asdict(prof.network).items() if v is not None}
+    if overrides:
+        network = msgspec.structs.replace(network, **overrides)
     return msgspec.structs.replace(
         config,
         defaults=defaults,
         profile=name,
         environment={**config.environment, **prof.environment},
         mounts=config.mounts + prof.mounts,
+        network=network,
     )
 
 
-def apply_flags(config: Config, *, image: str | None = None, persistent: bool | None = None) -> Config:
+def apply_flags(
+    config: Config,
+    *,
+    image: str | None = None,
+    persistent: bool | None = None,
+    network: str | None = None,
+) -> Config:
     """The last layer: command-line flags (None means the flag was not given)."""
     defaults = config.defaults
     if image:
         defaults = msgspec.structs.replace(defaults, image=image)
     if persistent is not None:
         defaults = msgspec.structs.replace(defaults, persistent=persistent)
-    return msgspec.structs.replace(config, defaults=defaults)
+    net = config.network
+    if network is not None:
+        if network not in NETWORK_MODES:
+            raise UsageError(f"invalid --network '{network}': must be one of {', '.join(NETWORK_MODES)}")
+        net = msgspec.structs.replace(net, mode=network)
+    return msgspec.structs.replace(config, defaults=defaults, network=net)
 
 
 # --- mounts given on the command line ------------------------------------------------------------

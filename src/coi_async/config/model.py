@@ -10,13 +10,15 @@ from coi_async.naming import DEFAULT_PREFIX
 from coi_async.tools import DEFAULT_TOOL, get_tool
 
 NETWORK_MODES = ("restricted", "open", "allowlist")
+# The package registries the images use; the tool's own API hosts (tools.Tool.api_hosts) are
+# always added to an allowlist, so replacing this list cannot cut the tool off its API.
 DEFAULT_ALLOWED_DOMAINS = (
-    "8.8.8.8",
-    "1.1.1.1",
+    "deb.debian.org",
+    "security.debian.org",
     "registry.npmjs.org",
     "npm.pkg.github.com",
-    "api.anthropic.com",
-    "platform.claude.com",
+    "pypi.org",
+    "files.pythonhosted.org",
 )
 MAX_SLOTS_LIMIT = 999  # three digits keep every name within Incus's 63 characters
 
@@ -73,16 +75,44 @@ class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
     binary: str = ""  # "" means the tool's own binary name
 
 
+class ProfileNetwork(msgspec.Struct, frozen=True, kw_only=True):
+    """What `[profiles.NAME.network]` says; None: the layers below decide."""
+
+    mode: str | None = None
+    block_private_networks: bool | None = None
+    block_metadata_endpoint: bool | None = None
+    allow_local_network_access: bool | None = None
+    allowed_domains: tuple[str, ...] | None = None
+
+
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
     image: str | None = None
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     persistent: bool | None = None
     mounts: tuple[Mount, ...] = ()
+    network: ProfileNetwork = msgspec.field(default_factory=ProfileNetwork)
 
 
 class Build(msgspec.Struct, frozen=True, kw_only=True):
     base: str = ""  # "" means the builder's own default
     allowed_hosts: tuple[str, ...] = ()
+
+
+class UntrustedFile(msgspec.Struct, frozen=True, kw_only=True):
+    """A config file read without trust (see `config.trust`) and the keys of it left out."""
+
+    path: str
+    ignored: tuple[str, ...]
+
+
+class Limits(msgspec.Struct, frozen=True, kw_only=True):
+    """The most one copy out of a container (a session save, `coi file pull` of a directory)
+    may hold: the container writes it, so it is bounded. The defaults fit a real ~/.claude
+    (tens of thousands of files, a few hundred MB) many times over."""
+
+    max_save_files: int = 100_000  # entries of any kind
+    max_save_file_bytes: int = 1 << 30  # one file
+    max_save_bytes: int = 2 << 30  # all files together
 
 
 class Config(msgspec.Struct, frozen=True, kw_only=True):
@@ -100,6 +130,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     # The files that were read, in order (for `--debug` and error messages).
     sources: tuple[str, ...] = ()
+    # The untrusted files among them and what of each was left out (for the CLI's warning).
+    untrusted: tuple[UntrustedFile, ...] = ()
+    limits: Limits = msgspec.field(default_factory=Limits)
 
     @property
     def sessions_dir(self) -> str:

@@ -24,11 +24,20 @@ class MountEntry(_Strict):
     container: str
 
 
+class ProfileNetworkLayer(_Strict):
+    mode: str | UnsetType = UNSET
+    block_private_networks: bool | UnsetType = UNSET
+    block_metadata_endpoint: bool | UnsetType = UNSET
+    allow_local_network_access: bool | UnsetType = UNSET
+    allowed_domains: list[str] | UnsetType = UNSET
+
+
 class ProfileLayer(_Strict):
     image: str | UnsetType = UNSET
     environment: dict[str, str] | UnsetType = UNSET
     persistent: bool | UnsetType = UNSET
     mounts: list[MountEntry] | UnsetType = UNSET
+    network: ProfileNetworkLayer | UnsetType = UNSET
 
 
 class _Logging(_Strict):
@@ -68,6 +77,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
     "tool": {"name": str, "binary": str},
     "mounts": {"default": list[MountEntry]},
     "build": {"base": str, "allowed_hosts": list[str]},
+    "limits": {"max_save_files": int, "max_save_file_bytes": int, "max_save_bytes": int},
 }
 _RENAMED = {"incus.claude_uid": "incus.code_uid"}
 

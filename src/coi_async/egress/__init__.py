@@ -1,10 +1,14 @@
-"""Egress for containers without a network interface: an allowlisting forward proxy on the host."""
+"""Egress for containers without a network interface: HTTP(S) proxying on the host, by policy.
 
-from coi_async.egress.proxy import (
-    DEFAULT_ALLOWLIST,
-    Allowlist,
-    EgressProxy,
-    ProxyEvent,
-)
+- `policy`, `addresses`: what a session may reach (pure); the host and entry grammar is
+  `coi_async.config.network`, shared with the config.
+- `http1`, `connection`: one client connection, decided before any connect, then relayed.
+- `listener`, `server`, `logfile`, `control`: the per-session sockets with their limits, the
+  per-session logs, and the daemon's control socket.
+- `proxy`: one policy on a TCP port of host loopback (`coi build`).
+"""
 
-__all__ = ["DEFAULT_ALLOWLIST", "Allowlist", "EgressProxy", "ProxyEvent"]
+# The package registries the shipped recipes use: what `coi build` may reach by default.
+DEFAULT_ALLOWLIST: tuple[str, ...] = ("deb.debian.org", "security.debian.org", "registry.npmjs.org")
+
+__all__ = ["DEFAULT_ALLOWLIST"]

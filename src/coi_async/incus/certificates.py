@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from urllib.parse import quote
 
 import msgspec
 
 from coi_async.errors import CoiError
 from coi_async.incus.base import ApiBase
+from coi_async.incus.paths import certificate_path
 
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
 
@@ -49,4 +49,4 @@ class CertificatesApi(ApiBase):
         return fingerprint_of(pem)
 
     async def delete_certificate(self, fingerprint: str) -> None:
-        await self._transport.request("DELETE", f"/1.0/certificates/{quote(fingerprint, safe='')}")
+        await self._transport.request("DELETE", certificate_path(fingerprint))

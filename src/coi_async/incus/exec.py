@@ -17,7 +17,7 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from coi_async.errors import IncusError
+from coi_async.errors import IncusError, ReadLimitError
 from coi_async.incus.base import ApiBase, decode
 from coi_async.incus.models import STATUS_SUCCESS, AsyncResponse, ExecPost, Operation
 from coi_async.incus.paths import instance_path
@@ -27,6 +27,12 @@ ByteSink = Callable[[bytes], Awaitable[None]]
 Stdin = bytes | AsyncIterable[bytes] | None
 
 _CHUNK = 256 * 1024
+# The exit code incusd reports when it lost track of an exec's process ("Failed to retrieve PID
+# of executing child process", seen on loaded hosts); the command may or may not have run.
+LOST_EXEC = -1
+# The most `exec` collects of a command's stdout and stderr together: the instance decides what
+# its commands print, and a replaced `sh` must not be able to fill the host's memory.
+EXEC_OUTPUT_MAX_BYTES = 16 * 1024 * 1024
 
 
 class Terminal(Protocol):
@@ -214,28 +220,44 @@ class ExecApi(ApiBase):
         user: int = 0,
         group: int = 0,
         cwd: str = "",
+        max_output_bytes: int = EXEC_OUTPUT_MAX_BYTES,
     ) -> ExecResult:
-        """Run a command and collect its stdout and stderr byte for byte."""
+        """Run a command and collect its stdout and stderr byte for byte.
+
+        ReadLimitError once they come to more than `max_output_bytes` together; the command is
+        then left (its streams closed) and nothing more is read.
+        """
         out: list[bytes] = []
         err: list[bytes] = []
+        kept = 0
 
-        async def keep_out(data: bytes) -> None:
-            out.append(data)
+        def keeper(into: list[bytes]) -> ByteSink:
+            async def keep(data: bytes) -> None:
+                nonlocal kept
+                kept += len(data)
+                if kept > max_output_bytes:
+                    scope.cancel()
+                    return
+                into.append(data)
 
-        async def keep_err(data: bytes) -> None:
-            err.append(data)
+            return keep
 
-        code = await self.exec_stream(
-            name,
-            command,
-            stdin=stdin,
-            on_stdout=keep_out,
-            on_stderr=keep_err,
-            env=env,
-            user=user,
-            group=group,
-            cwd=cwd,
-        )
+        with anyio.CancelScope() as scope:
+            code = await self.exec_stream(
+                name,
+                command,
+                stdin=stdin,
+                on_stdout=keeper(out),
+                on_stderr=keeper(err),
+                env=env,
+                user=user,
+                group=group,
+                cwd=cwd,
+            )
+        if scope.cancelled_caught:
+            raise ReadLimitError(
+                f"{command[0]} in {name} printed more than {max_output_bytes} bytes", limit=max_output_bytes
+            )
         return ExecResult(code, b"".join(out), b"".join(err))
 
     async def exec_interactive(

@@ -5,24 +5,21 @@ incusd reads only `X-Incus-*` headers for ownership and mode; anything else is s
 This is the one tar-over-exec implementation. Directories are packed with numeric owners (empty
 user and group names), so ids survive where names differ between host and instance. A pull
 trusts nothing in the instance:
-- it unpacks into a fresh directory beside the local target and renames that into place, so it
-  never writes outside the target and never leaves a half-made copy;
-- entries whose path or link target would leave the tree (absolute names or links, `..`) and
-  special files (devices, fifos) are skipped and named; tarfile's "data" filter decides;
-- modes lose set-uid, set-gid and sticky bits and group/other write, so an instance cannot plant
-  a set-uid binary on the host; owners are kept only when asked (and only root can keep them);
-- at most a few KiB of tar's error output is kept.
+- tar's output is spooled to an unlinked file beside the local target, and the command is cut
+  off once the spool outgrows what the caller's `Caps` allow (`Caps.max_stream_bytes`);
+- the spool is unpacked by `coi_async.untar` (which decides what is kept: no escaping names or
+  links, no special files, no set-id bits, never through a link it did not make) into a fresh
+  directory beside the target, renamed into place only when all went well: a failed pull
+  leaves the target as it was and nothing half-made;
+- every failure of the unpacking, whatever the data provoked, is an `ArchiveError`;
+- only the last lines of tar's error output are kept.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
-import shutil
-import tarfile
 import tempfile
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -31,25 +28,35 @@ import anyio
 import anyio.to_thread
 
 from coi_async.errors import (
+    ArchiveError,
     CoiError,
     FileHelperNotReadyError,
     IncusError,
     InstanceNotFoundError,
     NotFoundError,
+    ReadLimitError,
 )
 from coi_async.incus.base import decode
 from coi_async.incus.exec import ExecApi
 from coi_async.incus.paths import instance_path
+from coi_async.incus.tarstream import (
+    Spool,
+    StderrTail,
+    pack,
+    read_chunks,
+    refusal_at,
+    remove_quietly,
+    replace_with,
+    run_stoppable,
+)
 from coi_async.incus.transport import RawResponse, decode_envelope
+from coi_async.untar import MODE_MASK, Budget, Caps, extract
 
-_CHUNK = 256 * 1024
 _FILES_ATTEMPTS = 10
-# How much of a command's error output is kept for the message.
-_STDERR_MAX = 4096
+# The most `pull_file` reads into memory unless its caller bounds it otherwise.
+PULL_FILE_MAX_BYTES = 64 * 1024 * 1024
 # Longer than any link target Linux allows (PATH_MAX).
 _LINK_MAX = 4096
-# What a pulled mode may keep: no set-uid/set-gid/sticky bits, no group/other write.
-_PULL_MODE_MASK = 0o755
 _UNPACK_SCRIPT = 'mkdir -p -- "$1" && exec tar -x -f - -C "$1"'
 
 
@@ -79,6 +86,11 @@ def file_info(headers: Mapping[str, str]) -> FileInfo:
         )
     except ValueError as exc:
         raise IncusError(f"unexpected file headers from incusd: {exc}") from exc
+
+
+def _owner_only(path: str, flags: int) -> int:
+    """`open`'s opener for a file no one else may read, even while it is being written."""
+    return os.open(path, flags, 0o600)
 
 
 def _push_headers(*, uid: int, gid: int, mode: int, kind: str = "file") -> dict[str, str]:
@@ -196,16 +208,39 @@ class FilesApi(ExecApi):
         response = await self._files_request("HEAD", name, path)
         return file_info(response.headers)
 
-    async def pull_file(self, name: str, path: str) -> FileContent:
-        """Read a file of the instance whole, with its ownership and mode."""
-        response = await self._files_request("GET", name, path)
-        info = file_info(response.headers)
-        if info.type == "directory":
-            raise CoiError(f"{path} in {name} is a directory")
-        return FileContent(info, response.body)
+    async def pull_file(self, name: str, path: str, *, max_bytes: int = PULL_FILE_MAX_BYTES) -> FileContent:
+        """Read a file of the instance into memory, with its ownership and mode.
 
-    async def pull_file_to(self, name: str, path: str, local: Path) -> FileInfo:
-        """Stream a file of the instance into a local file (written beside, then renamed)."""
+        The instance decides what the file holds (it may be /dev/zero), so at most `max_bytes`
+        are read: ReadLimitError past them.
+        """
+        for attempt in range(_FILES_ATTEMPTS):
+            try:
+                async with self._transport.download(
+                    self._files(name), params=self._params({"path": path})
+                ) as (headers, chunks):
+                    info = file_info(headers)
+                    if info.type == "directory":
+                        raise CoiError(f"{path} in {name} is a directory")
+                    data = bytearray()
+                    async for chunk in chunks:
+                        data += chunk
+                        if len(data) > max_bytes:
+                            raise ReadLimitError(
+                                f"{path} in {name} is larger than {max_bytes} bytes", limit=max_bytes
+                            )
+                    return FileContent(info, bytes(data))
+            except FileHelperNotReadyError:
+                if attempt == _FILES_ATTEMPTS - 1:
+                    raise
+            await anyio.sleep(min(0.1 * (attempt + 1), 0.5))
+        raise AssertionError("unreachable")
+
+    async def pull_file_to(
+        self, name: str, path: str, local: Path, *, budget: Budget | None = None, mode_mask: int = MODE_MASK
+    ) -> FileInfo:
+        """Stream a file of the instance into a local file (written beside, 0600 until complete,
+        then renamed), its mode cut down to `mode_mask`; within `budget` if one is given."""
         partial = local.with_name(f".{local.name}.part")
         async with self._transport.download(self._files(name), params=self._params({"path": path})) as (
             headers,
@@ -215,10 +250,16 @@ class FilesApi(ExecApi):
             if info.type == "directory":
                 raise CoiError(f"{path} in {name} is a directory")
             try:
-                async with await anyio.open_file(partial, "wb") as out:
+                await anyio.Path(partial).unlink(missing_ok=True)
+                # "x": O_EXCL, so the partial file is ours and never a link someone left there.
+                async with await anyio.open_file(partial, "xb", opener=_owner_only) as out:
+                    written = 0
                     async for chunk in chunks:
+                        written += len(chunk)
+                        if budget is not None:
+                            budget.take_bytes(path, written, len(chunk))
                         await out.write(chunk)
-                await anyio.Path(partial).chmod(info.mode & 0o777)
+                await anyio.Path(partial).chmod(info.mode & mode_mask)
                 await anyio.Path(partial).rename(local)
             except BaseException:
                 with anyio.CancelScope(shield=True):
@@ -244,14 +285,14 @@ class FilesApi(ExecApi):
         as one tar stream, unpacked as root so modes and numeric owners (or `uid`/`gid`) stay."""
         if not await anyio.Path(local).is_dir():
             raise CoiError(f"{local} is not a directory")
-        stderr = _Bounded()
+        stderr = StderrTail()
         with tempfile.TemporaryFile() as spool:
-            await anyio.to_thread.run_sync(_pack, local, spool, uid, gid)
+            await anyio.to_thread.run_sync(pack, local, spool, uid, gid)
             spool.seek(0)
             code = await self.exec_stream(
                 name,
                 ["sh", "-c", _UNPACK_SCRIPT, "sh", remote],
-                stdin=_read_chunks(spool),
+                stdin=read_chunks(spool),
                 on_stderr=stderr.add,
             )
         if code != 0:
@@ -259,106 +300,65 @@ class FilesApi(ExecApi):
             raise CoiError(f"copying {local} to {name}:{remote} failed: {message}")
 
     async def pull_directory(
-        self, name: str, remote: str, local: Path, *, keep_owner: bool = False
+        self,
+        name: str,
+        remote: str,
+        local: Path,
+        *,
+        caps: Caps,
+        keep_owner: bool = False,
+        mode_mask: int = MODE_MASK,
     ) -> list[str]:
         """Make `local` a copy of the directory `remote`, replacing whatever `local` was.
 
         The copy is unpacked beside `local` and renamed into place; the parent of `local` must
-        exist. With `keep_owner` (and only as root) files keep their numeric owners. Returns the
-        entries left out because they would have landed, or pointed, outside `local`.
+        exist. With `keep_owner` (and only as root) files keep their numeric owners; modes are
+        cut down to `mode_mask` (see `coi_async.untar.extract`). Returns the
+        entries left out (see `coi_async.untar`). ArchiveError (ArchiveLimitError when over one
+        of `caps`) if the copy was refused; `local` is then as it was.
         """
-        stderr = _Bounded()
-        with tempfile.TemporaryFile() as spool:
-
-            async def spill(data: bytes) -> None:
-                await anyio.to_thread.run_sync(spool.write, data)
-
-            code = await self.exec_stream(
-                name, ["tar", "-c", "-f", "-", "-C", remote, "."], on_stdout=spill, on_stderr=stderr.add
-            )
+        where = f"{name}:{remote}"
+        stderr = StderrTail()
+        try:
+            # Beside the target, not in /tmp (often memory); entered just below.
+            spool_file = tempfile.TemporaryFile(dir=local.parent)  # noqa: SIM115
+        except OSError as exc:
+            raise CoiError(f"cannot write in {local.parent}: {exc.strerror}") from exc
+        with spool_file as fh:
+            spool = Spool(fh, caps)
+            try:
+                code = await self.exec_stream(
+                    name,
+                    ["tar", "-c", "-f", "-", "-C", remote, "."],
+                    on_stdout=spool.add,
+                    on_stderr=stderr.add,
+                )
+            except Exception:
+                # Closing the streams ended the command; the spool's reason is the one to tell.
+                if spool.error is not None:
+                    raise refusal_at(spool.error, where) from None
+                raise
             if code != 0:
                 message = stderr.text() or f"tar exited with {code}"
-                raise CoiError(f"cannot read {name}:{remote}: {message}")
-            spool.seek(0)
-            staging = Path(tempfile.mkdtemp(prefix=f".{local.name}.", suffix=".coi-pull", dir=local.parent))
+                raise CoiError(f"cannot read {where}: {message}")
             try:
-                skipped = await anyio.to_thread.run_sync(
-                    functools.partial(_unpack, spool, staging, keep_owner=keep_owner)
+                staging = Path(
+                    tempfile.mkdtemp(prefix=f".{local.name}.", suffix=".coi-pull", dir=local.parent)
                 )
-                await anyio.to_thread.run_sync(_replace, staging, local)
+            except OSError as exc:
+                raise CoiError(f"cannot write in {local.parent}: {exc.strerror}") from exc
+            try:
+                try:
+                    done = await run_stoppable(
+                        lambda stop: extract(
+                            fh, str(staging), caps, keep_owner=keep_owner, mode_mask=mode_mask, stop=stop
+                        )
+                    )
+                except ArchiveError as exc:
+                    raise refusal_at(exc, where) from exc
+                await anyio.to_thread.run_sync(replace_with, staging, local)
             except BaseException:
                 with anyio.CancelScope(shield=True):
-                    await anyio.to_thread.run_sync(_remove, staging)
+                    await anyio.to_thread.run_sync(remove_quietly, staging)
                 raise
-        return skipped
-
-
-class _Bounded:
-    """The first few KiB of a command's error output."""
-
-    def __init__(self, limit: int = _STDERR_MAX) -> None:
-        self._data = bytearray()
-        self._limit = limit
-
-    async def add(self, data: bytes) -> None:
-        room = self._limit - len(self._data)
-        if room > 0:
-            self._data += data[:room]
-
-    def text(self) -> str:
-        return bytes(self._data).decode(errors="replace").strip()
-
-
-async def _read_chunks(fh: IO[bytes]) -> AsyncIterator[bytes]:
-    while chunk := await anyio.to_thread.run_sync(fh.read, _CHUNK):
-        yield chunk
-
-
-def _pack(root: Path, out: IO[bytes], uid: int | None, gid: int | None) -> None:
-    def owner(info: tarfile.TarInfo) -> tarfile.TarInfo:
-        # Empty names make tar in the instance use the numeric ids.
-        info.uname = info.gname = ""
-        if uid is not None:
-            info.uid = uid
-        if gid is not None:
-            info.gid = gid
-        return info
-
-    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(os.listdir(root)):
-            tar.add(root / entry, arcname=entry, filter=owner)
-
-
-def _unpack(spool: IO[bytes], dest: Path, *, keep_owner: bool) -> list[str]:
-    """Unpack into the fresh directory `dest`, skipping (and naming) every entry that would land
-    or point outside it, or is a special file."""
-    skipped: list[str] = []
-
-    def safe(member: tarfile.TarInfo, where: str) -> tarfile.TarInfo | None:
-        try:
-            checked = tarfile.data_filter(member, where)
-        except tarfile.FilterError:
-            skipped.append(member.name)
-            return None
-        # data_filter's verdict on the path and link; the member's own mode, made harmless.
-        mode = member.mode & _PULL_MODE_MASK
-        if keep_owner:
-            return checked.replace(mode=mode, uid=member.uid, gid=member.gid, uname="", gname="", deep=False)
-        return checked.replace(mode=mode, deep=False)
-
-    with tarfile.open(fileobj=spool, mode="r") as tar:
-        tar.extractall(dest, filter=safe, numeric_owner=True)
-    return skipped
-
-
-def _replace(staging: Path, target: Path) -> None:
-    if target.is_symlink() or target.is_file():
-        target.unlink()
-    elif target.is_dir():
-        shutil.rmtree(target)
-    staging.rename(target)
-
-
-def _remove(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        shutil.rmtree(path)
+        return done.skipped

@@ -31,4 +31,14 @@ async def completion(ctx: click.Context, shell: str) -> None:
     prog = root.info_name or "coi"
     complete_var = f"_{prog.replace('-', '_').upper()}_COMPLETE"
     script = cls(root.command, {}, prog, complete_var).source()
-    click.echo(script)
+    click.echo(with_header(script, shell, prog))
+
+
+def with_header(script: str, shell: str, prog: str) -> str:
+    """The script under a comment that names the shell and the program. zsh's `#compdef` must
+    stay the first line, so there the comment comes second."""
+    header = f"# {shell} completion for {prog}"
+    first, _, rest = script.partition("\n")
+    if first.startswith("#compdef"):
+        return f"{first}\n{header}\n{rest}"
+    return f"{header}\n{script}"

@@ -46,16 +46,24 @@ async def pull(app: App, source: str, local: str, *, recursive: bool) -> None:
     """Copy a file or directory out of the container to LOCAL.
 
     A directory replaces LOCAL (or lands in LOCAL/<name> if LOCAL ends in /); a file replaces a
-    file, or lands inside LOCAL when it is a directory. Links that point outside the copy are
-    skipped and named on stderr; nothing is ever written outside LOCAL.
+    file, or lands inside LOCAL when it is a directory. Links that point outside the copy and
+    special files are skipped and named; nothing is ever written outside LOCAL. A directory's
+    size is bounded by the config's [limits].
     """
     from coi_async.orchestration.files import transfer
 
     remote = transfer.parse_remote(source, role="source")
     target = Path(os.path.abspath(local))  # noqa: ASYNC240 - a getcwd, no disk access
     async with app.incus() as incus:
-        done = await transfer.pull(incus, remote, target, into=local.endswith(os.sep), recursive=recursive)
+        done = await transfer.pull(
+            incus,
+            remote,
+            target,
+            into=local.endswith(os.sep),
+            recursive=recursive,
+            limits=app.config().limits,
+        )
     for entry in done.skipped:
-        say(f"Skipped {entry}: it would point or land outside {done.target}")
+        say(f"Skipped {entry}: not a plain file, directory or link inside {done.target}")
     landed = local if done.target == str(target) else done.target
     say(f"Pulled {done.kind} {done.source} -> {landed}")

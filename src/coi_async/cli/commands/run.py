@@ -51,6 +51,12 @@ async def _write(stream: int, data: bytes) -> None:
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable.")
 @click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
+@click.option(
+    "--network",
+    default=None,
+    metavar="MODE",
+    help="Network mode: restricted (public hosts only), open, or allowlist (default: network.mode).",
+)
 @click.pass_obj
 async def run(
     app: App,
@@ -64,19 +70,23 @@ async def run(
     profile: str | None,
     image: str | None,
     persistent: bool | None,
+    network: str | None,
 ) -> None:
     """Run COMMAND in a fresh container as the code user in /workspace; exit with its code.
 
-    Use `--` before the command: coi run -- sh -c 'echo hi'.
+    Use `--` before the command: coi run -- sh -c 'echo hi'. Ephemeral (the default): the
+    container is deleted when the command ends. Persistent (`--persistent`): it is stopped and
+    kept, to be reused.
     """
     from coi_async.cli import session_view
+    from coi_async.config import apply_flags
     from coi_async.naming import absolute_workspace
     from coi_async.orchestration.interrupts import interruptible
     from coi_async.orchestration.sessions.launch_request import check_workspace, prepare_mounts
     from coi_async.orchestration.sessions.run import RunRequest, run_command
     from coi_async.slots import validate_slot
 
-    config = app.config(profile=profile, image=image, persistent=persistent)
+    config = apply_flags(app.config(profile=profile, image=image, persistent=persistent), network=network)
     if slot is not None:
         validate_slot(slot, max_slots=config.defaults.max_slots)
     ws = absolute_workspace(workspace, os.getcwd())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -11,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.errors import CoiError, UsageError
+from coi_async.errors import CoiError, SessionNotFoundError, UsageError
 
 if TYPE_CHECKING:
     from coi_async.config import Config
@@ -56,6 +57,8 @@ def list_json(active: list[ActiveContainer], saved: list[SavedSession] | None) -
         }
         if c.workspace:
             item["workspace"] = c.workspace
+        if c.network:
+            item["network"] = c.network
         containers.append(item)
     doc: dict[str, Any] = {"active_containers": containers}
     if saved:
@@ -75,6 +78,8 @@ def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -
             lines.append(f"    Image: {c.image}")
         if c.workspace:
             lines.append(f"    Workspace: {c.workspace}")
+        if c.network:
+            lines.append(f"    Network: {c.network}")
     if not active:
         lines.append("  (none)")
     if saved is not None:
@@ -96,10 +101,16 @@ async def list_(app: App, *, show_all: bool, fmt: str) -> None:
 
     if fmt not in ("text", "json"):
         raise UsageError(f"invalid format '{fmt}': must be 'text' or 'json'")
+    from coi_async.orchestration.network.session import revive_daemon
+
     config = app.config()
     store = _store(config)
     async with app.incus() as incus:
         active = await active_containers(incus, config=config, store=store)
+    # The sessions listed have no network while their egress daemon is down; a daemon that will
+    # not start is for the commands that need it to say.
+    with contextlib.suppress(CoiError):
+        await revive_daemon()
     saved = store.list_sessions() if show_all else None
     click.echo(list_json(active, saved) if fmt == "json" else list_text(active, saved))
 
@@ -141,9 +152,14 @@ async def info(app: App, *, session_id: str | None) -> None:
         if latest is None:
             raise CoiError("no sessions found (specify session ID or use 'coi list --all')")
         session_id = latest.id
-    check_session_id(session_id)
-    if not store.exists(session_id):
-        raise CoiError(f"session not found: {session_id}")
+    # Whatever its shape, an id that names no saved session is not found (and no path is built
+    # from a malformed one).
+    found = False
+    with contextlib.suppress(CoiError):
+        check_session_id(session_id)
+        found = store.exists(session_id)
+    if not found:
+        raise SessionNotFoundError(f"session not found: {session_id}", hint="see 'coi list --all'")
     meta = store.load_metadata(session_id)
     path = store.session_dir(session_id)
     config_dir = get_tool(config.tool.name).config_dir
@@ -160,6 +176,8 @@ async def info(app: App, *, session_id: str | None) -> None:
         lines.append(f"Workspace:      {meta.workspace}")
     if meta:
         lines.append(f"Mode:           {'persistent' if meta.persistent else 'ephemeral'}")
+    if meta and meta.network:
+        lines.append(f"Network:        {meta.network}")
     lines.append(
         f"Session Data:   ✓ Present ({config_dir} directory)" if present else "Session Data:   ✗ Missing"
     )

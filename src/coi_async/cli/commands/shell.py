@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import TYPE_CHECKING
 
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.errors import UsageError
+from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
     from coi_async.config import Config, Mount
@@ -39,7 +40,12 @@ def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[s
 @click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
 @click.option("--image", default=None, help="Image to use (default: defaults.image from config).")
 @click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
-@click.option("--network", default=None, help="Network mode: restricted, open or allowlist.")
+@click.option(
+    "--network",
+    default=None,
+    metavar="MODE",
+    help="Network mode: restricted (public hosts only), open, or allowlist (default: network.mode).",
+)
 @click.option("--background", is_flag=True, help="Start the tool in a detached tmux session and return.")
 @click.option("--debug", is_flag=True, help="Run bash instead of the tool.")
 @click.option(
@@ -71,7 +77,14 @@ async def shell(
     debug: bool,
     use_tmux: bool,
 ) -> None:
-    """Start an interactive AI coding session in a container (the default command)."""
+    """Start an interactive AI coding session in a container (the default command).
+
+    Ephemeral (the default): the container is deleted once it stops (`sudo poweroff` inside);
+    `exit` or a detach (Ctrl-b d) keeps it running for `coi attach`. The session data is saved
+    on every way out, so `--resume` continues it in a fresh container. Persistent
+    (`--persistent`): the container, with everything installed in it, is kept and reused by the
+    workspace's next session in its slot.
+    """
     from coi_async.cli import session_view
     from coi_async.cli.commands.run import parse_env
     from coi_async.cli.terminal import LocalTerminal
@@ -83,10 +96,11 @@ async def shell(
             f"unexpected argument '{args[0]}' - did you mean --resume={args[0]}? "
             "(note: use = when specifying session ID)"
         )
-    del network  # accepted for compatibility; the egress policy comes from config
+    from coi_async.config import apply_flags
+
     # `persistent` stays out of the config here: an explicit flag must win over a resumed
     # session's mode, and only the flow can tell the two apart.
-    config = app.config(profile=profile, image=image)
+    config = apply_flags(app.config(profile=profile, image=image), network=network)
     ws, extra, home = _prepare(workspace, mounts, config)
     request = ShellRequest(
         workspace=ws,
@@ -102,6 +116,7 @@ async def shell(
         host_uid=os.getuid(),
         host_gid=os.getgid(),
         host_home=home,
+        use_dummy=os.environ.get("COI_USE_DUMMY") == "1",
     )
     async with app.incus() as incus:
         code = await run_shell(incus, config, request, emit=session_view.show, terminal=LocalTerminal())
@@ -120,10 +135,15 @@ async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, 
     from coi_async.cli import session_view
     from coi_async.cli.terminal import LocalTerminal
     from coi_async.naming import absolute_workspace
+    from coi_async.orchestration.network.session import revive_daemon
     from coi_async.orchestration.sessions.attach import AttachList, attach_session, choose_attach_target
     from coi_async.orchestration.sessions.request import Outcome
 
     config = app.config()
+    # The session attached to has no network while its egress daemon is down (attaching works
+    # without it, so a daemon that will not start does not stop the attach).
+    with contextlib.suppress(CoiError):
+        await revive_daemon()
     async with app.incus() as incus:
         choice = await choose_attach_target(
             incus,
@@ -156,3 +176,4 @@ async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, 
         click.echo("\nNo tmux session found in container.")
         click.echo("The container is still running. To get a shell, use:")
         click.echo(f"  coi attach {choice.container} --bash")
+        raise click.exceptions.Exit(1)

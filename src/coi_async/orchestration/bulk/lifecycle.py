@@ -11,8 +11,6 @@ Re-running is always safe: "already stopped" is success for a stop and "not foun
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Sequence
 
 import anyio
@@ -35,6 +33,7 @@ from coi_async.tools import Tool
 # into the contract's lines.
 SAVING = "saving"
 SAVED = "saved"  # detail: the session directory
+SAVE_SKIPPED = "save-skipped"  # detail: the entries left out of the copy, comma-separated
 NO_SESSION_DATA = "no-session-data"  # detail: the tool's config directory
 STOPPING = "stopping"  # graceful, detail: the timeout in seconds
 STOPPED = "stopped"  # the guest shut down within the timeout
@@ -111,7 +110,13 @@ class SessionSaver:
         """`sessions.save.save_session` for `inst`; raises CoiError when the data exists but
         could not be saved."""
         return await save_session(
-            incus, self.session(inst), self.store, self.tool, bound_s=self.save_s, running=inst.running
+            incus,
+            self.session(inst),
+            self.store,
+            self.tool,
+            bound_s=self.save_s,
+            running=inst.running,
+            limits=self.config.limits,
         )
 
 
@@ -124,6 +129,8 @@ async def _save(ctx: ItemContext, incus: IncusClient, inst: Instance, saver: Ses
     if saved.session_dir is None:
         ctx.step(NO_SESSION_DATA, saver.tool.config_dir)
     else:
+        if saved.skipped:
+            ctx.step(SAVE_SKIPPED, ", ".join(saved.skipped))
         ctx.step(SAVED, str(saved.session_dir))
         ctx.detail = str(saved.session_dir)
 
@@ -193,15 +200,7 @@ async def remove_stopped_one(
 
 
 async def delete_session_one(ctx: ItemContext, store: SessionStore, session_id: str) -> None:
-    """Remove a saved session directory: renamed aside first (atomic), then removed."""
-    path = store.session_dir(session_id)
+    """Remove a saved session directory (`SessionStore.delete`: a part left is a failure)."""
     with ctx.committed(_FINISH_S):
         ctx.step(DELETING)
-        aside = path.with_name(f".{path.name}.deleting")
-        try:
-            await anyio.to_thread.run_sync(os.rename, path, aside)
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise CoiError(f"cannot delete session {session_id}: {exc.strerror}") from exc
-        await anyio.to_thread.run_sync(lambda: shutil.rmtree(aside, ignore_errors=True))
+        await anyio.to_thread.run_sync(store.delete, session_id)

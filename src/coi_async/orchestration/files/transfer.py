@@ -2,8 +2,10 @@
 
 Single files travel through incusd's files API, streamed both ways, with their mode and numeric
 owner. Directories travel as one tar stream over exec (`IncusClient.push_directory` and
-`pull_directory`, whose safety rules are documented in `coi_async.incus.files`): a pull never
-writes outside its local target, skips and names what would escape it, and drops set-id bits.
+`pull_directory`, whose safety rules are documented in `coi_async.incus.files` and
+`coi_async.untar`): a pull never writes outside its local target, skips and names what would
+escape it or is no plain file, directory or link, drops set-id bits, and is bounded by the
+config's `[limits]`. A pull into `DIR/` lands in `DIR/<name>`, never in place of `DIR` itself.
 A pulled single path that is a symbolic link is resolved *inside the container*, like `cp`
 does, never on the host. This module only decides what goes where and what to tell the user.
 """
@@ -19,9 +21,11 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 
-from coi_async.errors import CoiError, InstanceNotFoundError, NotFoundError, UsageError
+from coi_async.config.model import Limits
+from coi_async.errors import ArchiveLimitError, CoiError, InstanceNotFoundError, NotFoundError, UsageError
 from coi_async.incus import FileInfo, IncusClient
 from coi_async.orchestration.containers.commands import container_errors
+from coi_async.orchestration.files.limits import copy_caps, limit_note
 
 # Symbolic links followed inside the container before giving up (the kernel's own limit).
 _MAX_LINKS = 40
@@ -117,26 +121,44 @@ async def _push_tree(incus: IncusClient, local: Path, remote: Remote) -> None:
 
 
 async def pull(
-    incus: IncusClient, remote: Remote, local: Path, *, into: bool = False, recursive: bool
+    incus: IncusClient,
+    remote: Remote,
+    local: Path,
+    *,
+    into: bool = False,
+    recursive: bool,
+    limits: Limits | None = None,
 ) -> Transfer:
     """Copy a file or a directory tree from the container to `local`.
 
     As in the reference, a directory is copied whether or not `recursive` is given, and replaces
     whatever `local` was. A file replaces a file at `local`, or lands inside `local` when it is a
     directory or `into` is set (the argument ended in `/`, which Path drops); the reference would
-    delete that directory.
+    delete that directory. A tree is bounded by `limits` (else the defaults).
     """
     del recursive  # both modes pull trees, as the reference does
     path, info = await _resolve(incus, remote)
     if info.type == "directory":
-        target = local / posixpath.basename(path.rstrip("/")) if into else local
-        skipped = await _pull_tree(incus, Remote(remote.container, path), target)
+        target = local / _landing_name(remote, path) if into else local
+        skipped = await _pull_tree(incus, Remote(remote.container, path), target, limits or Limits())
         return Transfer("directory", str(remote), str(target), skipped)
     target = local
     if into or (await anyio.Path(local).is_dir() and not await anyio.Path(local).is_symlink()):
         target = local / posixpath.basename(path)
     await _pull_file(incus, Remote(remote.container, path), target)
     return Transfer("file", str(remote), str(target))
+
+
+def _landing_name(remote: Remote, path: str) -> str:
+    """The name a directory pulled into `DIR/` gets there: its own (after links). `/` has none,
+    and must not land in place of `DIR` itself."""
+    name = posixpath.basename(path.rstrip("/"))
+    if name in ("", ".", ".."):
+        raise UsageError(
+            f"{remote} is the container's root directory, which has no name to land under; "
+            "give the local directory to copy it to without a trailing /"
+        )
+    return name
 
 
 async def _resolve(incus: IncusClient, remote: Remote) -> tuple[str, FileInfo]:
@@ -146,7 +168,7 @@ async def _resolve(incus: IncusClient, remote: Remote) -> tuple[str, FileInfo]:
         current = Remote(remote.container, path)
         info = await _remote_info(incus, current)
         if info is None:
-            raise CoiError(f"{current} does not exist")
+            raise CoiError(f"{current}: not found")  # incus's own words for it
         if info.type != "symlink":
             return path, info
         with container_errors(remote.container):
@@ -169,9 +191,14 @@ def _settle(target: Path, info: FileInfo) -> None:
         os.chown(target, info.uid, info.gid)
 
 
-async def _pull_tree(incus: IncusClient, remote: Remote, target: Path) -> list[str]:
+async def _pull_tree(incus: IncusClient, remote: Remote, target: Path, limits: Limits) -> list[str]:
     parent = target.parent
     if not await anyio.Path(parent).is_dir():
         raise CoiError(f"cannot write {target}: {parent} is not a directory")
     with container_errors(remote.container):
-        return await incus.pull_directory(remote.container, remote.path, target, keep_owner=True)
+        try:
+            return await incus.pull_directory(
+                remote.container, remote.path, target, caps=copy_caps(limits), keep_owner=True
+            )
+        except ArchiveLimitError as exc:
+            raise ArchiveLimitError(f"{exc}{limit_note(exc)}", cap=exc.cap, hint=exc.hint) from exc

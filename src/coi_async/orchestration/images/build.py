@@ -29,8 +29,12 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from coi_async.egress import DEFAULT_ALLOWLIST, Allowlist, EgressProxy, ProxyEvent
-from coi_async.errors import BuildError, CoiError
+from coi_async.config.network import HostSyntaxError, parse_entries
+from coi_async.egress import DEFAULT_ALLOWLIST
+from coi_async.egress.connection import ConnectionRecord
+from coi_async.egress.policy import Policy
+from coi_async.egress.proxy import EgressProxy
+from coi_async.errors import BuildError, CoiError, EgressError
 from coi_async.incus.client import IncusClient
 from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
 from coi_async.orchestration import events
@@ -61,7 +65,7 @@ PHASES = ("base", "launch", "recipe", "publish")
 NOTE_RECIPE_CHANGED = "build-recipe-changed"  # alias
 NOTE_NIC = "build-nic"  # the build container has a network interface of its own
 NOTE_EGRESS_PROXY = "build-egress-proxy"  # url, allowed
-NOTE_EGRESS = "build-egress"  # a proxy decision: action, method, host, port, detail
+NOTE_EGRESS = "build-egress"  # a proxy decision: action (allowed/refused/failed), method, host, port, detail
 NOTE_CLEANUP_FAILED = "build-cleanup-failed"  # container, error
 
 
@@ -191,17 +195,18 @@ class _Build:
     def _output(self, data: bytes) -> None:
         self.emit(Output(item=self.item, data=data))
 
-    def _egress_event(self, event: ProxyEvent) -> None:
+    def _egress_event(self, record: ConnectionRecord) -> None:
+        action = record.decision if record.decision in ("allowed", "refused") else "failed"
         note(
             self.emit,
             NOTE_EGRESS,
             self.item,
-            level="info" if event.action == "allowed" else "warning",
-            action=event.action,
-            method=event.method,
-            host=event.host,
-            port=str(event.port),
-            detail=event.detail,
+            level="info" if action == "allowed" else "warning",
+            action=action,
+            method=record.method or "?",
+            host=record.host,
+            port=str(record.port),
+            detail=record.reason,
         )
 
     async def run(self) -> BuildResult:
@@ -275,14 +280,14 @@ class _Build:
             note(self.emit, NOTE_NIC, self.item)
             yield {}
             return
-        allowlist = Allowlist.parse(self.request.allowlist)
-        proxy = EgressProxy(allowlist, on_event=self._egress_event)
+        policy = build_policy(self.request.allowlist)
+        proxy = EgressProxy(policy, on_record=self._egress_event)
         async with proxy.serve(port=self.request.proxy_port) as port:
             address = f"tcp:127.0.0.1:{port}"
             device = {"type": "proxy", "listen": address, "connect": address, "bind": "instance"}
             await self.incus.update_instance(self.name, InstancePatch(devices={EGRESS_DEVICE: device}))
             url = f"http://127.0.0.1:{port}"
-            note(self.emit, NOTE_EGRESS_PROXY, self.item, url=url, allowed=allowlist.describe())
+            note(self.emit, NOTE_EGRESS_PROXY, self.item, url=url, allowed=policy.describe_allowlist())
             # apt ignores http_proxy when run by some tools; its own setting always applies.
             # No pipelining: the proxy answers one request per connection.
             apt_conf = (
@@ -393,6 +398,14 @@ class _Build:
                 error=str(exc),
             )
         self.timings["cleanup"] = round(time.monotonic() - started, 2)
+
+
+def build_policy(allowlist: tuple[str, ...]) -> Policy:
+    """A build may reach its allowlist only; EgressError names a malformed entry."""
+    try:
+        return Policy(mode="allowlist", allow=parse_entries(allowlist))
+    except HostSyntaxError as exc:
+        raise EgressError(f"bad egress allowlist entry: {exc}") from None
 
 
 class _Tail:

@@ -11,6 +11,10 @@ How the data travels depends on the container's state:
 - stopped: incusd's files API, which reaches a stopped container's filesystem without starting
   it. Every file and directory comes across with its mode; symbolic links are left out (the
   files API shows a link's resolved target, not the link) and reported as skipped.
+
+Either way the container wrote what comes out, so the copy is bounded by the caller's `Caps`
+(entries, bytes of one file, bytes in all; see `coi_async.untar`), and past one the save fails
+with the previous copy kept.
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from coi_async.errors import ConflictError, NotFoundError
+from coi_async.errors import ConflictError, NotFoundError, coi_error
+from coi_async.hostfs import make_private_dir
 from coi_async.incus import IncusClient
+from coi_async.untar import PRIVATE_MODE_MASK, Budget, Caps
 
 # How many file requests a files-API walk keeps in flight.
 _WALK_PARALLEL = 8
@@ -143,24 +149,37 @@ class _TreeCopy:
                 tg.start_soon(one, name)
 
 
-async def _pull_tree(incus: IncusClient, container: str, remote: str, local: Path) -> list[str]:
+async def _pull_tree(
+    incus: IncusClient, container: str, remote: str, local: Path, *, caps: Caps
+) -> list[str]:
+    budget = Budget(caps)  # the same caps as a tar stream's: entries, one file, all files
+
     async def names(directory: str) -> list[str]:
         return await incus.list_directory(container, directory)
 
     async def kind(path: str) -> _Kind:
+        budget.take_member(path)
         info = await incus.stat_file(container, path)
         return _Kind(info.type, info.mode)
 
     async def make_directory(path: str, mode: int) -> None:
-        # Always ours to write, or its own entries could not be written into it.
-        await anyio.Path(path).mkdir(parents=True, exist_ok=True)
-        await anyio.Path(path).chmod(mode & 0o777 | 0o700)
+        # The owner's bits only, whatever the container says: the copy goes into ~/.coi.
+        del mode
+        await anyio.Path(path).mkdir(mode=0o700, parents=True, exist_ok=True)
+        await anyio.Path(path).chmod(0o700)
 
     async def copy_file(source: str, target: str) -> None:
-        await incus.pull_file_to(container, source, Path(target))
+        await incus.pull_file_to(container, source, Path(target), budget=budget, mode_mask=PRIVATE_MODE_MASK)
 
     walk = _TreeCopy(names=names, kind=kind, make_directory=make_directory, copy_file=copy_file)
-    await walk.copy(remote, str(local), 0o700)
+    try:
+        await walk.copy(remote, str(local), 0o700)
+    except Exception as exc:
+        # The first of its errors, not the groups of the walk's task groups: callers branch on it.
+        error = coi_error(exc)
+        if error is None:
+            raise
+        raise error from exc
     return walk.skipped
 
 
@@ -204,14 +223,15 @@ class StatePlace(msgspec.Struct, frozen=True):
 
 
 async def save_session_data(
-    incus: IncusClient, place: StatePlace, session_dir: Path, *, running: bool | None = None
+    incus: IncusClient, place: StatePlace, session_dir: Path, *, caps: Caps, running: bool | None = None
 ) -> SaveOutcome:
     """Copy `<home>/<config_dir>` out of the container into `<session_dir>/<config_dir>`.
 
     Works on running and stopped containers (`running` saves a state lookup when known). If
     the container has no such directory, nothing changes on disk and `missing` is set. Any
-    failure or cancellation leaves the previous copy as it was. NotFoundError if the container
-    does not exist.
+    failure or cancellation leaves the previous copy as it was: ArchiveError when the data is
+    refused (ArchiveLimitError past one of `caps`). NotFoundError if the container does not
+    exist.
     """
     container, config_dir, remote = place.container, place.config_dir, place.path
     target = session_dir / config_dir
@@ -223,16 +243,19 @@ async def save_session_data(
     except NotFoundError:
         return SaveOutcome(saved=False, missing=True)
 
-    await anyio.Path(session_dir).mkdir(parents=True, exist_ok=True)
+    # 0700 from the start, parents too: the copy holds the tool's credentials.
+    await anyio.to_thread.run_sync(make_private_dir, session_dir)
     await anyio.to_thread.run_sync(recover_directory, target)
     staging = session_dir / f"{config_dir}.new-{secrets.token_hex(4)}"
     skipped: list[str] = []
     try:
         if running:
-            skipped = await incus.pull_directory(container, remote, staging)
+            skipped = await incus.pull_directory(
+                container, remote, staging, caps=caps, mode_mask=PRIVATE_MODE_MASK
+            )
             method = "exec"
         else:
-            skipped = await _pull_tree(incus, container, remote, staging)
+            skipped = await _pull_tree(incus, container, remote, staging, caps=caps)
             method = "files"
         await anyio.Path(staging).chmod(0o700)
         # Not cancellable: once the copy is complete, putting it in place takes two syscalls.

@@ -8,11 +8,11 @@ import msgspec
 from coi_async.config import Config
 from coi_async.errors import CoiError, SessionNotFoundError
 from coi_async.incus import IncusClient
-from coi_async.incus.exec import Terminal
+from coi_async.incus.exec import LOST_EXEC, Terminal
 from coi_async.incus.models import Instance
 from coi_async.naming import SessionName, tmux_session
 from coi_async.orchestration.containers import ops
-from coi_async.orchestration.events import Emit
+from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.interrupts import interruptible
 from coi_async.orchestration.sessions.cleanup import SessionState, cleanup
 from coi_async.orchestration.sessions.guard import absorbing_coi_errors
@@ -20,7 +20,8 @@ from coi_async.orchestration.sessions.model import Session, new_session, session
 from coi_async.orchestration.sessions.outcome import after_session
 from coi_async.orchestration.sessions.request import Outcome
 from coi_async.orchestration.sessions.store import SessionStore, check_session_id
-from coi_async.orchestration.sessions.tmux import LOST_EXEC, WORKDIR, TmuxSession, user_env
+from coi_async.orchestration.sessions.tmux import WORKDIR, TmuxSession, user_env
+from coi_async.orchestration.sessions.tmux_control import find_session_user
 from coi_async.slots import validate_slot
 from coi_async.tools import get_tool
 
@@ -50,27 +51,34 @@ async def choose_attach_target(
         if instance is None or not instance.running:
             raise SessionNotFoundError(f"container {container} not found or not running")
         return AttachTarget(container=container, instance=instance)
+    if name is not None:
+        # Any container by its name, coi's session or not (one made by `coi container launch`).
+        instance = await ops.state(incus, name)
+        if instance is None or not instance.running:
+            raise SessionNotFoundError(f"container {name} not found or not running")
+        return AttachTarget(container=name, instance=instance)
     ours = sorted(
         (i for i in await incus.list_instances() if SessionName.parse(i.name, prefix) is not None),
         key=lambda i: i.name,
     )
-    if name is not None:
-        for instance in ours:
-            if instance.name == name and instance.running:
-                return AttachTarget(container=name, instance=instance)
-        raise SessionNotFoundError(f"container {name} not found or not running")
     running = [i for i in ours if i.running]
     if len(running) == 1:
         return AttachTarget(container=running[0].name, instance=running[0])
     return AttachList(running=[i.name for i in running])
 
 
-def _saved_state(config: Config, session: Session) -> SessionState | None:
-    """What the cleanup of an attached session needs; None when the container carries no coi
-    session id (its data has no session to go to, so attach leaves it alone)."""
+def _is_coi_session(session: Session) -> bool:
     try:
         check_session_id(session.session_id)
     except CoiError:
+        return False
+    return True
+
+
+def _saved_state(config: Config, session: Session) -> SessionState | None:
+    """What the cleanup of an attached session needs; None when the container carries no coi
+    session id (its data has no session to go to, so attach leaves it alone)."""
+    if not _is_coi_session(session):
         return None
     tool = get_tool(config.tool.name)
     store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
@@ -80,6 +88,7 @@ def _saved_state(config: Config, session: Session) -> SessionState | None:
         store=store,
         has_state=True,
         metadata=store.load_metadata(session.session_id),
+        limits=config.limits,
     )
 
 
@@ -97,8 +106,15 @@ async def attach_session(
     session = session_of(target.instance, config) or new_session(
         config, workspace="", session_id="", persistent=False, container=target.container
     )
-    env = user_env(home=session.home, user=session.user, term=term)
-    tmux = TmuxSession(incus, target.container, tmux_session(target.container), uid=session.uid, env=env)
+    uid, user, home = session.uid, session.user, session.home
+    # The session is wherever it was started: as the session's user, or as root by hand.
+    owner = None if use_bash else await find_session_user(incus, config, target.instance)
+    if owner is not None:
+        uid, user, home = owner.uid, owner.user, owner.home
+    env = user_env(home=home, user=user, term=term, extra=config.environment)
+    tmux = TmuxSession(incus, target.container, tmux_session(target.container), uid=uid, env=env)
+    if not use_bash and owner is None and not await _restart_tool(config, session, tmux, terminal, emit):
+        return Outcome.NO_TMUX
     async with interruptible() as interrupt:
         outcome = Outcome.DETACHED
         with interrupt.scope:
@@ -120,6 +136,23 @@ async def attach_session(
         if state is not None and outcome in (Outcome.ENDED, Outcome.STOPPED, Outcome.DETACHED):
             await cleanup(incus, state, outcome, emit)
     return outcome
+
+
+async def _restart_tool(
+    config: Config, session: Session, tmux: TmuxSession, terminal: Terminal, emit: Emit
+) -> bool:
+    """Start a coi session's tool again, resuming its conversation, in a new tmux session: its
+    container outlives `exit` in bash, and `coi attach` is how the user gets back in. False for a
+    container that carries no coi session (there is no tool of ours to start)."""
+    if not _is_coi_session(session):
+        return False
+    tool = get_tool(session.tool)
+    store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
+    meta = store.load_metadata(session.session_id)
+    argv = tool.resume_command((meta.cli_session_id if meta else "") or None, binary=config.tool.binary)
+    await tmux.start(argv, size=terminal.size())
+    note(emit, "attach.restarted", session.container)
+    return True
 
 
 async def attach_tmux(incus: IncusClient, tmux: TmuxSession, terminal: Terminal) -> int | None:

@@ -9,13 +9,15 @@ signal cancelled the session.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import anyio
 
+from coi_async.config.model import Limits
 from coi_async.errors import coi_error
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
+from coi_async.naming import KEY_PERSISTENT
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.sessions.model import Session
@@ -50,6 +52,8 @@ class SessionState:
     metadata: SessionMetadata | None = None
     # The saved session this one resumes, if any.
     resumed: SavedSession | None = None
+    # What a save of its data may hold (the config's `[limits]`).
+    limits: Limits = field(default_factory=Limits)
 
 
 class SaveResult(enum.Enum):
@@ -74,6 +78,7 @@ async def save(incus: IncusClient, state: SessionState, emit: Emit, *, running: 
             bound_s=SAVE_S,
             running=running,
             metadata=state.metadata,
+            limits=state.limits,
         )
     except Exception as exc:
         error = coi_error(exc)
@@ -150,9 +155,7 @@ async def _dispose(
     saved: SaveResult,
 ) -> None:
     session = state.session
-    remove = (not session.persistent and outcome is not Outcome.DETACHED) or (
-        outcome is Outcome.FAILED and state.created
-    )
+    remove = _removes(state, outcome, instance)
     if remove and saved is SaveResult.FAILED:
         note(emit, "cleanup.kept-unsaved", session.container, level="warning", session_id=session.session_id)
         return
@@ -162,3 +165,18 @@ async def _dispose(
     note(emit, "cleanup.removing" if instance.running else "cleanup.removing-stopped", session.container)
     await ops.remove(incus, session.container, bound_s=REMOVE_S)
     note(emit, "cleanup.removed", session.container)
+
+
+def _removes(state: SessionState, outcome: Outcome, instance: Instance) -> bool:
+    """Whether the cleanup removes the container (after saving): one made for a setup that failed,
+    or an ephemeral session's once it has stopped (`sudo poweroff` inside) or coi was told to end
+    (a signal). `exit` from bash and a detach leave a running one for `coi attach`.
+
+    Persistence is read from the instance as it is now, so a `coi persist` from another terminal
+    while the session ran counts.
+    """
+    if outcome is Outcome.FAILED and state.created:
+        return True
+    if state.session.persistent or instance.config.get(KEY_PERSISTENT) == "true":
+        return False
+    return outcome is Outcome.INTERRUPTED or not instance.running

@@ -4,6 +4,14 @@ Settings files are merged on the host, in Python, and pushed whole: no interpret
 the image, every file lands with the right owner in one request, and a user's key is never lost
 (the merge is deep; see `tools.deep_merge`). A file that is not valid JSON is never rewritten: it
 is copied as it is and reported, because dropping what we cannot parse would lose the user's data.
+
+The session's own copies are read back from the container, so the agent wrote them: each is
+read at most `CONTAINER_SETTINGS_MAX_BYTES` (JSON parsing costs some 25 times a file's size in
+memory), and one nested deeper than `_MAX_DEPTH` counts as not JSON (it would make the parser,
+the merge's copy or the encoder recurse past Python's limit). A larger one is not read and left
+as it is, without the host's settings merged in, and a warning says so: the session still starts,
+and a real but huge `.claude.json` loses nothing. Refusing to start instead would let an agent
+lock its user out of a persistent session with one oversized file.
 """
 
 from __future__ import annotations
@@ -16,24 +24,44 @@ from typing import Any
 
 import anyio
 
-from coi_async.errors import NotFoundError
+from coi_async.errors import NotFoundError, ReadLimitError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.events import Emit, note
 from coi_async.tools import Tool, deep_merge
 
 # Secrets stay private to the user inside too.
 _SECRET_FILES = frozenset({".credentials.json"})
+# The most read of a settings file in the container: real ones are KiBs (`.claude.json` can
+# reach a few MiB); a bound on the host memory an agent can make coi spend at every start.
+CONTAINER_SETTINGS_MAX_BYTES = 8 * 1024 * 1024
+# Real settings nest a few levels; far deeper ones would make the JSON parser, the copy in the
+# merge or the encoder recurse past Python's limit.
+_MAX_DEPTH = 64
+
+
+def _nests_within(value: object, limit: int) -> bool:
+    pending = [(value, 1)]
+    while pending:
+        item, depth = pending.pop()
+        if depth > limit:
+            return False
+        if isinstance(item, dict):
+            pending.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            pending.extend((v, depth + 1) for v in item)
+    return True
 
 
 def _parse(data: bytes | None) -> dict[str, Any] | None:
-    """The JSON object in `data`; {} for no data; None when it is not a JSON object."""
+    """The JSON object in `data`; {} for no data; None when it is not a JSON object (or one
+    nested deeper than `_MAX_DEPTH`)."""
     if data is None or not data.strip():
         return {}
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
-    return value if isinstance(value, dict) else None
+    return value if isinstance(value, dict) and _nests_within(value, _MAX_DEPTH) else None
 
 
 def merge_settings(
@@ -61,8 +89,9 @@ async def _read_host(path: Path) -> bytes | None:
 
 
 async def _read_container(incus: IncusClient, container: str, path: str) -> bytes | None:
+    """The file's bytes, None when there is none; ReadLimitError past the bound."""
     try:
-        return (await incus.pull_file(container, path)).data
+        return (await incus.pull_file(container, path, max_bytes=CONTAINER_SETTINGS_MAX_BYTES)).data
     except NotFoundError:
         return None
 
@@ -90,23 +119,37 @@ async def inject_credentials(
 
     host: dict[str, bytes | None] = {}
     remote: dict[str, bytes | None] = {}
+    too_large: set[str] = set()
 
     async def read_host(key: str, path: Path) -> None:
         host[key] = await _read_host(path)
 
-    async def read_remote(key: str, path: str) -> None:
-        remote[key] = await _read_container(incus, container, path)
+    async def read_remote(key: str, path: str, shown: str) -> None:
+        try:
+            remote[key] = await _read_container(incus, container, path)
+        except ReadLimitError as exc:
+            note(
+                emit,
+                "credentials.session-too-large",
+                container,
+                level="warning",
+                file=shown,
+                limit=str(exc.limit),
+            )
+            too_large.add(key)
 
     settings_remote = posixpath.join(remote_dir, tool.settings_file) if tool.settings_file else ""
     home_remote = posixpath.join(home, tool.home_settings_file) if tool.home_settings_file else ""
+    settings_shown = f"~/{tool.config_dir}/{tool.settings_file}"
+    home_shown = f"~/{tool.home_settings_file}"
     async with anyio.create_task_group() as tg:
         for name in tool.host_files:
             tg.start_soon(read_host, name, host_dir / name)
         if tool.home_settings_file:
             tg.start_soon(read_host, tool.home_settings_file, host_home / tool.home_settings_file)
-            tg.start_soon(read_remote, tool.home_settings_file, home_remote)
+            tg.start_soon(read_remote, tool.home_settings_file, home_remote, home_shown)
         if tool.settings_file:
-            tg.start_soon(read_remote, tool.settings_file, settings_remote)
+            tg.start_soon(read_remote, tool.settings_file, settings_remote, settings_shown)
         # The directory must exist (owned by the user) before anything is pushed into it.
         await incus.make_directory(container, remote_dir, uid=uid, gid=uid, mode=0o755)
 
@@ -116,18 +159,18 @@ async def inject_credentials(
         if data is not None:
             mode = 0o600 if name in _SECRET_FILES else 0o644
             writes.append((posixpath.join(remote_dir, name), data, mode))
-    if tool.settings_file:
+    if tool.settings_file and tool.settings_file not in too_large:
         data, skipped = merge_settings(
             remote.get(tool.settings_file), host.get(tool.settings_file), tool.sandbox_settings
         )
-        _warn(emit, container, skipped, f"~/{tool.config_dir}/{tool.settings_file}")
+        _warn(emit, container, skipped, settings_shown)
         writes.append((settings_remote, data, 0o644))
-    if tool.home_settings_file:
+    if tool.home_settings_file and tool.home_settings_file not in too_large:
         existing, mine = remote.get(tool.home_settings_file), host.get(tool.home_settings_file)
         # Written only where the user has one: the tool creates it on first run otherwise.
         if existing is not None or mine is not None:
             data, skipped = merge_settings(existing, mine, tool.sandbox_settings)
-            _warn(emit, container, skipped, f"~/{tool.home_settings_file}")
+            _warn(emit, container, skipped, home_shown)
             writes.append((home_remote, data, 0o600))
 
     async with anyio.create_task_group() as tg:

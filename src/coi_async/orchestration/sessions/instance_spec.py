@@ -7,9 +7,11 @@ Instances get everything at creation, so nothing is hot-plugged after boot:
   belong to the host user outside. Which one works is found by trying, once per process;
 - extra mounts (`mount-0..N`), with the same ownership treatment;
 - Docker-in-container support (containers/config.py);
-- `user.coi.*` keys (see naming), so coi recognises its instances by more than their names.
+- `user.coi.*` keys (see naming), so coi recognises its instances by more than their names;
+- its network (orchestration/network/plan.py): every NIC the profile would give it masked, and
+  the proxy device to its egress daemon socket, unless it is `open` with a NIC.
 Environment variables are never put in the instance config (anyone with API access could read
-them): callers pass them per exec, see `session_env`.
+them), the proxy's address aside (it is no secret): callers pass them per exec, see `session_env`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import msgspec
 from coi_async import naming
 from coi_async.config import Config, Mount
 from coi_async.orchestration.containers.config import DOCKER_CONFIG
+from coi_async.orchestration.network.plan import EgressPlan
 from coi_async.orchestration.sessions.model import user_of_uid
 
 WORKSPACE_PATH = "/workspace"
@@ -50,6 +53,8 @@ class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
     # (resuming a session reuses its container, running or stopped).
     prefer_slot: int = 0
     code_user: str = "code"
+    # The session's network; None: the instance gets nothing for it (low-level callers, tests).
+    egress: EgressPlan | None = None
 
 
 class IdmapPlan(msgspec.Struct, frozen=True):
@@ -111,11 +116,15 @@ def instance_config(spec: LaunchSpec, slot: int) -> dict[str, str]:
     }
     if spec.session_id:
         config[naming.KEY_SESSION] = spec.session_id
+    if spec.egress is not None:
+        config.update(spec.egress.config())
     config.update(spec.extra_config)
     return config
 
 
-def instance_devices(spec: LaunchSpec, *, shift: bool) -> dict[str, dict[str, str]]:
+def instance_devices(spec: LaunchSpec, *, shift: bool, name: str = "") -> dict[str, dict[str, str]]:
+    """The devices of the instance `name`: its mounts, then what its network needs."""
+
     def disk(source: str, path: str) -> dict[str, str]:
         device = {"type": "disk", "source": source, "path": path}
         if shift:
@@ -125,6 +134,8 @@ def instance_devices(spec: LaunchSpec, *, shift: bool) -> dict[str, dict[str, st
     devices = {"workspace": disk(spec.workspace, WORKSPACE_PATH)}
     for i, mount in enumerate(spec.mounts):
         devices[f"mount-{i}"] = disk(mount.host, mount.container)
+    if spec.egress is not None:
+        devices.update(spec.egress.devices(name))
     return devices
 
 
@@ -140,6 +151,7 @@ class LaunchChoices(TypedDict, total=False):
     mounts: tuple[Mount, ...]
     next_if_busy: bool
     prefer_slot: int
+    egress: EgressPlan | None
 
 
 def spec_from_config(config: Config, *, workspace: str, **choices: Unpack[LaunchChoices]) -> LaunchSpec:

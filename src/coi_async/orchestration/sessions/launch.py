@@ -29,6 +29,7 @@ from coi_async.incus.models import Instance, InstanceSource, InstancesPost
 from coi_async.naming import KEY_LAUNCH, KEY_PERSISTENT, SessionName, workspace_hash
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, ignore, note
+from coi_async.orchestration.network.session import prepare_reused
 from coi_async.orchestration.sessions.instance_spec import (
     IdmapPlan,
     LaunchSpec,
@@ -98,7 +99,7 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, em
             start=True,
             ephemeral=spec.ephemeral,
             config={**instance_config(spec, slot), **plan.config, KEY_LAUNCH: token},
-            devices=instance_devices(spec, shift=plan.shift),
+            devices=instance_devices(spec, shift=plan.shift, name=name),
         )
         try:
             await incus.create_instance(request)
@@ -220,6 +221,8 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, emit: Emit = ignore) -
             name = str(prefix_name.with_slot(choice.slot))
             if choice.reuse:
                 try:
+                    # Its network as this session's: no NIC may come up with it.
+                    await prepare_reused(incus, spec.egress, name)
                     await incus.start_instance(name)
                 except IncusApiError:
                     # Started (or removed) by someone else since the listing: not ours to take.

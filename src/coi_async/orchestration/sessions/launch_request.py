@@ -12,6 +12,7 @@ from coi_async.errors import UsageError
 from coi_async.incus import IncusClient
 from coi_async.naming import SessionName
 from coi_async.orchestration.events import Emit, ignore
+from coi_async.orchestration.network.plan import EgressPlan, proxy_env
 from coi_async.orchestration.sessions.instance_spec import spec_from_config
 from coi_async.orchestration.sessions.launch import Launched, launch
 
@@ -41,6 +42,7 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     prefer_container: str = ""
     host_uid: int = -1  # -1: this process's
     host_gid: int = -1
+    egress: EgressPlan | None = None  # the session's network (network.session.plan_egress)
 
 
 async def launch_session(
@@ -65,6 +67,7 @@ async def launch_session(
         mounts=mounts,
         next_if_busy=True,
         prefer_slot=preferred.slot if preferred and preferred.belongs_to(request.workspace) else 0,
+        egress=request.egress,
     )
     return await launch(incus, spec, emit=emit)
 
@@ -75,9 +78,12 @@ def session_env(
     user: str,
     profile_env: Mapping[str, str],
     given: Mapping[str, str],
+    egress: EgressPlan | None = None,
 ) -> dict[str, str]:
-    """The environment of every exec in a session: nothing from the host unless given (-e/profile)."""
-    return {"HOME": home, "USER": user, "LOGNAME": user, **profile_env, **given}
+    """The environment of every exec in a session: nothing from the host unless given (-e/profile),
+    and the egress proxy when the session goes through it (which -e may override)."""
+    proxy = proxy_env() if egress is not None and egress.through_daemon else {}
+    return {"HOME": home, "USER": user, "LOGNAME": user, **proxy, **profile_env, **given}
 
 
 def check_workspace(path: str) -> None:

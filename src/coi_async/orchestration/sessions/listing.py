@@ -11,6 +11,7 @@ from coi_async.errors import NotFoundError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
 from coi_async.naming import KEY_PERSISTENT, KEY_WORKSPACE
+from coi_async.orchestration.network.plan import KEY_NETWORK
 from coi_async.orchestration.sessions.model import session_of
 from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore
 
@@ -23,6 +24,7 @@ class ActiveContainer(msgspec.Struct, frozen=True, kw_only=True):
     image: str  # the image's description, as the instance config records it
     persistent: bool
     workspace: str  # "" when unknown
+    network: str = ""  # the session's network mode; "" when the instance does not say
 
 
 def _latest_metadata(store: SessionStore) -> dict[str, SessionMetadata]:
@@ -52,6 +54,7 @@ def to_active(inst: Instance, meta: SessionMetadata | None, config: Config) -> A
         image=inst.config.get("image.description", ""),
         persistent=persistent,
         workspace=workspace,
+        network=inst.config.get(KEY_NETWORK, ""),
     )
 
 

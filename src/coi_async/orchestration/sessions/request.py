@@ -24,6 +24,13 @@ class ShellRequest(msgspec.Struct, frozen=True, kw_only=True):
     host_gid: int = 1000
     # Where the host user's tool credentials and settings are read from ("": copy none).
     host_home: str = ""
+    # COI_USE_DUMMY=1 in the host's environment: the tool is the `dummy` test stub.
+    use_dummy: bool = False
+
+    @property
+    def dummy(self) -> bool:
+        """Whether the session runs `dummy` instead of the tool (COI_USE_DUMMY=1, host or -e)."""
+        return self.use_dummy or self.env.get("COI_USE_DUMMY") == "1"
 
 
 class Outcome(enum.Enum):

@@ -15,8 +15,16 @@ from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, note
+from coi_async.orchestration.network.session import (
+    SessionOrigin,
+    attach_egress,
+    configure_container,
+    detach_egress,
+    plan_egress,
+    start_daemon_early,
+)
 from coi_async.orchestration.sessions.instance_spec import WORKSPACE_PATH, spec_from_config
-from coi_async.orchestration.sessions.launch import launch
+from coi_async.orchestration.sessions.launch import Launched, launch
 from coi_async.orchestration.sessions.launch_request import session_env
 
 ByteSink = Callable[[bytes], Awaitable[None]]
@@ -43,6 +51,7 @@ async def run_command(
 ) -> int:
     """Run the command; return its exit code. The image and persistence come from `config`."""
     persistent = config.defaults.persistent
+    egress = await plan_egress(incus, config)
     spec = spec_from_config(
         config,
         workspace=request.workspace,
@@ -52,12 +61,24 @@ async def run_command(
         host_uid=request.host_uid,
         host_gid=request.host_gid,
         mounts=request.mounts,
+        egress=egress,
     )
-    launched = await launch(incus, spec, emit=emit)
-    note(emit, "run.launching", launched.name, image=spec.image)
+    launched: Launched | None = None
     try:
+        # The egress daemon starts while the container is made.
+        async with start_daemon_early(egress):
+            launched = await launch(incus, spec, emit=emit)
+        note(emit, "run.launching", launched.name, image=spec.image)
+        origin = SessionOrigin.here(config.profile)
+        await attach_egress(incus, config, egress, launched.name, origin, created=launched.created, emit=emit)
+        if egress.through_daemon:
+            await configure_container(incus, launched.name)
         env = session_env(
-            home=launched.home, user=launched.user, profile_env=config.environment, given=request.env
+            home=launched.home,
+            user=launched.user,
+            profile_env=config.environment,
+            given=request.env,
+            egress=egress,
         )
         return await incus.exec_stream(
             launched.name,
@@ -70,9 +91,11 @@ async def run_command(
             cwd=WORKSPACE_PATH,
         )
     finally:
-        if persistent:
-            note(emit, "run.stopping", launched.name)
-            await ops.stop_and_keep(incus, launched.name)
-        else:
-            note(emit, "run.cleaning-up", launched.name)
-            await ops.remove(incus, launched.name)
+        if launched is not None:
+            if persistent:
+                note(emit, "run.stopping", launched.name)
+                await ops.stop_and_keep(incus, launched.name)
+            else:
+                note(emit, "run.cleaning-up", launched.name)
+                await ops.remove(incus, launched.name)
+                await detach_egress(egress, launched.name)

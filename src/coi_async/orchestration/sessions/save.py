@@ -14,8 +14,10 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from coi_async.errors import CoiError, SessionError
+from coi_async.config.model import Limits
+from coi_async.errors import CoiError, SessionError, coi_error
 from coi_async.incus import IncusClient
+from coi_async.orchestration.files.limits import copy_caps, limit_note
 from coi_async.orchestration.sessions import archive
 from coi_async.orchestration.sessions.model import Session
 from coi_async.orchestration.sessions.store import (
@@ -64,12 +66,14 @@ async def save_session(
     bound_s: float,
     running: bool | None = None,
     metadata: SessionMetadata | None = None,
+    limits: Limits | None = None,
 ) -> Saved:
     """Pull `<home>/<tool.config_dir>` into the store and write the session's metadata.
 
     `metadata` is what the caller knows of the session already (else the stored one, else what
-    the instance says). Raises CoiError when the data exists but could not be saved
-    (SaveTimedOutError when not within `bound_s`); the store then keeps its previous copy.
+    the instance says); `limits` bound the copy (the config's `[limits]`, else the defaults).
+    Raises CoiError when the data exists but could not be saved, whatever the container's data
+    did (SaveTimedOutError when not within `bound_s`); the store then keeps its previous copy.
     """
     session_id = await anyio.to_thread.run_sync(session_id_for, session, store)
     if not tool.saves_state:
@@ -78,11 +82,19 @@ async def save_session(
     try:
         with anyio.fail_after(bound_s):
             place = archive.StatePlace(session.container, session.home, tool.config_dir)
-            outcome = await archive.save_session_data(incus, place, session_dir, running=running)
+            caps = copy_caps(limits or Limits())
+            outcome = await archive.save_session_data(incus, place, session_dir, caps=caps, running=running)
     except TimeoutError:
         raise SaveTimedOutError(bound_s) from None
-    except CoiError as exc:
-        raise CoiError(f"could not save session data: {exc}") from exc
+    except OSError as exc:
+        raise CoiError(f"could not save session data: {exc.strerror or exc}") from exc
+    except Exception as exc:
+        # Also from inside the task groups of a files-API walk: one item's failure, as data.
+        error = coi_error(exc)
+        if error is None:
+            raise
+        message = f"could not save session data: {error}{limit_note(error)}"
+        raise CoiError(message, hint=error.hint) from exc
     if outcome.missing:
         return Saved(session_id=session_id, session_dir=None)
     meta = await anyio.to_thread.run_sync(_write_metadata, session, store, tool, session_id, metadata)

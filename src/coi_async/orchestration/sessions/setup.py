@@ -15,6 +15,13 @@ from coi_async.incus import IncusClient
 from coi_async.naming import KEY_PERSISTENT, KEY_SESSION, SessionName
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, note
+from coi_async.orchestration.network.session import (
+    SessionOrigin,
+    attach_egress,
+    configure_container,
+    plan_egress,
+    start_daemon_early,
+)
 from coi_async.orchestration.sessions import archive
 from coi_async.orchestration.sessions.cleanup import REMOVE_S, SaveResult, SessionState, save
 from coi_async.orchestration.sessions.credentials import inject_credentials
@@ -41,30 +48,39 @@ async def setup_session(
     if resumed is not None and resumed.metadata is not None and resumed.metadata.container_name:
         prefer = resumed.metadata.container_name
         await _resume_container(incus, config, state, prefer, emit)
+    egress = await plan_egress(incus, config)
     if not state.session.container:
-        launched = await launch_session(
-            incus,
-            config,
-            LaunchRequest(
-                workspace=request.workspace,
-                slot=request.slot,
-                persistent=state.session.persistent,
-                session_id=state.session.session_id,
-                mounts=request.mounts,
-                prefer_container=prefer,
-                host_uid=request.host_uid,
-                host_gid=request.host_gid,
-            ),
-            emit=emit,
-        )
-        # No checkpoint between launch returning and this: the cleanup always knows the name.
-        state.session = msgspec.structs.replace(state.session, container=launched.name, slot=launched.slot)
-        state.created = not launched.reused
-        # A reused persistent container holds the session's own state already.
-        state.has_state = launched.reused
+        # The egress daemon starts while the container is made.
+        async with start_daemon_early(egress):
+            launched = await launch_session(
+                incus,
+                config,
+                LaunchRequest(
+                    workspace=request.workspace,
+                    slot=request.slot,
+                    persistent=state.session.persistent,
+                    session_id=state.session.session_id,
+                    mounts=request.mounts,
+                    prefer_container=prefer,
+                    host_uid=request.host_uid,
+                    host_gid=request.host_gid,
+                    egress=egress,
+                ),
+                emit=emit,
+            )
+            # No checkpoint between launch returning and this: the cleanup always knows the name.
+            state.session = msgspec.structs.replace(
+                state.session, container=launched.name, slot=launched.slot
+            )
+            state.created = not launched.reused
+            # A reused persistent container holds the session's own state already.
+            state.has_state = launched.reused
         if request.slot == 0 and not launched.reused:
             note(emit, "setup.slot-allocated", launched.name, slot=str(launched.slot))
     session = state.session
+    # Every start path (new, reused, found running) comes through here.
+    origin = SessionOrigin.here(config.profile)
+    await attach_egress(incus, config, egress, session.container, origin, created=state.created, emit=emit)
     state.metadata = SessionMetadata(
         session_id=session.session_id,
         container_name=session.container,
@@ -76,6 +92,7 @@ async def setup_session(
         image=config.defaults.image,
         created_at=now_rfc3339(),
         cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else ""),
+        network=egress.mode,
     )
 
     restore = resumed is not None and state.created
@@ -112,9 +129,15 @@ async def setup_session(
         assert state.metadata is not None
         await anyio.to_thread.run_sync(state.store.save_metadata, state.metadata)
 
+    async def configure_egress() -> None:
+        await wait_ready(incus, session.container)
+        await configure_container(incus, session.container)
+
     # A new session's home is filled while the init system is still booting.
     async with anyio.create_task_group() as tg:
-        if not restore:
+        if egress.through_daemon:
+            tg.start_soon(configure_egress)
+        elif not restore:
             tg.start_soon(wait_ready, incus, session.container)
         tg.start_soon(restore_then_inject)
         tg.start_soon(save_metadata)
@@ -149,7 +172,10 @@ async def _resume_container(
         return
     note(emit, "setup.leftover", name)
     leftover = SessionState(
-        session=msgspec.structs.replace(found, persistent=False), tool=state.tool, store=state.store
+        session=msgspec.structs.replace(found, persistent=False),
+        tool=state.tool,
+        store=state.store,
+        limits=state.limits,
     )
     if await save(incus, leftover, emit, running=False) is not SaveResult.FAILED:
         await ops.remove_quietly(incus, name, bound_s=REMOVE_S)

@@ -59,7 +59,9 @@ async def run_shell(
                     session_id=resumed.id if resumed else new_session_id(),
                     persistent=persistent,
                 )
-                state = SessionState(session=session, tool=tool, store=store, resumed=resumed)
+                state = SessionState(
+                    session=session, tool=tool, store=store, resumed=resumed, limits=config.limits
+                )
                 note(emit, "setup.started", session_id=session.session_id)
                 await setup_session(incus, config, request, state, emit)
                 state.ready = True

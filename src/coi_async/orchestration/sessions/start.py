@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from coi_async.config import Config
 from coi_async.incus import IncusClient
-from coi_async.incus.exec import Terminal
+from coi_async.incus.exec import LOST_EXEC, Terminal
 from coi_async.naming import tmux_session
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.sessions.attach import attach_terminal, attach_tmux
@@ -13,7 +13,10 @@ from coi_async.orchestration.sessions.cleanup import SessionState
 from coi_async.orchestration.sessions.outcome import after_session
 from coi_async.orchestration.sessions.request import Outcome, ShellRequest
 from coi_async.orchestration.sessions.store import discover_cli_session_id
-from coi_async.orchestration.sessions.tmux import LOST_EXEC, TmuxSession, user_env
+from coi_async.orchestration.sessions.tmux import TmuxSession, user_env
+
+# The test stub the coi image ships (recipes/dummy), run instead of the tool with COI_USE_DUMMY=1.
+DUMMY_BINARY = "dummy"
 
 
 def announce(state: SessionState, request: ShellRequest, emit: Emit) -> None:
@@ -25,6 +28,8 @@ def announce(state: SessionState, request: ShellRequest, emit: Emit) -> None:
     if state.resumed is not None:
         resume = "persistent" if not state.created else "restored"
     session = state.session
+    if request.dummy and not request.debug:
+        note(emit, "session.dummy", session.container)
     note(
         emit,
         "session.starting",
@@ -42,6 +47,9 @@ def tool_command(state: SessionState, config: Config, request: ShellRequest) -> 
     if request.debug:
         return ["bash"]
     binary, tool, resumed = config.tool.binary, state.tool, state.resumed
+    if request.dummy:
+        # The test stub takes the tool's own arguments (the original's users' harnesses rely on it).
+        binary = DUMMY_BINARY
     if resumed is not None:
         cli_id = (resumed.metadata.cli_session_id if resumed.metadata else "") or discover_cli_session_id(
             tool, resumed.path

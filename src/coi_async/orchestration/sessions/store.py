@@ -5,6 +5,10 @@ The sessions directory is per tool (e.g. ~/.coi/sessions-claude, from `Config.se
 reference are read too: they are JSON unless a value held a quote or backslash, and then a
 line-by-line reading like the reference's own recovers what it can.
 
+Saved sessions hold the tool's credentials: every directory the store makes is 0700 and every
+file 0600 from the moment it exists (the mode is given to mkdir and mkstemp, never set after),
+so no other user of the host can read them, not even for an instant.
+
 The methods are synchronous: they touch a handful of small local files, and the CLI calls them
 both inside and outside the event loop.
 """
@@ -16,19 +20,22 @@ import datetime as dt
 import os
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
-from coi_async.errors import SessionNotFoundError, UsageError
+from coi_async.errors import SessionError, SessionNotFoundError, UsageError
+from coi_async.hostfs import make_private_dir, write_atomically
 from coi_async.naming import SessionName, workspace_hash
 from coi_async.tools import Tool
 
 METADATA_FILE = "metadata.json"
 _UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# A session being deleted is renamed to `.<id>.deleting` first; one left by a failed delete is
+# listed (without its metadata) so that the next delete finishes it.
+_DELETING = re.compile(rf"\.(?P<id>{_UUID.pattern})\.deleting")
 
 
 class SessionMetadata(msgspec.Struct, kw_only=True, omit_defaults=False):
@@ -43,6 +50,7 @@ class SessionMetadata(msgspec.Struct, kw_only=True, omit_defaults=False):
     created_at: str = ""  # RFC 3339; when the session started
     # The tool's own conversation id, when known (claude's --resume argument).
     cli_session_id: str = ""
+    network: str = ""  # the network mode the session ran in ("" in files from before modes)
 
 
 class SavedSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -120,21 +128,6 @@ def encode_metadata(meta: SessionMetadata) -> bytes:
     return msgspec.json.format(msgspec.json.encode(meta), indent=2) + b"\n"
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers see the old file or the new one, never a part."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 class SessionStore:
     """One tool's saved sessions under `root` (e.g. ~/.coi/sessions-claude)."""
 
@@ -150,7 +143,13 @@ class SessionStore:
         return self.session_dir(session_id) / self.config_dir
 
     def ensure(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        make_private_dir(self.root)
+
+    def make_session_dir(self, session_id: str) -> Path:
+        """The session's directory, made (0700, as are the missing parents) if it is not there."""
+        path = self.session_dir(session_id)
+        make_private_dir(path)
+        return path
 
     def exists(self, session_id: str) -> bool:
         return self.session_dir(session_id).is_dir()
@@ -170,9 +169,7 @@ class SessionStore:
         return session
 
     def save_metadata(self, meta: SessionMetadata) -> Path:
-        path = self.session_dir(meta.session_id)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        target = path / METADATA_FILE
+        target = self.make_session_dir(meta.session_id) / METADATA_FILE
         write_atomically(target, encode_metadata(meta))
         return target
 
@@ -184,13 +181,40 @@ class SessionStore:
         return decode_metadata(data)
 
     def delete(self, session_id: str) -> None:
-        shutil.rmtree(self.session_dir(session_id), ignore_errors=False)
+        """Remove a saved session: renamed aside first (so that nothing resumes half of it), then
+        removed. A session that is not there counts as deleted; one that could not be removed
+        whole raises SessionError, and what is left is listed and finished by the next delete."""
+        path = self.session_dir(session_id)
+        aside = path.with_name(f".{path.name}.deleting")
+        try:
+            if os.path.lexists(aside):
+                shutil.rmtree(aside)  # what an earlier delete left
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return
+            shutil.rmtree(aside)
+        except OSError as exc:
+            raise self._not_deleted(session_id, exc, aside) from exc
 
-    def _read(self, path: Path) -> SavedSession | None:
+    @staticmethod
+    def _not_deleted(session_id: str, exc: OSError, left: Path) -> SessionError:
+        # In the bulk report, where there is no room for a hint, the message must say it all.
+        where = f" ({exc.filename})" if exc.filename else ""
+        return SessionError(
+            f"cannot delete session {session_id}: {exc.strerror}{where}; what is left is in {left}, "
+            "and the next delete removes it"
+        )
+
+    def _read(self, path: Path, *, left_by_delete: str = "") -> SavedSession | None:
         try:
             st = path.stat()
         except OSError:
             return None
+        mtime = dt.datetime.fromtimestamp(st.st_mtime).astimezone().isoformat(timespec="seconds")
+        if left_by_delete:
+            # Half removed: nothing in it may be resumed, only deleted.
+            return SavedSession(id=left_by_delete, path=path, metadata=None, has_data=False, saved_at=mtime)
         meta: SessionMetadata | None = None
         with contextlib.suppress(OSError):
             meta = decode_metadata((path / METADATA_FILE).read_bytes())
@@ -198,22 +222,29 @@ class SessionStore:
             has_data = (path / self.config_dir).is_dir()
         else:
             has_data = meta is not None
-        mtime = dt.datetime.fromtimestamp(st.st_mtime).astimezone().isoformat(timespec="seconds")
         saved_at = meta.saved_at if meta and parse_time(meta.saved_at) else mtime
         return SavedSession(id=path.name, path=path, metadata=meta, has_data=has_data, saved_at=saved_at)
 
-    def _entries(self) -> Iterator[Path]:
+    def _entries(self) -> Iterator[tuple[Path, str]]:
+        """Session directories, each with "", and what failed deletes left of sessions now gone,
+        each with the session's id."""
         try:
             children = list(self.root.iterdir())
         except FileNotFoundError:
             return
+        names = {child.name for child in children}
         for child in children:
-            if _UUID.fullmatch(child.name) and child.is_dir():
-                yield child
+            if not child.is_dir():
+                continue
+            if _UUID.fullmatch(child.name):
+                yield child, ""
+            elif (left := _DELETING.fullmatch(child.name)) and left["id"] not in names:
+                yield child, left["id"]
 
     def list_sessions(self, *, with_data_only: bool = True) -> list[SavedSession]:
-        """Saved sessions, oldest first; only those holding the tool's data unless told otherwise."""
-        found = [s for p in self._entries() if (s := self._read(p)) is not None]
+        """Saved sessions, oldest first; only those holding the tool's data unless told otherwise
+        (then also what failed deletes left, without metadata, so that they can be deleted)."""
+        found = [s for p, left in self._entries() if (s := self._read(p, left_by_delete=left)) is not None]
         if with_data_only:
             found = [s for s in found if s.has_data]
         return sorted(found, key=_saved_key)

@@ -13,12 +13,11 @@ from collections.abc import Mapping, Sequence
 
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
+from coi_async.incus.exec import LOST_EXEC
 
 WORKDIR = "/workspace"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _START_ATTEMPTS = 3
-# The exit code incusd reports when it lost track of an exec's process.
-LOST_EXEC = -1
 # Terminals whose terminfo entries images rarely ship; they all speak xterm-256color.
 _FOREIGN_TERMS = ("xterm-ghostty", "wezterm", "alacritty", "kitty", "tmux-256color", "screen-256color")
 

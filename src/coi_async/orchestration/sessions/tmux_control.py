@@ -1,9 +1,11 @@
-"""`coi tmux ...`: reach the tmux session a container's AI tool runs in.
+"""`coi tmux ...` and `coi attach`: reach the tmux session a container's AI tool runs in.
 
 tmux keeps one server per user (socket `/tmp/tmux-<uid>/default`), and `coi shell` starts the
-session as the session's user, not root. So every tmux command here runs as that user, with its
+session as the session's user, not root. So the session is looked for as that user, with its
 HOME: the session's user (`sessions.model.session_of`), and for a container coi did not name,
-the configured code user. The reference ran these as root and never saw a session (upstream #588).
+the configured code user; then as root, whose server holds a session started by hand (`coi
+container exec NAME -- tmux new-session -d -s coi-NAME ...` runs as root). The reference asked
+root only and never saw a session `coi shell` made (upstream #588).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 @dataclass(frozen=True, slots=True)
 class SessionUser:
     uid: int
+    user: str
     home: str
 
     @property
@@ -59,12 +62,36 @@ class Listing:
 _HAS_SESSION = "has-session"
 
 
-def session_user(instance: Instance, config: Config) -> SessionUser:
-    """Who the container's tmux session runs as: the session's user, else the code user."""
+_ROOT = SessionUser(0, "root", "/root")
+
+
+def session_users(instance: Instance, config: Config) -> list[SessionUser]:
+    """Whose tmux server may hold the container's session, in the order to ask: the session's
+    user (else the code user), then root."""
     session = session_of(instance, config) or new_session(
         config, workspace="", session_id="", persistent=False, container=instance.name
     )
-    return SessionUser(session.uid, session.home)
+    first = SessionUser(session.uid, session.user, session.home)
+    return [first] if first.uid == 0 else [first, _ROOT]
+
+
+async def find_session_user(incus: IncusClient, config: Config, instance: Instance) -> SessionUser | None:
+    """The user whose tmux server has the container's coi session; None when nobody's has."""
+    for user in session_users(instance, config):
+        result = await _tmux(
+            incus, instance.name, user, ["has-session", "-t", f"={tmux_session(instance.name)}"]
+        )
+        if result.ok:
+            return user
+    return None
+
+
+async def _session_user(incus: IncusClient, config: Config, container: str) -> SessionUser:
+    instance = await _running(incus, container)
+    user = await find_session_user(incus, config, instance)
+    if user is None:
+        raise _no_session(container)
+    return user
 
 
 async def _running(incus: IncusClient, container: str) -> Instance:
@@ -78,15 +105,21 @@ async def _running(incus: IncusClient, container: str) -> Instance:
 async def _tmux(incus: IncusClient, container: str, user: SessionUser, args: Sequence[str]) -> ExecResult:
     with container_errors(container):
         result = await incus.exec(
-            container, ["tmux", *args], env=user.env, user=user.uid, group=user.uid, cwd=user.home
+            # Not the home as cwd: a container coi did not make may have no home for the code user.
+            container,
+            ["tmux", *args],
+            env=user.env,
+            user=user.uid,
+            group=user.uid,
+            cwd="/",
         )
     if result.exit_code == 127:
         raise CoiError(f"tmux is not installed in container {container}")
     return result
 
 
-def _no_session(container: str, result: ExecResult) -> CoiError:
-    detail = result.stderr.decode(errors="replace").strip()
+def _no_session(container: str, result: ExecResult | None = None) -> CoiError:
+    detail = result.stderr.decode(errors="replace").strip() if result is not None else ""
     return CoiError(
         f"no tmux session {tmux_session(container)} in container {container}"
         + (f": {detail}" if detail else ""),
@@ -96,7 +129,7 @@ def _no_session(container: str, result: ExecResult) -> CoiError:
 
 async def send(incus: IncusClient, config: Config, container: str, command: str) -> str:
     """Type `command` and Enter into the container's tmux session; return the session name."""
-    user = session_user(await _running(incus, container), config)
+    user = await _session_user(incus, config, container)
     session = tmux_session(container)
     # `--` so that a command starting with "-" is typed, not read as an option of send-keys.
     result = await _tmux(incus, container, user, ["send-keys", "-t", session, "--", command, "Enter"])
@@ -107,17 +140,11 @@ async def send(incus: IncusClient, config: Config, container: str, command: str)
 
 async def capture(incus: IncusClient, config: Config, container: str) -> bytes:
     """The visible contents of the session's pane."""
-    user = session_user(await _running(incus, container), config)
+    user = await _session_user(incus, config, container)
     result = await _tmux(incus, container, user, ["capture-pane", "-t", tmux_session(container), "-p"])
     if not result.ok:
         raise _no_session(container, result)
     return result.stdout
-
-
-async def has_session(incus: IncusClient, config: Config, instance: Instance) -> bool:
-    user = session_user(instance, config)
-    result = await _tmux(incus, instance.name, user, ["has-session", "-t", tmux_session(instance.name)])
-    return result.ok
 
 
 async def list_sessions(
@@ -127,7 +154,7 @@ async def list_sessions(
     candidates = {i.name: i for i in await incus.list_instances() if i.name.startswith(prefix) and i.running}
 
     async def check(ctx: ItemContext) -> None:
-        if await has_session(incus, config, candidates[ctx.name]):
+        if await find_session_user(incus, config, candidates[ctx.name]) is not None:
             ctx.detail = _HAS_SESSION
 
     run = await run_bulk(list(candidates), check, limit=parallel, per_item_s=per_item_s)

@@ -1,0 +1,118 @@
+"""A session's network: its policy from the config, and what its container is given for it.
+
+- `session_policy`: the daemon's policy for a session, from the `[network]` config, the tool,
+  the mode the session started in, and the live `coi network allow/deny` entries.
+- `proxied`/`egress_devices`/`egress_config`: the Incus side. A session that goes through the
+  daemon has every NIC it would inherit from its profiles masked with a `none` device of the
+  same name, a `proxy` device that makes the session's daemon socket its 127.0.0.1:EGRESS_PORT,
+  and the proxy variables in its `environment.*` config, which incusd gives every exec (so
+  `coi container exec` and a user's own `incus exec` get them too; they are no secret).
+  Only `open` with a NIC in the profile keeps the NIC and needs none of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import msgspec
+
+from coi_async.config.model import Network
+from coi_async.config.network import parse_entries
+from coi_async.egress.policy import Mode, Policy
+from coi_async.orchestration.network.paths import EgressPaths, session_key
+from coi_async.tools import Tool
+
+EGRESS_PORT = 3128
+EGRESS_DEVICE = "coi-egress"
+EGRESS_URL = f"http://127.0.0.1:{EGRESS_PORT}"
+NO_PROXY = "localhost,127.0.0.1,::1"
+# The session's network mode, stamped on its instance (`coi list` shows it).
+KEY_NETWORK = "user.coi.network"
+# The NIC names masked at creation, so a later start knows which `none` devices are ours.
+KEY_MASKED = "user.coi.network.masked"
+
+
+def session_policy(
+    network: Network, tool: Tool, mode: Mode, *, allow: Sequence[str] = (), deny: Sequence[str] = ()
+) -> Policy:
+    """The policy for a session in `mode`. In `allowlist` mode the tool's own API hosts are always
+    listed, so no allowlist cuts the tool off its API; `allow` (live entries) counts in every
+    mode, as a deliberate exception to the address classes. HostSyntaxError for a bad entry."""
+    listed = [*tool.api_hosts, *network.allowed_domains] if mode == "allowlist" else []
+    return Policy(
+        mode=mode,
+        block_private_networks=network.block_private_networks,
+        block_metadata_endpoint=network.block_metadata_endpoint,
+        allow_local_network_access=network.allow_local_network_access,
+        allow=parse_entries([*listed, *allow]),
+        deny=parse_entries(deny),
+    )
+
+
+def nic_names(devices: Mapping[str, Mapping[str, str]]) -> list[str]:
+    return sorted(name for name, device in devices.items() if device.get("type") == "nic")
+
+
+def proxied(mode: str, profile_nics: Sequence[str]) -> bool:
+    """Whether the session's egress goes through the daemon (everything but open with a NIC)."""
+    return not (mode == "open" and profile_nics)
+
+
+def proxy_env() -> dict[str, str]:
+    """The variables every process of a proxied session gets, in both cases tools read."""
+    env: dict[str, str] = {}
+    for name, value in (("http_proxy", EGRESS_URL), ("https_proxy", EGRESS_URL), ("no_proxy", NO_PROXY)):
+        env[name] = value
+        env[name.upper()] = value
+    return env
+
+
+def egress_device(socket: str) -> dict[str, str]:
+    return {
+        "type": "proxy",
+        "listen": f"tcp:127.0.0.1:{EGRESS_PORT}",
+        "connect": f"unix:{socket}",
+        "bind": "instance",
+    }
+
+
+def egress_devices(nics: Sequence[str], socket: str) -> dict[str, dict[str, str]]:
+    """The devices of a proxied session: every inherited NIC masked, and the way to the daemon."""
+    devices: dict[str, dict[str, str]] = {name: {"type": "none"} for name in nics}
+    devices[EGRESS_DEVICE] = egress_device(socket)
+    return devices
+
+
+def egress_config(mode: str, nics: Sequence[str], *, through_daemon: bool) -> dict[str, str]:
+    config = {KEY_NETWORK: mode}
+    if through_daemon:
+        if nics:  # incusd drops a key set to "": an empty one would never compare equal
+            config[KEY_MASKED] = ",".join(nics)
+        config.update({f"environment.{k}": v for k, v in proxy_env().items()})
+    return config
+
+
+class EgressPlan(msgspec.Struct, frozen=True, kw_only=True):
+    """What a launch needs to know about the session's network."""
+
+    mode: Mode
+    project: str
+    nics: tuple[str, ...] = ()  # inherited from the profile: masked when through the daemon
+    through_daemon: bool = True
+    root: str = ""  # the daemon's directory ("" when not through it)
+
+    def socket_of(self, container: str) -> str:
+        return str(self.paths.socket_of(session_key(self.project, container)))
+
+    @property
+    def paths(self) -> EgressPaths:
+        return EgressPaths(Path(self.root))
+
+    def devices(self, container: str) -> dict[str, dict[str, str]]:
+        if not self.through_daemon:
+            return {}
+        return egress_devices(self.nics, self.socket_of(container))
+
+    def config(self) -> dict[str, str]:
+        return egress_config(self.mode, self.nics, through_daemon=self.through_daemon)

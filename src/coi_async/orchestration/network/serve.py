@@ -1,0 +1,232 @@
+"""The egress daemon itself: serve every registered session until stopped (or idle).
+
+- Registrations (registry.py) are read every `RELOAD_S` and whenever `reload` is asked on the
+  control socket; a session whose registration or config files changed gets its policy
+  re-resolved, so edits reach running sessions within seconds, without a restart. A config that
+  no longer resolves keeps the last good policy (and says so once in the daemon's log).
+- Containers that are gone lose their registration, socket and log handle: at once when incusd
+  reports a deletion on its event stream, and by a sweep every `SWEEP_S` in any case.
+- SIGTERM, SIGINT, `coi egress stop`, or (started on demand) `idle_exit_s` without sessions end
+  it; its sockets, control socket and pid file go with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.abc
+import msgspec
+
+from coi_async.config import Config, config_paths
+from coi_async.egress import control
+from coi_async.egress.policy import Policy, as_mode
+from coi_async.egress.server import EgressServer, SessionSpec, remove_stale_socket
+from coi_async.errors import CoiError
+from coi_async.incus import IncusClient
+from coi_async.orchestration.events import Emit, ignore, note
+from coi_async.orchestration.network import registry
+from coi_async.orchestration.network.daemon import take_daemon_lock
+from coi_async.orchestration.network.paths import EgressPaths
+from coi_async.orchestration.network.plan import session_policy
+from coi_async.orchestration.network.registry import Registration
+from coi_async.tools import get_tool
+
+RELOAD_S = 1.0
+SWEEP_S = 10.0
+_EVENTS_RETRY_S = 5.0
+
+# The config of a registration's session, as its coi would resolve it now.
+ConfigOf = Callable[[Registration], Config]
+
+
+class _Daemon:
+    def __init__(self, paths: EgressPaths, incus: IncusClient, config_of: ConfigOf, emit: Emit) -> None:
+        self.paths = paths
+        self.incus = incus
+        self.config_of = config_of
+        self.emit = emit
+        self.server = EgressServer()
+        self.stop = anyio.Event()
+        self.sweep_now = anyio.Event()
+        self.started = time.time()
+        self.last_session = time.monotonic()
+        self._policies: dict[str, tuple[tuple[object, ...], Policy]] = {}
+        self._reload_lock = anyio.Lock()
+
+    def _policy(self, registration: Registration) -> Policy:
+        cwd, home, env = registration.cwd, registration.home, registration.env
+        files = [path for path, _ in config_paths(env, home=home, cwd=cwd)]
+        stamp = registry.fingerprint(registration, files)
+        known = self._policies.get(registration.key)
+        if known is not None and known[0] == stamp:
+            return known[1]
+        mode = as_mode(registration.mode)
+        try:
+            config = self.config_of(registration)
+            policy = session_policy(
+                config.network,
+                get_tool(config.tool.name),
+                mode,
+                allow=registration.allow,
+                deny=registration.deny,
+            )
+        except (CoiError, ValueError) as exc:
+            note(self.emit, "egress.policy-error", registration.container, level="warning", error=str(exc))
+            # The last good policy stays; a session never seen yet gets its mode with no extras.
+            policy = known[1] if known is not None else Policy(mode=mode)
+        self._policies[registration.key] = (stamp, policy)
+        return policy
+
+    async def reload(self) -> None:
+        async with self._reload_lock:
+            found = registry.read_all(self.paths)
+            specs = [
+                SessionSpec(
+                    key=r.key,
+                    socket=r.socket,
+                    container=r.container,
+                    project=r.project,
+                    policy=self._policy(r),
+                    log=r.log,
+                )
+                for r in found.values()
+            ]
+            for key in [k for k in self._policies if k not in found]:
+                del self._policies[key]
+            await self.server.apply(specs)
+            if specs:
+                self.last_session = time.monotonic()
+
+    async def sweep(self) -> None:
+        """Forget the sessions whose containers are gone; incusd's errors skip a round."""
+        by_project: dict[str, list[Registration]] = {}
+        for r in registry.read_all(self.paths).values():
+            by_project.setdefault(r.project, []).append(r)
+        gone: list[str] = []
+        for project, registrations in by_project.items():
+            try:
+                names = {i.name for i in await self.incus.in_project(project).list_instances()}
+            except CoiError:
+                continue
+            gone += [r.key for r in registrations if r.container not in names]
+        if gone:
+            registry.remove(self.paths, gone)
+            await self.reload()
+
+    async def dispatch(self, command: str) -> dict[str, Any]:
+        if command == "ping":
+            return {"ok": True, "pid": os.getpid()}
+        if command == "reload":
+            if self.stop.is_set():
+                return {"ok": False, "error": "stopping"}  # the caller starts a new one
+            await self.reload()
+            return {"ok": True, "sessions": len(self.server.sessions)}
+        if command == "status":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            return {
+                "ok": True,
+                "pid": os.getpid(),
+                "root": str(self.paths.root),
+                "uptime_s": round(time.time() - self.started, 1),
+                "rss_kb": usage.ru_maxrss,
+                "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
+                "sessions": self.server.status(),
+            }
+        if command == "stop":
+            self.stop.set()
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown command {command!r}"}
+
+    async def reload_loop(self) -> None:
+        while True:
+            await anyio.sleep(RELOAD_S)
+            await self.reload()
+
+    async def sweep_loop(self) -> None:
+        while True:
+            with anyio.move_on_after(SWEEP_S):
+                await self.sweep_now.wait()
+            self.sweep_now = anyio.Event()
+            await self.sweep()
+
+    async def watch_deletions(self) -> None:
+        """Sweep as soon as incusd says an instance went (or was renamed away)."""
+        while True:
+            with contextlib.suppress(CoiError):
+                async with self.incus.events(("lifecycle",), all_projects=True) as stream:
+                    async for event in stream:
+                        action = _action(event.metadata)
+                        if action in ("instance-deleted", "instance-renamed"):
+                            self.sweep_now.set()
+            await anyio.sleep(_EVENTS_RETRY_S)
+
+    async def idle_exit(self, idle_s: float) -> None:
+        while True:
+            await anyio.sleep(min(idle_s, 5.0))
+            idle = not self.server.sessions and not registry.read_all(self.paths)
+            if idle and time.monotonic() - self.last_session >= idle_s:
+                note(self.emit, "egress.idle-exit", seconds=f"{idle_s:g}")
+                self.stop.set()
+                return
+
+    async def signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as received:
+            async for signum in received:
+                note(self.emit, "egress.signal", signal=str(signum))
+                self.stop.set()
+                return
+
+
+def _action(raw: Any) -> str:
+    try:
+        decoded = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return ""
+    return str(decoded.get("action", "")) if isinstance(decoded, dict) else ""
+
+
+async def serve_daemon(
+    paths: EgressPaths,
+    incus: IncusClient,
+    config_of: ConfigOf,
+    *,
+    idle_exit_s: float | None = None,
+    lock_wait_s: float = 0.0,
+    emit: Emit = ignore,
+) -> None:
+    """Run the daemon until stopped. EgressDaemonRunningError when another one runs for the same
+    directory (after `lock_wait_s`, for one that is on its way out)."""
+    paths.make()
+    lock = await take_daemon_lock(paths, wait_s=lock_wait_s)
+    try:
+        paths.pid_file.write_text(f"{os.getpid()}\n")
+        remove_stale_socket(str(paths.control))
+        daemon = _Daemon(paths, incus, config_of, emit)
+        control_listener = await anyio.create_unix_listener(str(paths.control), mode=0o600)
+        note(emit, "egress.serving", root=str(paths.root), pid=str(os.getpid()))
+        async with daemon.server.running(), anyio.create_task_group() as tg:
+            await daemon.reload()
+            async with control_listener:
+                tg.start_soon(control.serve_control, control_listener, daemon.dispatch)
+                tg.start_soon(daemon.reload_loop)
+                tg.start_soon(daemon.sweep_loop)
+                tg.start_soon(daemon.watch_deletions)
+                tg.start_soon(daemon.signals)
+                if idle_exit_s is not None:
+                    tg.start_soon(daemon.idle_exit, idle_exit_s)
+                await daemon.stop.wait()
+                tg.cancel_scope.cancel()
+    finally:
+        with contextlib.suppress(OSError, CoiError):
+            remove_stale_socket(str(paths.control))
+        with contextlib.suppress(OSError):
+            paths.pid_file.unlink()
+        os.close(lock)
+        note(emit, "egress.stopped")
