@@ -291,6 +291,18 @@ async def main(args: argparse.Namespace) -> None:
             coi(project, tempfile.mkdtemp(dir=tmp), "shutdown", "--all", "--force")
             await clear(incus)
             print("done", flush=True)
+
+            async def baseline(command: str, n: int) -> None:
+                """(c'): the baseline checkout's coi, on fresh containers of the same kind."""
+                if not args.baseline:
+                    return
+                await make(incus, names_for(n), image, systemd=systemd)
+                seconds, _, _ = coi(
+                    project, tempfile.mkdtemp(dir=tmp), command, "--all", "--force", python=args.baseline
+                )
+                samples.add(f"base-{command}", n, seconds)
+                print("c'", end=" ", flush=True)
+
             for n in sizes:
                 for rep in range(args.reps):
                     print(f"N={n} run {rep + 1}: ", end="", flush=True)
@@ -321,19 +333,7 @@ async def main(args: argparse.Namespace) -> None:
                     seconds, _, _ = coi(project, home, "shutdown", "--all", "--force")
                     samples.add("c-shutdown", n, seconds)
                     print("c", end=" ", flush=True)
-                    if args.baseline:
-                        names = names_for(n)
-                        await make(incus, names, image, systemd=systemd)
-                        seconds, _, _ = coi(
-                            project,
-                            tempfile.mkdtemp(dir=tmp),
-                            "shutdown",
-                            "--all",
-                            "--force",
-                            python=args.baseline,
-                        )
-                        samples.add("base-shutdown", n, seconds)
-                        print("c'", end=" ", flush=True)
+                    await baseline("shutdown", n)
                     # kill
                     names = names_for(n)
                     await make(incus, names, image, systemd=systemd)
@@ -350,19 +350,7 @@ async def main(args: argparse.Namespace) -> None:
                     seconds, _, _ = coi(project, tempfile.mkdtemp(dir=tmp), "kill", "--all", "--force")
                     samples.add("c-kill", n, seconds)
                     print("c", end=" ", flush=True)
-                    if args.baseline:
-                        names = names_for(n)
-                        await make(incus, names, image, systemd=systemd)
-                        seconds, _, _ = coi(
-                            project,
-                            tempfile.mkdtemp(dir=tmp),
-                            "kill",
-                            "--all",
-                            "--force",
-                            python=args.baseline,
-                        )
-                        samples.add("base-kill", n, seconds)
-                        print("c'", end=" ", flush=True)
+                    await baseline("kill", n)
                     # server-side bulk state change against per-instance stops (force)
                     names = names_for(n)
                     await make(incus, names, image, systemd=systemd)

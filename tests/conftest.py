@@ -99,6 +99,14 @@ def home(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    """An empty directory to use as the workspace (beside, not inside, the isolated HOME)."""
+    path = tmp_path / "ws"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
 def box_name(unique: str) -> str:
     """The name of the `box` container; a module overrides it to keep its own name prefix."""
     return f"{unique}-box"

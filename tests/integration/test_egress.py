@@ -45,13 +45,6 @@ METADATA = "169.254.169.254"
 
 
 @pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "ws"
-    path.mkdir()
-    return path
-
-
-@pytest.fixture
 def config_file(tmp_path: Path) -> Path:
     path = tmp_path / "coi.toml"
     path.write_text("")

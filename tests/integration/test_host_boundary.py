@@ -45,11 +45,9 @@ def warnings(result: Run) -> list[str]:
 
 
 async def test_agent_written_config_mounts_nothing_until_trusted(
-    incus: IncusClient, incus_project: str, tmp_path: Path
+    incus: IncusClient, incus_project: str, home: Path, workspace: Path
 ) -> None:
-    home, ws = tmp_path / "home", tmp_path / "ws"
-    home.mkdir()
-    ws.mkdir()
+    ws = workspace
     (home / "secret").write_text("the host user's")
     env = isolated_env(
         home=home,

@@ -27,13 +27,6 @@ pytestmark = pytest.mark.incus
 PREFIX = "h3a-"
 
 
-@pytest.fixture
-def workspace(tmp_path: Path) -> Path:
-    path = tmp_path / "ws"
-    path.mkdir()
-    return path
-
-
 def cli_env(home: Path, project: str, **extra: str) -> dict[str, str]:
     """The environment of this module's coi runs: HOME `home`, Incus project `project`, busybox."""
     return isolated_env(

@@ -12,7 +12,7 @@ from coi_async.errors import UsageError
 from coi_async.incus import IncusClient
 from coi_async.naming import SessionName
 from coi_async.orchestration.events import Emit, ignore
-from coi_async.orchestration.network.plan import EgressPlan, proxy_env
+from coi_async.orchestration.network.plan import EgressPlan
 from coi_async.orchestration.sessions.instance_spec import spec_from_config
 from coi_async.orchestration.sessions.launch import Launched, launch
 
@@ -78,12 +78,12 @@ def session_env(
     user: str,
     profile_env: Mapping[str, str],
     given: Mapping[str, str],
-    egress: EgressPlan | None = None,
 ) -> dict[str, str]:
-    """The environment of every exec in a session: nothing from the host unless given (-e/profile),
-    and the egress proxy when the session goes through it (which -e may override)."""
-    proxy = proxy_env() if egress is not None and egress.through_daemon else {}
-    return {"HOME": home, "USER": user, "LOGNAME": user, **proxy, **profile_env, **given}
+    """The environment of every exec in a session: nothing from the host unless given (-e/profile).
+
+    The egress proxy variables are not here: they are the instance's `environment.*` keys
+    (network/plan.py), which incusd gives every exec, and a per-exec value (-e) overrides them."""
+    return {"HOME": home, "USER": user, "LOGNAME": user, **profile_env, **given}
 
 
 def check_workspace(path: str) -> None:

@@ -78,7 +78,6 @@ async def run_command(
             user=launched.user,
             profile_env=config.environment,
             given=request.env,
-            egress=egress,
         )
         return await incus.exec_stream(
             launched.name,

@@ -86,12 +86,16 @@ async def find_session_user(incus: IncusClient, config: Config, instance: Instan
     return None
 
 
-async def _session_user(incus: IncusClient, config: Config, container: str) -> SessionUser:
-    instance = await _running(incus, container)
-    user = await find_session_user(incus, config, instance)
-    if user is None:
-        raise _no_session(container)
-    return user
+async def _as_owner(incus: IncusClient, config: Config, container: str, args: Sequence[str]) -> ExecResult:
+    """Run `tmux ARGS` as each user whose server may hold the session, until one succeeds (no
+    separate has-session first: the common case costs one exec)."""
+    result: ExecResult | None = None
+    for user in session_users(await _running(incus, container), config):
+        result = await _tmux(incus, container, user, args)
+        if result.ok:
+            return result
+    assert result is not None  # session_users names at least one user
+    raise _no_session(container, result)
 
 
 async def _running(incus: IncusClient, container: str) -> Instance:
@@ -118,8 +122,8 @@ async def _tmux(incus: IncusClient, container: str, user: SessionUser, args: Seq
     return result
 
 
-def _no_session(container: str, result: ExecResult | None = None) -> CoiError:
-    detail = result.stderr.decode(errors="replace").strip() if result is not None else ""
+def _no_session(container: str, result: ExecResult) -> CoiError:
+    detail = result.stderr.decode(errors="replace").strip()
     return CoiError(
         f"no tmux session {tmux_session(container)} in container {container}"
         + (f": {detail}" if detail else ""),
@@ -129,21 +133,15 @@ def _no_session(container: str, result: ExecResult | None = None) -> CoiError:
 
 async def send(incus: IncusClient, config: Config, container: str, command: str) -> str:
     """Type `command` and Enter into the container's tmux session; return the session name."""
-    user = await _session_user(incus, config, container)
     session = tmux_session(container)
     # `--` so that a command starting with "-" is typed, not read as an option of send-keys.
-    result = await _tmux(incus, container, user, ["send-keys", "-t", session, "--", command, "Enter"])
-    if not result.ok:
-        raise _no_session(container, result)
+    await _as_owner(incus, config, container, ["send-keys", "-t", session, "--", command, "Enter"])
     return session
 
 
 async def capture(incus: IncusClient, config: Config, container: str) -> bytes:
     """The visible contents of the session's pane."""
-    user = await _session_user(incus, config, container)
-    result = await _tmux(incus, container, user, ["capture-pane", "-t", tmux_session(container), "-p"])
-    if not result.ok:
-        raise _no_session(container, result)
+    result = await _as_owner(incus, config, container, ["capture-pane", "-t", tmux_session(container), "-p"])
     return result.stdout
 
 
