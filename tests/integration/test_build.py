@@ -10,16 +10,19 @@ import anyio
 import anyio.abc
 import pytest
 
-from coi_async.errors import BuildError, EgressError, NotFoundError
+from coi_async.errors import BuildError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.events import Event, Note, Output, StepStarted
 from coi_async.orchestration.images.build import NOTE_EGRESS, BuildResult, build_image, custom_request
+from coi_async.orchestration.network import registry
+from coi_async.orchestration.network.paths import EgressPaths
 from tests.coi_cli import coi
 from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE, from_image, remove_instance
 
 pytestmark = pytest.mark.incus
 
 PREFIX = "h6-"
+MIRROR_RELEASE = "http://deb.debian.org/debian/dists/bookworm/Release"
 
 
 class Recorder:
@@ -188,28 +191,28 @@ async def test_ctrl_c_mid_build_leaves_nothing_behind(incus: IncusClient, alias:
     assert await incus.find_image(alias) is None
 
 
-async def test_proxy_port_in_use_is_a_clear_error_and_leaves_nothing(
+async def test_the_build_reaches_the_daemon_on_the_port_asked_for_and_leaves_nothing(
     incus: IncusClient, alias: str, tmp_path: Path
 ) -> None:
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    port = listener.extra(anyio.abc.SocketAttribute.local_port)
-    async with listener:
-        with (
-            anyio.fail_after(60),
-            pytest.raises(EgressError, match=f"127.0.0.1:{port} is already in use"),
-        ):
-            await build_image(
-                incus,
-                custom_request(
-                    alias,
-                    script(tmp_path, "true\n"),
-                    base=BUSYBOX_IMAGE,
-                    proxy_port=port,
-                    container_prefix=PREFIX,
-                ),
-            )
+    recipe = script(
+        tmp_path,
+        f"""test "$http_proxy" = http://127.0.0.1:3999
+wget -q -O /dev/null {MIRROR_RELEASE}
+""",
+    )
+    paths = EgressPaths.for_environment()
+    rec = Recorder()
+    with anyio.fail_after(120):
+        result = await build_image(
+            incus,
+            custom_request(alias, recipe, base=BUSYBOX_IMAGE, proxy_port=3999, container_prefix=PREFIX),
+            rec,
+        )
+    assert not result.skipped
+    assert ("allowed", "deb.debian.org", 80) in rec.egress
     assert await build_leftovers(incus) == []
-    assert await incus.find_image(alias) is None
+    # The daemon served the build container as it serves a session, and let it go afterwards.
+    assert not [r for r in registry.read_all(paths).values() if r.container.startswith(f"{PREFIX}build-")]
 
 
 async def test_unknown_base_is_refused_before_anything_is_created(incus: IncusClient, tmp_path: Path) -> None:

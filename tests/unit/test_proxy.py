@@ -1,8 +1,11 @@
-"""The build's egress proxy (the daemon's connection handling on a TCP port) against origin servers on
-loopback: HTTP, CONNECT, refusals, port clashes."""
+"""The egress server listening on a TCP port the way it does inside a container (egress/netns.py,
+here in this process's own namespace), with a build's allowlist, against origin servers on
+loopback: HTTP, CONNECT, refusals, port clashes. Needs root, as the daemon does."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -18,9 +21,8 @@ from coi_async.config.network import parse_entries
 from coi_async.egress import DEFAULT_ALLOWLIST
 from coi_async.egress.connection import ConnectionRecord, Limits
 from coi_async.egress.policy import Policy
-from coi_async.egress.proxy import EgressProxy
-from coi_async.errors import EgressError
-from tests.unit.egress_helpers import send_and_read_to_end
+from coi_async.egress.server import EgressServer, SessionSpec
+from tests.unit.egress_helpers import free_port, inside_here, send_and_read_to_end
 
 _connect_tcp = anyio.connect_tcp  # kept: the no_connections fixture replaces the module attribute
 Handler = Callable[[anyio.abc.SocketStream], Awaitable[None]]
@@ -40,10 +42,29 @@ def allowlist(*entries: str) -> Policy:
 
 
 @asynccontextmanager
+async def one_server(
+    port: int, *entries: str, events: list[ConnectionRecord] | None = None
+) -> AsyncIterator[EgressServer]:
+    """A server for one build container's allowlist, asked to listen on 127.0.0.1:`port`."""
+    server = EgressServer(on_record=events.append if events is not None else None, limits=Limits(idle_s=10))
+    with tempfile.TemporaryDirectory() as folder:
+        spec = SessionSpec(
+            key="build",
+            socket=os.path.join(folder, "s.sock"),
+            container="build-1",
+            policy=allowlist(*entries),
+            inside=inside_here(port),
+        )
+        async with server.running():
+            await server.apply([spec])
+            yield server
+
+
+@asynccontextmanager
 async def proxy_for(*entries: str, events: list[ConnectionRecord] | None = None) -> AsyncIterator[int]:
-    sink = events.append if events is not None else None
-    proxy = EgressProxy(allowlist(*entries), on_record=sink, limits=Limits(idle_s=10))
-    async with proxy.serve() as port:
+    port = free_port()
+    async with one_server(port, *entries, events=events) as server:
+        assert server.status()[0]["inside"] is True
         yield port
 
 
@@ -201,10 +222,10 @@ async def test_unreachable_allowed_origin_gets_502() -> None:
 
 
 async def test_a_port_in_use_is_a_clear_error() -> None:
-    async with proxy_for(*DEFAULT_ALLOWLIST) as pport:
-        with pytest.raises(EgressError, match=f"127.0.0.1:{pport} is already in use"):
-            async with EgressProxy(allowlist(*DEFAULT_ALLOWLIST)).serve(port=pport):
-                pass
+    async with proxy_for(*DEFAULT_ALLOWLIST) as pport, one_server(pport) as server:
+        (status,) = server.status()
+        assert status["inside"] is False
+        assert status["inside_error"] == f"port {pport} is already taken inside the container"
 
 
 async def test_the_proxy_stops_listening_when_its_context_ends() -> None:

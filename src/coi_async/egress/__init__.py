@@ -5,7 +5,8 @@
 - `http1`, `connection`: one client connection, decided before any connect, then relayed.
 - `listener`, `server`, `logfile`, `control`: the per-session sockets with their limits, the
   per-session logs, and the daemon's control socket.
-- `proxy`: one policy on a TCP port of host loopback (`coi build`).
+- `netns`: a session's listener made inside its container's network namespace (root only).
+- `splice`: bytes moved between sockets inside the kernel.
 """
 
 # The package registries the shipped recipes use: what `coi build` may reach by default.

@@ -81,7 +81,9 @@ class SlotPool:
             self._freed.set()
 
     def _evict_oldest_idle(self) -> bool:
-        idle = [s for s in self._slots if s.waiting_for_head]
+        # A slot still waiting in an accept (a session can have more than one listener) holds no
+        # connection to give up.
+        idle = [s for s in self._slots if s.waiting_for_head and s.stream is not None]
         if not idle:
             return False
         oldest = min(idle, key=lambda s: s.since)
@@ -127,4 +129,5 @@ async def serve(listener: anyio.abc.SocketListener, handler: Handler, pool: Slot
                 raise
             pool.accepted += 1
             slot.stream = stream
+            slot.since = anyio.current_time()
             tg.start_soon(run, stream, slot)

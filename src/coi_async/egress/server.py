@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import anyio
@@ -32,6 +32,7 @@ from coi_async.egress.connection import (
     system_resolve,
 )
 from coi_async.egress.logfile import SessionLog
+from coi_async.egress.netns import Inside, listen_inside
 from coi_async.egress.policy import Policy
 from coi_async.egress.splice import tcp_connect
 from coi_async.errors import EgressError
@@ -50,15 +51,23 @@ class SessionSpec(msgspec.Struct, frozen=True, kw_only=True):
     project: str = ""
     policy: Policy
     log: str = ""  # the session's log file; "" keeps none
+    # Also listen inside the container's network namespace (netns.py), not only at `socket`.
+    inside: Inside | None = None
 
 
 class _Session:
-    def __init__(self, spec: SessionSpec, pool: accept.SlotPool) -> None:
+    def __init__(self, spec: SessionSpec, pool: accept.SlotPool, serve_one: accept.Handler) -> None:
         self.spec = spec
         self.pool = pool
+        self.serve_one = serve_one
         self.scope = anyio.CancelScope()
         self.done = anyio.Event()
         self.listener: anyio.abc.SocketListener | None = None
+        # The listener inside the container, where it is (None: none), and why it is not.
+        self.inside: Inside | None = None
+        self.inside_listener: anyio.abc.SocketListener | None = None
+        self.inside_scope = anyio.CancelScope()
+        self.inside_error = ""
         self.log: SessionLog | None = SessionLog(spec.log) if spec.log else None
         self.counts = {"allowed": 0, "refused": 0, "failed": 0, "malformed": 0}
         self.bytes_up = 0
@@ -128,6 +137,8 @@ class EgressServer:
                 if spec.log and current.log is None:
                     current.log = SessionLog(spec.log)
                 current.spec = spec
+                if spec.inside != current.inside:
+                    await self._place_inside(current, spec.inside)
                 continue
             if current is not None:
                 self._close(key)
@@ -140,9 +151,6 @@ class EgressServer:
             sock_listener = await anyio.create_unix_listener(spec.socket, mode=0o600)
         except OSError as exc:
             raise EgressError(f"cannot listen at {spec.socket}: {exc.strerror or exc}") from exc
-        session = _Session(spec, accept.SlotPool(self._session_connections))
-        session.listener = sock_listener
-        self._sessions[spec.key] = session
         handler = ConnectionHandler(
             lambda: session.spec.policy,
             session=spec.container,
@@ -156,6 +164,10 @@ class EgressServer:
         async def serve_one(stream: anyio.abc.ByteStream, slot: accept.Slot) -> None:
             await handler.handle(stream, on_head=slot.busy)
 
+        session = _Session(spec, accept.SlotPool(self._session_connections), serve_one)
+        session.listener = sock_listener
+        self._sessions[spec.key] = session
+
         async def run() -> None:
             try:
                 with session.scope:
@@ -165,6 +177,32 @@ class EgressServer:
                 session.done.set()
 
         self._tg.start_soon(run, name=f"egress:{spec.container or spec.key}")
+        await self._place_inside(session, spec.inside)
+
+    async def _place_inside(self, session: _Session, place: Inside | None) -> None:
+        """Move the session's listener inside its container to `place` (None: close it). A
+        failure is kept in the status, and the next `apply` with that place tries again."""
+        if session.inside_listener is not None:
+            await session.inside_listener.aclose()
+            session.inside_listener, session.inside = None, None
+        session.inside_error = ""
+        if place is None:
+            return
+        try:
+            listener = await listen_inside(place)
+        except EgressError as exc:
+            session.inside_error = str(exc)
+            return
+        session.inside_listener, session.inside = listener, place
+        session.inside_scope = scope = anyio.CancelScope()
+        assert self._tg is not None
+
+        async def run() -> None:
+            with scope, suppress(OSError):
+                async with listener:
+                    await accept.serve(listener, session.serve_one, session.pool)
+
+        self._tg.start_soon(run, name=f"egress-inside:{session.spec.container}")
 
     def _record(self, session: _Session, record: ConnectionRecord) -> None:
         session.counts[record.decision] += 1
@@ -196,10 +234,13 @@ class EgressServer:
         # unix stream can race with the socket turning readable (listener.Slot.evict).
         if session.listener is not None:
             await session.listener.aclose()
+        if session.inside_listener is not None:
+            await session.inside_listener.aclose()
         session.pool.shut_all()
         with anyio.move_on_after(_CLOSE_GRACE_S):
             await session.done.wait()
         session.scope.cancel()
+        session.inside_scope.cancel()
 
     def status(self) -> list[dict[str, Any]]:
         return [
@@ -209,6 +250,8 @@ class EgressServer:
                 "project": s.spec.project,
                 "mode": s.spec.policy.mode,
                 "socket": s.spec.socket,
+                "inside": s.inside is not None,
+                **({"inside_error": s.inside_error} if s.inside_error else {}),
                 "active": s.pool.active,
                 "accepted": s.pool.accepted,
                 "evicted": s.pool.evicted,

@@ -142,7 +142,7 @@ _proxy_port = click.option(
     default=0,
     envvar="COI_BUILD_PROXY_PORT",
     show_default=True,
-    help="Host loopback port of the egress proxy (0: any free port).",
+    help="Port of the egress proxy on the build container's loopback (0: 3128).",
 )
 _allow_host = click.option(
     "--allow-host",

@@ -101,11 +101,19 @@ def status_lines(reply: dict[str, Any]) -> list[str]:
     sessions = reply.get("sessions") or []
     lines.append(f"  Sessions: {len(sessions)}")
     lines.extend(
-        f"    {s['container']} ({s['project']}): {s['mode']}, {s['active']} open, "
+        f"    {s['container']} ({s['project']}): {s['mode']}, {_way(s)}, {s['active']} open, "
         f"{s['allowed']} allowed, {s['refused']} refused, {s['failed'] + s['malformed']} failed"
         for s in sessions
     )
     return lines
+
+
+def _way(session: dict[str, Any]) -> str:
+    if session.get("way") != "inside":
+        return "via proxy device"
+    if session.get("inside"):
+        return "listening inside"
+    return f"not listening inside: {session.get('inside_error') or 'container not running'}"
 
 
 @egress.command()

@@ -5,8 +5,8 @@ Phases: base (make sure the base image exists), launch (a uniquely named build c
 move `<alias>` to it). The build container is deleted on every exit path, Ctrl-C included, and the
 alias moves only after a successful publish, so a failed build leaves the previous image as it was.
 
-A build container without a network interface gets egress through an allowlisting proxy on host
-loopback, reached through an Incus `proxy` device on the container's own loopback.
+A build container without a network interface gets egress through the egress daemon, as a
+session does (orchestration/network/build_egress.py), with the build's allowlist as its policy.
 
 Progress goes out as events (the item is the alias being built): each phase is a `StepStarted`
 (step = the phase, detail = what it works on) and a `StepFinished`; the recipe's output is
@@ -33,14 +33,15 @@ from coi_async.config.network import HostSyntaxError, parse_entries
 from coi_async.egress import DEFAULT_ALLOWLIST
 from coi_async.egress.connection import ConnectionRecord
 from coi_async.egress.policy import Policy
-from coi_async.egress.proxy import EgressProxy
 from coi_async.errors import BuildError, CoiError, EgressError
 from coi_async.incus.client import IncusClient
-from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
+from coi_async.incus.models import InstanceSource, InstancesPost
 from coi_async.orchestration import events
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, Output, StepFinished, StepStarted, note
 from coi_async.orchestration.images.base import ensure_debian_base, load_base_recipe
+from coi_async.orchestration.network.build_egress import build_egress
+from coi_async.orchestration.network.plan import EGRESS_PORT, NO_PROXY
 from coi_async.recipes import COI_SCRIPT, DUMMY, files_hash
 
 # `[build] base` values: this one builds the base from Debian packages with debootstrap.
@@ -49,7 +50,6 @@ DEBIAN_BASE = "debian"
 REMOTES: Mapping[str, str] = {"images": "https://images.linuxcontainers.org"}
 
 APT_PROXY_CONF = "/etc/apt/apt.conf.d/99coi-egress"
-EGRESS_DEVICE = "coi-egress"
 _WORK_DIR = "/tmp/coi-build"
 _READY_S = 60
 _CLEANUP_S = 60
@@ -281,12 +281,10 @@ class _Build:
             yield {}
             return
         policy = build_policy(self.request.allowlist)
-        proxy = EgressProxy(policy, on_record=self._egress_event)
-        async with proxy.serve(port=self.request.proxy_port) as port:
-            address = f"tcp:127.0.0.1:{port}"
-            device = {"type": "proxy", "listen": address, "connect": address, "bind": "instance"}
-            await self.incus.update_instance(self.name, InstancePatch(devices={EGRESS_DEVICE: device}))
-            url = f"http://127.0.0.1:{port}"
+        port = self.request.proxy_port or EGRESS_PORT
+        async with build_egress(
+            self.incus, self.name, self.request.allowlist, port=port, on_record=self._egress_event
+        ) as url:
             note(self.emit, NOTE_EGRESS_PROXY, self.item, url=url, allowed=policy.describe_allowlist())
             # apt ignores http_proxy when run by some tools; its own setting always applies.
             # No pipelining: the proxy answers one request per connection.
@@ -297,14 +295,10 @@ class _Build:
             has_apt = await self._exists(APT_PROXY_CONF.rsplit("/", 1)[0])
             if has_apt:
                 await self.incus.push_file(self.name, APT_PROXY_CONF, apt_conf.encode())
-            no_proxy = "localhost,127.0.0.1,::1"
             yield {
-                "http_proxy": url,
-                "https_proxy": url,
-                "HTTP_PROXY": url,
-                "HTTPS_PROXY": url,
-                "no_proxy": no_proxy,
-                "NO_PROXY": no_proxy,
+                **dict.fromkeys(("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY"), url),
+                "no_proxy": NO_PROXY,
+                "NO_PROXY": NO_PROXY,
                 "npm_config_proxy": url,
                 "npm_config_https_proxy": url,
             }

@@ -26,7 +26,7 @@ from coi_async.orchestration.network import registry
 from coi_async.orchestration.network.paths import EgressPaths
 from coi_async.orchestration.network.session import reload_daemon, session_log
 
-_FOLLOW_POLL_S = 0.5
+FOLLOW_POLL_S = 0.5
 
 
 def parse_host_argument(text: str) -> str:
@@ -76,36 +76,43 @@ def records(paths: Iterable[str]) -> list[ConnectionRecord]:
     return sorted(found, key=lambda r: r.time)
 
 
-async def follow(paths: Iterable[str]) -> AsyncIterator[ConnectionRecord]:
-    """The records written to the logs from now on, until cancelled (rotation included)."""
-    positions: dict[str, tuple[int, int]] = {}
-    watched = list(paths)
-    for path in watched:
+class LogTail:
+    """The records appended to some logs since the tail was made (rotation included)."""
+
+    def __init__(self, paths: Iterable[str]) -> None:
+        self._positions: dict[str, tuple[int, int]] = {}
+        for path in paths:
+            try:
+                info = os.stat(path)
+                self._positions[path] = (info.st_ino, info.st_size)
+            except OSError:
+                self._positions[path] = (0, 0)
+
+    def new_records(self) -> list[ConnectionRecord]:
+        return [record for path in self._positions for record in self._new_in(path)]
+
+    def _new_in(self, path: str) -> list[ConnectionRecord]:
+        inode, offset = self._positions[path]
         try:
-            info = os.stat(path)
-            positions[path] = (info.st_ino, info.st_size)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            positions[path] = (0, 0)
+            return []
+        with os.fdopen(fd, "rb") as fh:
+            info = os.fstat(fh.fileno())
+            if info.st_ino != inode or info.st_size < offset:
+                offset = 0  # rotated: a new file
+            fh.seek(offset)
+            data = fh.read()
+        complete = data.rfind(b"\n") + 1
+        self._positions[path] = (info.st_ino, offset + complete)
+        found = [decode_line(line) for line in data[:complete].splitlines()]
+        return [r for r in found if r is not None]
+
+
+async def follow(paths: Iterable[str]) -> AsyncIterator[ConnectionRecord]:
+    """The records written to the logs from now on, until cancelled."""
+    tail = LogTail(paths)
     while True:
-        for path in watched:
-            for record in _new_records(path, positions):
-                yield record
-        await anyio.sleep(_FOLLOW_POLL_S)
-
-
-def _new_records(path: str, positions: dict[str, tuple[int, int]]) -> list[ConnectionRecord]:
-    inode, offset = positions[path]
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        return []
-    with os.fdopen(fd, "rb") as fh:
-        info = os.fstat(fh.fileno())
-        if info.st_ino != inode or info.st_size < offset:
-            offset = 0  # rotated: a new file
-        fh.seek(offset)
-        data = fh.read()
-    complete = data.rfind(b"\n") + 1
-    positions[path] = (info.st_ino, offset + complete)
-    found = [decode_line(line) for line in data[:complete].splitlines()]
-    return [r for r in found if r is not None]
+        for record in tail.new_records():
+            yield record
+        await anyio.sleep(FOLLOW_POLL_S)

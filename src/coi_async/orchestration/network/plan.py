@@ -4,14 +4,17 @@
   the mode the session started in, and the live `coi network allow/deny` entries.
 - `proxied`/`egress_devices`/`egress_config`: the Incus side. A session that goes through the
   daemon has every NIC it would inherit from its profiles masked with a `none` device of the
-  same name, a `proxy` device that makes the session's daemon socket its 127.0.0.1:EGRESS_PORT,
-  and the proxy variables in its `environment.*` config, which incusd gives every exec (so
-  `coi container exec` and a user's own `incus exec` get them too; they are no secret).
-  Only `open` with a NIC in the profile keeps the NIC and needs none of this.
+  same name, a way to the daemon at its 127.0.0.1:EGRESS_PORT, and the proxy variables in its
+  `environment.*` config, which incusd gives every exec (so `coi container exec` and a user's
+  own `incus exec` get them too; they are no secret). The way is the daemon listening inside
+  the container itself when it runs as root (egress/netns.py: no relay in between), else a
+  `proxy` device to the session's daemon socket. Only `open` with a NIC in the profile keeps
+  the NIC and needs none of this.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import msgspec
 
 from coi_async.config.model import Network
 from coi_async.config.network import parse_entries
+from coi_async.egress.netns import can_enter
 from coi_async.egress.policy import Mode, Policy
 from coi_async.orchestration.network.paths import EgressPaths, session_key
 from coi_async.tools import Tool
@@ -26,6 +30,8 @@ from coi_async.tools import Tool
 EGRESS_PORT = 3128
 EGRESS_DEVICE = "coi-egress"
 EGRESS_URL = f"http://127.0.0.1:{EGRESS_PORT}"
+# `proxy-device` makes a root coi use the proxy device too (the way a non-root coi always goes).
+ATTACH_ENV = "COI_EGRESS_ATTACH"
 NO_PROXY = "localhost,127.0.0.1,::1"
 # The session's network mode, stamped on its instance (`coi list` shows it).
 KEY_NETWORK = "user.coi.network"
@@ -68,19 +74,29 @@ def proxy_env() -> dict[str, str]:
     return env
 
 
-def egress_device(socket: str) -> dict[str, str]:
+def may_listen_inside(env: Mapping[str, str] | None = None) -> bool:
+    """Whether the daemon this coi starts can listen inside containers, and is to."""
+    attach = (os.environ if env is None else env).get(ATTACH_ENV, "")
+    return attach != "proxy-device" and can_enter()
+
+
+def egress_device(socket: str, *, inside: bool, port: int = EGRESS_PORT) -> dict[str, str]:
+    """The session's way to the daemon; with the daemon listening inside the container, a `none`
+    device, which also keeps a profile's device of that name out."""
+    if inside:
+        return {"type": "none"}
     return {
         "type": "proxy",
-        "listen": f"tcp:127.0.0.1:{EGRESS_PORT}",
+        "listen": f"tcp:127.0.0.1:{port}",
         "connect": f"unix:{socket}",
         "bind": "instance",
     }
 
 
-def egress_devices(nics: Sequence[str], socket: str) -> dict[str, dict[str, str]]:
+def egress_devices(nics: Sequence[str], socket: str, *, inside: bool) -> dict[str, dict[str, str]]:
     """The devices of a proxied session: every inherited NIC masked, and the way to the daemon."""
     devices: dict[str, dict[str, str]] = {name: {"type": "none"} for name in nics}
-    devices[EGRESS_DEVICE] = egress_device(socket)
+    devices[EGRESS_DEVICE] = egress_device(socket, inside=inside)
     return devices
 
 
@@ -100,6 +116,7 @@ class EgressPlan(msgspec.Struct, frozen=True, kw_only=True):
     project: str
     nics: tuple[str, ...] = ()  # inherited from the profile: masked when through the daemon
     through_daemon: bool = True
+    inside: bool = False  # the daemon listens inside the container (else: a proxy device)
     root: str = ""  # the daemon's directory ("" when not through it)
 
     def socket_of(self, container: str) -> str:
@@ -112,7 +129,7 @@ class EgressPlan(msgspec.Struct, frozen=True, kw_only=True):
     def devices(self, container: str) -> dict[str, dict[str, str]]:
         if not self.through_daemon:
             return {}
-        return egress_devices(self.nics, self.socket_of(container))
+        return egress_devices(self.nics, self.socket_of(container), inside=self.inside)
 
     def config(self) -> dict[str, str]:
         return egress_config(self.mode, self.nics, through_daemon=self.through_daemon)

@@ -41,6 +41,11 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     profile: str = ""
     allow: tuple[str, ...] = ()  # `coi network allow`, on top of the config's allowlist
     deny: tuple[str, ...] = ()  # `coi network deny`, over everything
+    # The daemon listens on this port inside the container itself (egress/netns.py); 0: the
+    # container reaches `socket` through a proxy device.
+    inside_port: int = 0
+    # "build": a `coi build` container, whose policy is its `allow` list alone (no config).
+    kind: str = "session"
 
 
 _DECODER = msgspec.json.Decoder(Registration)

@@ -6,6 +6,9 @@
   no longer resolves keeps the last good policy (and says so once in the daemon's log).
 - Containers that are gone lose their registration, socket and log handle: at once when incusd
   reports a deletion on its event stream, and by a sweep every `SWEEP_S` in any case.
+- A session the daemon listens for inside its container (egress/netns.py) is followed across
+  restarts: its init's namespace is checked on every reload, and incusd's start events make the
+  reload happen at once, so the listener moves into the new namespace and the old one is freed.
 - SIGTERM, SIGINT, `coi egress stop`, or (started on demand) `idle_exit_s` without sessions end
   it; its sockets, control socket and pid file go with it.
 """
@@ -25,7 +28,9 @@ import anyio.abc
 import msgspec
 
 from coi_async.config import Config, config_paths
+from coi_async.config.network import parse_entries
 from coi_async.egress import control
+from coi_async.egress.netns import Inside, namespace_of
 from coi_async.egress.policy import Policy, as_mode
 from coi_async.egress.server import EgressServer, SessionSpec, remove_stale_socket
 from coi_async.errors import CoiError
@@ -58,31 +63,66 @@ class _Daemon:
         self.started = time.time()
         self.last_session = time.monotonic()
         self._policies: dict[str, tuple[tuple[object, ...], Policy]] = {}
+        self._places: dict[str, Inside] = {}
+        # Registrations whose containers were not running when last asked: asked again only
+        # once incusd reports a start, or by the sweep (a stopped persistent session costs no
+        # request a second).
+        self._not_running: set[str] = set()
         self._reload_lock = anyio.Lock()
+        self.reload_now = anyio.Event()
 
     def _policy(self, registration: Registration) -> Policy:
+        build = registration.kind == "build"
         cwd, home, env = registration.cwd, registration.home, registration.env
-        files = [path for path, _ in config_paths(env, home=home, cwd=cwd)]
+        files = [] if build else [path for path, _ in config_paths(env, home=home, cwd=cwd)]
         stamp = registry.fingerprint(registration, files)
         known = self._policies.get(registration.key)
         if known is not None and known[0] == stamp:
             return known[1]
         mode = as_mode(registration.mode)
         try:
-            config = self.config_of(registration)
-            policy = session_policy(
-                config.network,
-                get_tool(config.tool.name),
-                mode,
-                allow=registration.allow,
-                deny=registration.deny,
-            )
+            if build:
+                policy = Policy(mode="allowlist", allow=parse_entries(registration.allow))
+            else:
+                config = self.config_of(registration)
+                policy = session_policy(
+                    config.network,
+                    get_tool(config.tool.name),
+                    mode,
+                    allow=registration.allow,
+                    deny=registration.deny,
+                )
         except (CoiError, ValueError) as exc:
             note(self.emit, "egress.policy-error", registration.container, level="warning", error=str(exc))
             # The last good policy stays; a session never seen yet gets its mode with no extras.
             policy = known[1] if known is not None else Policy(mode=mode)
         self._policies[registration.key] = (stamp, policy)
         return policy
+
+    async def _inside(self, registration: Registration) -> Inside | None:
+        """Where the session's listener inside its container goes: its init's namespace, as long
+        as that init lives (a restart makes a new one); None while it is not running."""
+        if not registration.inside_port:
+            return None
+        known = self._places.get(registration.key)
+        if known is not None and known.port == registration.inside_port and known.current():
+            return known
+        self._places.pop(registration.key, None)
+        if registration.key in self._not_running:
+            return None  # until an instance starts, or the next sweep
+        try:
+            state = await self.incus.in_project(registration.project).get_instance_state(
+                registration.container
+            )
+        except CoiError:
+            return None
+        inode = namespace_of(state.pid) if state.status == "Running" and state.pid > 0 else 0
+        if not inode:
+            self._not_running.add(registration.key)
+            return None
+        place = Inside(pid=state.pid, inode=inode, port=registration.inside_port)
+        self._places[registration.key] = place
+        return place
 
     async def reload(self) -> None:
         async with self._reload_lock:
@@ -95,11 +135,13 @@ class _Daemon:
                     project=r.project,
                     policy=self._policy(r),
                     log=r.log,
+                    inside=await self._inside(r),
                 )
                 for r in found.values()
             ]
-            for key in [k for k in self._policies if k not in found]:
-                del self._policies[key]
+            for known in (self._policies, self._places):
+                for key in [k for k in known if k not in found]:
+                    del known[key]
             await self.server.apply(specs)
             if specs:
                 self.last_session = time.monotonic()
@@ -118,6 +160,8 @@ class _Daemon:
             gone += [r.key for r in registrations if r.container not in names]
         if gone:
             registry.remove(self.paths, gone)
+        if gone or self._not_running:
+            self._not_running.clear()
             await self.reload()
 
     async def dispatch(self, command: str) -> dict[str, Any]:
@@ -137,16 +181,26 @@ class _Daemon:
                 "uptime_s": round(time.time() - self.started, 1),
                 "rss_kb": usage.ru_maxrss,
                 "cpu_s": round(usage.ru_utime + usage.ru_stime, 3),
-                "sessions": self.server.status(),
+                "sessions": self._session_status(),
             }
         if command == "stop":
             self.stop.set()
             return {"ok": True}
         return {"ok": False, "error": f"unknown command {command!r}"}
 
+    def _session_status(self) -> list[dict[str, Any]]:
+        found = registry.read_all(self.paths)
+        sessions = self.server.status()
+        for session in sessions:
+            known = found.get(str(session["key"]))
+            session["way"] = "inside" if known is not None and known.inside_port else "proxy-device"
+        return sessions
+
     async def reload_loop(self) -> None:
         while True:
-            await anyio.sleep(RELOAD_S)
+            with anyio.move_on_after(RELOAD_S):
+                await self.reload_now.wait()
+            self.reload_now = anyio.Event()
             await self.reload()
 
     async def sweep_loop(self) -> None:
@@ -156,8 +210,9 @@ class _Daemon:
             self.sweep_now = anyio.Event()
             await self.sweep()
 
-    async def watch_deletions(self) -> None:
-        """Sweep as soon as incusd says an instance went (or was renamed away)."""
+    async def watch_instances(self) -> None:
+        """Sweep as soon as incusd says an instance went (or was renamed away); reload as soon as
+        one started, so a listener inside a restarted container is back at once."""
         while True:
             with contextlib.suppress(CoiError):
                 async with self.incus.events(("lifecycle",), all_projects=True) as stream:
@@ -165,6 +220,9 @@ class _Daemon:
                         action = _action(event.metadata)
                         if action in ("instance-deleted", "instance-renamed"):
                             self.sweep_now.set()
+                        elif action in ("instance-started", "instance-restarted"):
+                            self._not_running.clear()
+                            self.reload_now.set()
             await anyio.sleep(_EVENTS_RETRY_S)
 
     async def idle_exit(self, idle_s: float) -> None:
@@ -217,7 +275,7 @@ async def serve_daemon(
                 tg.start_soon(control.serve_control, control_listener, daemon.dispatch)
                 tg.start_soon(daemon.reload_loop)
                 tg.start_soon(daemon.sweep_loop)
-                tg.start_soon(daemon.watch_deletions)
+                tg.start_soon(daemon.watch_instances)
                 tg.start_soon(daemon.signals)
                 if idle_exit_s is not None:
                     tg.start_soon(daemon.idle_exit, idle_exit_s)

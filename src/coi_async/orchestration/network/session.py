@@ -35,12 +35,14 @@ from coi_async.orchestration.network.daemon import ensure_daemon, ping
 from coi_async.orchestration.network.paths import EgressPaths, session_key
 from coi_async.orchestration.network.plan import (
     EGRESS_DEVICE,
+    EGRESS_PORT,
     EGRESS_URL,
     KEY_MASKED,
     NO_PROXY,
     EgressPlan,
     egress_config,
     egress_device,
+    may_listen_inside,
     nic_names,
     proxied,
 )
@@ -80,7 +82,10 @@ async def plan_egress(
         nics = []
     through = proxied(mode, nics)
     root = str(EgressPaths.for_environment(env).make().root) if through else ""
-    return EgressPlan(mode=mode, project=incus.project, nics=tuple(nics), through_daemon=through, root=root)
+    inside = through and may_listen_inside(env)
+    return EgressPlan(
+        mode=mode, project=incus.project, nics=tuple(nics), through_daemon=through, inside=inside, root=root
+    )
 
 
 def _patch(plan: EgressPlan, instance: Instance) -> InstancePatch | None:
@@ -91,7 +96,7 @@ def _patch(plan: EgressPlan, instance: Instance) -> InstancePatch | None:
     if plan.through_daemon:
         nics = nic_names(instance.expanded_devices)
         devices.update({name: {"type": "none"} for name in nics})
-        wanted = egress_device(plan.socket_of(instance.name))
+        wanted = egress_device(plan.socket_of(instance.name), inside=plan.inside)
         current = instance.expanded_devices.get(EGRESS_DEVICE, {})
         if any(current.get(k) != v for k, v in wanted.items()):
             devices[EGRESS_DEVICE] = wanted
@@ -155,8 +160,6 @@ async def attach_egress(
     container has a NIC it must not have (the caller removes it)."""
     if plan is None:
         return
-    if plan.through_daemon:
-        await _register(config, plan, name, origin, keep_live=not created)
     instance = await incus.get_instance(name)
     if created and plan.through_daemon and set(nic_names(instance.expanded_devices)) - set(plan.nics):
         raise SessionError(
@@ -165,8 +168,11 @@ async def attach_egress(
         )
     patch = _patch(plan, instance)
     if patch is not None:
+        # Before the daemon is told: a proxy device from an earlier start holds the port inside.
         note(emit, "egress.devices-updated", name)
         await incus.update_instance(name, patch)
+    if plan.through_daemon:
+        await _register(config, plan, name, origin, keep_live=not created)
 
 
 async def _register(
@@ -189,6 +195,7 @@ async def _register(
         profile=origin.profile,
         allow=previous.allow if previous else (),
         deny=previous.deny if previous else (),
+        inside_port=EGRESS_PORT if plan.inside else 0,
     )
     registry.write(paths, registration)
     await reload_daemon(paths)

@@ -14,101 +14,40 @@ import os
 import secrets
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import anyio.abc
 import pytest
-from anyio.streams.buffered import BufferedByteReceiveStream
 
-from coi_async.errors import NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Profile
 from coi_async.orchestration.network import registry
 from coi_async.orchestration.network.daemon import read_pid
-from coi_async.orchestration.network.paths import EgressPaths
-from coi_async.orchestration.network.registry import Registration
-from tests.coi_cli import COI, Run, coi, isolated_env
-from tests.helpers import BUSYBOX_IMAGE, SHARED_PROJECT_CONFIG, delete_project_fully, require_image
+from tests.coi_cli import COI, coi
+from tests.helpers import SHARED_PROJECT_CONFIG, delete_project_fully
+from tests.integration.egress.support import (
+    METADATA,
+    MIRROR,
+    PREFIX,
+    PRIVATE,
+    SECURITY,
+    Session,
+    assert_nothing_left,
+    egress_paths,
+    log_records,
+    loopback_server,
+    negated,
+    process_alive,
+    refused_before_connect,
+    running_session,
+    until,
+)
 from tests.unit.egress_helpers import send_and_read_to_end
 
 pytestmark = pytest.mark.incus
-
-PREFIX = "h11-"
-MIRROR = "http://deb.debian.org/debian/dists/bookworm/Release"
-SECURITY = "http://security.debian.org/debian-security/dists/bookworm-security/Release"
-# Never contacted: the daemon refuses them before any connect (asserted from its log).
-PRIVATE = "10.20.30.40"
-METADATA = "169.254.169.254"
-
-
-@pytest.fixture
-def config_file(tmp_path: Path) -> Path:
-    path = tmp_path / "coi.toml"
-    path.write_text("")
-    return path
-
-
-@pytest.fixture
-async def env(
-    incus: IncusClient, incus_project: str, home: Path, config_file: Path
-) -> AsyncIterator[dict[str, str]]:
-    """The environment of this module's coi runs (busybox sessions, prefix h11-, the test's own
-    HOME and runtime directory, so its own egress daemon), stopped at the end."""
-    await require_image(incus, BUSYBOX_IMAGE)
-    environ = isolated_env(
-        home=home,
-        project=incus_project,
-        prefix=PREFIX,
-        drop=("COI_", "CLAUDE_ON_INCUS_", "INCUS_PROJECT"),
-        CLAUDE_ON_INCUS_IMAGE=BUSYBOX_IMAGE,
-        COI_CONFIG=str(config_file),
-    )
-    try:
-        yield environ
-    finally:
-        with anyio.move_on_after(30, shield=True):
-            await coi("egress", "stop", env=environ)
-
-
-def egress_paths(environ: dict[str, str]) -> EgressPaths:
-    return EgressPaths.for_environment(environ)
-
-
-@asynccontextmanager
-async def loopback_server(body: bytes = b"loopback-ok") -> AsyncIterator[int]:
-    """An HTTP server on host loopback; its port."""
-
-    async def serve(stream: anyio.abc.SocketStream) -> None:
-        async with stream:
-            with suppress(anyio.EndOfStream, anyio.IncompleteRead, anyio.DelimiterNotFound):
-                await BufferedByteReceiveStream(stream).receive_until(b"\r\n\r\n", 65536)
-                await stream.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
-    async with listener, anyio.create_task_group() as tg:
-        tg.start_soon(listener.serve, serve)
-        yield listener.extra(anyio.abc.SocketAttribute.local_port)
-        tg.cancel_scope.cancel()
-
-
-async def log_records(environ: dict[str, str], container: str | None = None) -> list[dict[str, object]]:
-    done = await coi("network", "log", "--format", "json", *([container] if container else []), env=environ)
-    assert done.code == 0, done.stderr
-    return [json.loads(line) for line in done.stdout.splitlines()]
-
-
-def refused_before_connect(records: list[dict[str, object]], host: str, fragment: str) -> None:
-    mine = [r for r in records if r["host"] == host]
-    assert mine, (host, records)
-    for record in mine:
-        assert record["decision"] == "refused", record
-        assert record["stage"] == "policy", record  # the daemon's own check...
-        assert record["connected"] is False, record  # ...before any connection was made
-        assert fragment in str(record["reason"]), record
-
 
 # --- what a session reaches -------------------------------------------------------------------------
 
@@ -227,121 +166,6 @@ async def test_a_restricted_session_has_no_nic_even_when_its_profile_has_one(
         assert "MIRROR-REACHED" in done.stdout
 
 
-# --- one running session -----------------------------------------------------------------------------
-
-
-class Session:
-    def __init__(self, environ: dict[str, str], registration: Registration) -> None:
-        self.env = environ
-        self.registration = registration
-
-    @property
-    def name(self) -> str:
-        return self.registration.container
-
-    async def inside(self, script: str) -> Run:
-        """`sh -c SCRIPT` in the session, through `coi container exec` (its env is the instance's)."""
-        return await coi(
-            "container",
-            "exec",
-            self.name,
-            "--capture",
-            "--format",
-            "raw",
-            "--",
-            "sh",
-            "-c",
-            script,
-            env=self.env,
-        )
-
-    async def fetch(self, url: str) -> bool:
-        done = await self.inside(f"wget -q -O /dev/null {url} && echo REACHED")
-        return "REACHED" in done.stdout
-
-
-async def _until(check: Callable[[], bool | Awaitable[bool]], *, within_s: float, what: str) -> None:
-    try:
-        with anyio.fail_after(within_s):
-            while True:
-                result = check()
-                if not isinstance(result, bool):
-                    result = await result
-                if result:
-                    return
-                await anyio.sleep(0.2)
-    except TimeoutError:
-        pytest.fail(f"no {what} within {within_s:g}s")
-
-
-@asynccontextmanager
-async def running_session(environ: dict[str, str], workspace: Path, mode: str) -> AsyncIterator[Session]:
-    """A `coi run -- sleep` session in `mode`, until the context ends (then Ctrl-C to its coi)."""
-    paths = egress_paths(environ)
-    process = await anyio.open_process(
-        [COI, "run", "--network", mode, "--", "sleep", "600"],
-        env=environ,
-        cwd=workspace,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        found: list[Registration] = []
-
-        def registered() -> bool:
-            found[:] = list(registry.read_all(paths).values())
-            return bool(found) or process.returncode is not None
-
-        await _until(registered, within_s=90, what="a registration")
-        assert process.returncode is None, "coi run ended before its session was registered"
-        session = Session(environ, found[0])
-
-        async def configured() -> bool:
-            done = await session.inside("grep -q HTTP_PROXY /etc/environment && echo YES")
-            return "YES" in done.stdout
-
-        await _until(configured, within_s=60, what="the proxy settings inside")
-        yield session
-    finally:
-        with anyio.move_on_after(60, shield=True):
-            with suppress(ProcessLookupError):
-                process.send_signal(signal.SIGINT)
-            await process.wait()
-        if process.returncode is None:
-            process.kill()
-        await process.aclose()
-
-
-def daemon_fds(paths: EgressPaths) -> list[str]:
-    pid = read_pid(paths)
-    if pid is None:
-        return []
-    found = []
-    with suppress(OSError):
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            with suppress(OSError):
-                found.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    return found
-
-
-async def assert_nothing_left(incus: IncusClient, environ: dict[str, str], session: Session) -> None:
-    paths = egress_paths(environ)
-    socket = session.registration.socket
-    log = session.registration.log
-
-    def gone() -> bool:
-        return (
-            not os.path.exists(socket)
-            and not registry.read_all(paths)
-            and log not in daemon_fds(paths)
-            and not any(f.endswith(".sock") and "/s/" in f for f in daemon_fds(paths) if socket in f)
-        )
-
-    await _until(gone, within_s=20, what="the session's socket, registration and log handle gone")
-    with pytest.raises(NotFoundError):
-        await incus.get_instance(session.name)  # and with the instance, its proxy device
-
-
 async def test_hostile_requests_idle_floods_live_lists_and_a_killed_daemon(
     incus: IncusClient, env: dict[str, str], config_file: Path, workspace: Path
 ) -> None:
@@ -388,16 +212,16 @@ async def test_hostile_requests_idle_floods_live_lists_and_a_killed_daemon(
         # An edit of the config's list reaches the running session within seconds, both ways.
         assert not await session.fetch(SECURITY)
         config_file.write_text('[network]\nallowed_domains = ["registry.npmjs.org", "security.debian.org"]\n')
-        await _until(lambda: session.fetch(SECURITY), within_s=15, what="the widened list")
+        await until(lambda: session.fetch(SECURITY), within_s=15, what="the widened list")
         config_file.write_text('[network]\nallowed_domains = ["registry.npmjs.org"]\n')
-        await _until(lambda: _not(session.fetch(SECURITY)), within_s=15, what="the narrowed list")
+        await until(lambda: negated(session.fetch(SECURITY)), within_s=15, what="the narrowed list")
         paths = egress_paths(env)
 
         # The daemon killed mid-session: the next coi command starts it again, egress works.
         pid = read_pid(paths)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
-        await _until(lambda: not _alive(pid), within_s=10, what="the daemon gone")
+        await until(lambda: not process_alive(pid), within_s=10, what="the daemon gone")
         assert not await session.fetch(MIRROR)
         listed = await coi("list", env=env)
         assert listed.code == 0, listed.stderr
@@ -412,18 +236,6 @@ async def test_hostile_requests_idle_floods_live_lists_and_a_killed_daemon(
         assert any(r["decision"] == "malformed" for r in records)
         refused_before_connect(records, "10.1.1.1", "not in the allowlist")
     await assert_nothing_left(incus, env, session)
-
-
-async def _not(result: Awaitable[bool]) -> bool:
-    return not await result
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            return fh.read().split(b") ", 1)[-1][:1] != b"Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.parametrize("command", ["shutdown", "kill"])
@@ -500,6 +312,6 @@ async def test_one_daemon_however_many_start_it_and_stop_leaves_nothing(env: dic
     assert b"already running" in again.stderr
     stopped = await coi("egress", "stop", env=env)
     assert stopped.stdout.strip() == "Egress daemon stopped"
-    assert not _alive(pid)
+    assert not process_alive(pid)
     assert not paths.control.exists()
     assert not paths.pid_file.exists()
