@@ -44,6 +44,16 @@ async def left_behind(incus: IncusClient, workspace: Path) -> list[str]:
     return [i.name for i in await incus.list_instances() if i.name.startswith(f"{PREFIX}{h}-")]
 
 
+async def gone_soon(incus: IncusClient, workspace: Path, *, within_s: float = 20) -> bool:
+    """Whether the workspace's containers are all gone within `within_s`: `coi run` returns
+    while its container powers itself off, and incusd deletes it after."""
+    with anyio.move_on_after(within_s):
+        while await left_behind(incus, workspace):  # noqa: ASYNC110 - polling incusd
+            await anyio.sleep(0.1)
+        return True
+    return False
+
+
 @pytest.mark.parametrize("code", [0, 1, 42])
 async def test_run_streams_exact_stdout_and_exit_code(
     incus: IncusClient, incus_project: str, home: Path, workspace: Path, code: int
@@ -53,7 +63,31 @@ async def test_run_streams_exact_stdout_and_exit_code(
     assert done.out == b"a  b\n\nc"
     assert done.code == code, done.err
     assert b"oops" in done.err
-    assert await left_behind(incus, workspace) == []
+    assert await gone_soon(incus, workspace)
+
+
+@pytest.mark.parametrize("when", ["right after the command", "while the command runs"])
+async def test_a_run_killed_with_sigkill_leaves_no_container(
+    incus: IncusClient, incus_project: str, home: Path, workspace: Path, when: str
+) -> None:
+    script = "echo x; exit 3" if when == "right after the command" else "echo x; sleep 60"
+    proc = await anyio.open_process(
+        [COI, "run", "--", "sh", "-c", script],
+        env=cli_env(home, incus_project),
+        cwd=workspace,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        assert proc.stdout is not None
+        with anyio.fail_after(60):
+            assert await proc.stdout.receive() == b"x\n"
+        proc.kill()
+        await proc.wait()
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.aclose()
+    assert await gone_soon(incus, workspace)
 
 
 async def test_workspace_files_belong_to_the_host_user_and_env_stays_out(
@@ -75,7 +109,7 @@ async def test_workspace_files_belong_to_the_host_user_and_env_stays_out(
     assert "do-not-leak" not in out
     st = (workspace / "made-inside").stat()
     assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
-    assert await left_behind(incus, workspace) == []
+    assert await gone_soon(incus, workspace)
 
 
 async def test_ctrl_c_removes_the_container(

@@ -84,6 +84,11 @@ class InstancesApi(ApiBase):
             timeout = -1 if grace_s is None else max(1, grace_s)
             await self.change_state(name, StatePut(action="stop", timeout=timeout))
 
+    async def request_forced_stop(self, name: str) -> None:
+        """Ask incusd to stop the instance at once, without waiting for the stop: the request is
+        in once this returns (an ephemeral instance is then deleted by incusd itself)."""
+        await self._call("PUT", f"{instance_path(name)}/state", body=StatePut(action="stop", force=True))
+
     async def restart_instance(self, name: str, *, force: bool = False) -> None:
         await self.change_state(name, StatePut(action="restart", force=force))
 

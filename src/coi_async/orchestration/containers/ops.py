@@ -170,3 +170,10 @@ async def remove_if_ours(incus: IncusClient, name: str, token: str) -> None:
     rival's that took the name meanwhile)."""
     if await launch_token(incus, name) == token:
         await remove_quietly(incus, name)
+
+
+async def request_stop(incus: IncusClient, name: str) -> None:
+    """Ask for a forced stop and do not wait for it (an ephemeral container is then deleted by
+    incusd); stopped or gone already is fine."""
+    with contextlib.suppress(NotFoundError, AlreadyStoppedError, InstanceBusyError):
+        await incus.request_forced_stop(name)

@@ -1,8 +1,11 @@
 """`coi run -- CMD ARGS...`: one command in a fresh container, output streamed, container removed.
 
 The command runs as the code user in /workspace with only the environment it was given (-e and the
-profile), and its exit code is the answer. The container goes away on every path out (success,
-failure, cancellation by Ctrl-C or SIGTERM); a persistent one is stopped and kept instead.
+profile), and its exit code is the answer, given as soon as the command is done: the container is
+Incus-ephemeral and powers itself off once coi lets go of it (containers/watchdog.py), also when
+coi is killed, and incusd deletes it then. A container without the watcher, and every path out
+other than the command ending (failure, Ctrl-C, SIGTERM), is removed before coi returns; a
+persistent one is stopped and kept instead.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import msgspec
 from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
 from coi_async.orchestration.containers import ops
+from coi_async.orchestration.containers.watchdog import powered_off_on_release
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.network.session import (
     SessionOrigin,
@@ -79,16 +83,17 @@ async def run_command(
             profile_env=config.environment,
             given=request.env,
         )
-        return await incus.exec_stream(
-            launched.name,
-            list(request.argv),
-            on_stdout=on_stdout,
-            on_stderr=on_stderr,
-            env=env,
-            user=launched.uid,
-            group=launched.uid,
-            cwd=WORKSPACE_PATH,
-        )
+        if persistent:
+            return await _command(incus, launched, request, env, on_stdout, on_stderr)
+        async with powered_off_on_release(incus, launched.name) as watched:
+            code = await _command(incus, launched, request, env, on_stdout, on_stderr)
+        if watched:
+            # Powering itself off, after which incusd deletes it (ephemeral): nothing to wait for.
+            note(emit, "run.cleaning-up", launched.name)
+            await ops.request_stop(incus, launched.name)
+            await detach_egress(egress, launched.name)
+            launched = None
+        return code
     finally:
         if launched is not None:
             if persistent:
@@ -98,3 +103,23 @@ async def run_command(
                 note(emit, "run.cleaning-up", launched.name)
                 await ops.remove(incus, launched.name)
                 await detach_egress(egress, launched.name)
+
+
+async def _command(
+    incus: IncusClient,
+    launched: Launched,
+    request: RunRequest,
+    env: dict[str, str],
+    on_stdout: ByteSink,
+    on_stderr: ByteSink,
+) -> int:
+    return await incus.exec_stream(
+        launched.name,
+        list(request.argv),
+        on_stdout=on_stdout,
+        on_stderr=on_stderr,
+        env=env,
+        user=launched.uid,
+        group=launched.uid,
+        cwd=WORKSPACE_PATH,
+    )
