@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from typing import Any
+import sys
+from typing import Any, NoReturn
 
 import asyncclick as click
 
@@ -160,6 +162,9 @@ def _register() -> None:
 
     cli.add_command(egress.egress)
     cli.add_command(network.network)
+    from coi_async.cli.commands import snapshot
+
+    cli.add_command(snapshot.snapshot)
     from coi_async.cli.commands import trust
 
     cli.add_command(trust.trust)
@@ -171,4 +176,20 @@ help_text.install(cli)
 
 
 def main() -> None:
-    cli(prog_name="coi", _anyio_backend="asyncio")
+    try:
+        cli(prog_name="coi", _anyio_backend="asyncio")
+    except SystemExit as done:
+        _exit_now(done.code)
+    _exit_now(0)
+
+
+def _exit_now(code: object) -> NoReturn:
+    """Exit without the interpreter's teardown of every module and object (~0.1 s, a tenth of a
+    `coi run`): everything coi had to do is done and its output is flushed here."""
+    if isinstance(code, str):
+        sys.stderr.write(f"{code}\n")
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):
+            stream.flush()
+    os._exit(code if isinstance(code, int) else 0)

@@ -17,7 +17,6 @@ connections the container makes to it arrive straight at the daemon, which splic
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import os
@@ -41,7 +40,8 @@ _SIOCSIFFLAGS = 0x8914
 _IFF_UP = 0x1
 _BACKLOG = 512
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The C library this process already has loaded (no library search, which runs ldconfig).
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class Inside(msgspec.Struct, frozen=True, kw_only=True):

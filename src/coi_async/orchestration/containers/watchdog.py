@@ -43,26 +43,41 @@ async def _never() -> AsyncIterator[bytes]:
     yield b""  # pragma: no cover - the stdin of the watcher never ends on its own
 
 
+class Watcher:
+    def __init__(self) -> None:
+        self._ready = anyio.Event()
+        self._in_place = False
+
+    def _saw(self, data: bytes) -> None:
+        if _READY in data:
+            self._in_place = True
+            self._ready.set()
+
+    def _ended(self) -> None:
+        self._ready.set()
+
+    async def in_place(self) -> bool:
+        """Whether the watcher runs in the container (waiting a moment for it to start). When
+        not (a container that does not answer), the caller stops the container itself."""
+        with anyio.move_on_after(_READY_S):
+            await self._ready.wait()
+        return self._in_place
+
+
 @asynccontextmanager
-async def powered_off_on_release(incus: IncusClient, name: str) -> AsyncIterator[bool]:
+async def powered_off_on_release(incus: IncusClient, name: str) -> AsyncIterator[Watcher]:
     """While the context is open, `name` runs; once it closes (or this process dies) the
-    container powers itself off. Yields whether the watcher is in place (it may not be, in a
-    container that does not answer): the caller then stops the container itself."""
-    ready = anyio.Event()
-    in_place = False
+    container powers itself off. The watcher starts in the background: the body goes on at
+    once and asks `in_place()` when it needs to know."""
+    watcher = Watcher()
 
     async def on_stdout(data: bytes) -> None:
-        nonlocal in_place
-        if _READY in data:
-            in_place = True
-            ready.set()
+        watcher._saw(data)
 
     async def watch() -> None:
         with suppress(CoiError):
             await incus.exec_stream(name, ["sh", "-c", _SCRIPT], stdin=_never(), on_stdout=on_stdout)
-        ready.set()  # ended already: no watcher
+        watcher._ended()
 
     async with in_background(watch):
-        with anyio.move_on_after(_READY_S):
-            await ready.wait()
-        yield in_place
+        yield watcher

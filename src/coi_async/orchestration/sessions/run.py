@@ -17,8 +17,9 @@ import msgspec
 from coi_async.config import Config, Mount
 from coi_async.incus import IncusClient
 from coi_async.orchestration.containers import ops
-from coi_async.orchestration.containers.watchdog import powered_off_on_release
+from coi_async.orchestration.containers.watchdog import Watcher, powered_off_on_release
 from coi_async.orchestration.events import Emit, note
+from coi_async.orchestration.network.plan import EgressPlan
 from coi_async.orchestration.network.session import (
     SessionOrigin,
     attach_egress,
@@ -73,20 +74,15 @@ async def run_command(
         async with start_daemon_early(egress):
             launched = await launch(incus, spec, emit=emit)
         note(emit, "run.launching", launched.name, image=spec.image)
-        origin = SessionOrigin.here(config.profile)
-        await attach_egress(incus, config, egress, launched.name, origin, created=launched.created, emit=emit)
-        if egress.through_daemon:
-            await configure_container(incus, launched.name)
-        env = session_env(
-            home=launched.home,
-            user=launched.user,
-            profile_env=config.environment,
-            given=request.env,
-        )
         if persistent:
-            return await _command(incus, launched, request, env, on_stdout, on_stderr)
-        async with powered_off_on_release(incus, launched.name) as watched:
-            code = await _command(incus, launched, request, env, on_stdout, on_stderr)
+            return await _prepare_and_run(
+                incus, config, request, launched, egress, on_stdout, on_stderr, emit
+            )
+        async with powered_off_on_release(incus, launched.name) as watcher:
+            code = await _prepare_and_run(
+                incus, config, request, launched, egress, on_stdout, on_stderr, emit, watcher=watcher
+            )
+            watched = await watcher.in_place()
         if watched:
             # Powering itself off, after which incusd deletes it (ephemeral): nothing to wait for.
             note(emit, "run.cleaning-up", launched.name)
@@ -105,14 +101,28 @@ async def run_command(
                 await detach_egress(egress, launched.name)
 
 
-async def _command(
+async def _prepare_and_run(
     incus: IncusClient,
-    launched: Launched,
+    config: Config,
     request: RunRequest,
-    env: dict[str, str],
+    launched: Launched,
+    egress: EgressPlan,
     on_stdout: ByteSink,
     on_stderr: ByteSink,
+    emit: Emit,
+    *,
+    watcher: Watcher | None = None,
 ) -> int:
+    """The session's egress in place, then the command; its exit code."""
+    origin = SessionOrigin.here(config.profile)
+    await attach_egress(incus, config, egress, launched.name, origin, created=launched.created, emit=emit)
+    if egress.through_daemon:
+        await configure_container(incus, launched.name)
+    env = session_env(
+        home=launched.home, user=launched.user, profile_env=config.environment, given=request.env
+    )
+    if watcher is not None:
+        await watcher.in_place()  # started with the above; from here on, no way out leaks it
     return await incus.exec_stream(
         launched.name,
         list(request.argv),
