@@ -102,6 +102,17 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "coi shutdown --all",
         "coi shutdown --all --timeout 30 --force",
     ),
+    "snapshot": ("coi snapshot create my-box before-upgrade", "coi snapshot list my-box"),
+    "snapshot create": (
+        "coi snapshot create my-box                  # named snap-YYYYMMDD-HHMMSS",
+        "coi snapshot create coi-1a2b3c4d-1 before-refactor",
+    ),
+    "snapshot delete": ("coi snapshot delete my-box before-upgrade",),
+    "snapshot list": ("coi snapshot list my-box", "coi snapshot list coi-1a2b3c4d-1 --format json"),
+    "snapshot restore": (
+        "coi snapshot restore my-box before-upgrade",
+        "coi snapshot restore coi-1a2b3c4d-1 before-refactor --timeout 30",
+    ),
     "tmux": ("coi tmux list", "coi tmux capture coi-1a2b3c4d-1"),
     "tmux capture": ("coi tmux capture coi-1a2b3c4d-1",),
     "tmux list": ("coi tmux list",),

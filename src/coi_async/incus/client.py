@@ -1,7 +1,7 @@
 """`IncusClient`: one object per connection, one method per endpoint coi uses.
 
-The methods live in one module per resource (instances, exec, files, images, projects,
-events), as the Go client does; this class only joins them and opens the connection.
+The methods live in one module per resource (instances, snapshots, exec, files, images,
+projects, events), as the Go client does; this class only joins them and opens the connection.
 """
 
 from __future__ import annotations
@@ -18,10 +18,13 @@ from coi_async.incus.images import ImagesApi
 from coi_async.incus.instances import InstancesApi
 from coi_async.incus.models import ServerInfo
 from coi_async.incus.projects import ProfilesApi, ProjectsApi
+from coi_async.incus.snapshots import SnapshotsApi
 from coi_async.incus.transport import Transport
 
 
-class IncusClient(InstancesApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi, CertificatesApi):
+class IncusClient(
+    InstancesApi, SnapshotsApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi, CertificatesApi
+):
     @classmethod
     @asynccontextmanager
     async def connect(
