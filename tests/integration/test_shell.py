@@ -209,3 +209,27 @@ async def test_coi_use_dummy_runs_the_test_stub(world: ShellWorld) -> None:
         assert detach(child) == 0
     [session] = world.saved_sessions()
     assert "hello-BACK" in world.conversation(session), "the stub keeps its state under ~/.claude"
+
+
+async def test_the_tmux_session_is_there_at_once_and_still_there_after_boot(world: ShellWorld) -> None:
+    done = await world.run("shell", "--background")
+    assert done.code == 0, done.stderr
+    name = world.container(1)
+
+    async def has_session() -> bool:
+        result = await world.incus.exec(
+            name,
+            ["tmux", "has-session", "-t", f"coi-{name}"],
+            env={"HOME": "/home/code"},
+            user=1000,
+            group=1000,
+        )
+        return result.ok
+
+    assert await has_session()
+    # Whatever boot still had to do (systemd-tmpfiles empties /tmp), it did not take the session.
+    booted = await world.incus.exec(name, ["systemctl", "is-system-running", "--wait"])
+    assert booted.stdout.strip() in (b"running", b"degraded"), booted
+    assert await has_session()
+    listed = await world.run("tmux", "list")
+    assert name in listed.stdout, listed.stderr

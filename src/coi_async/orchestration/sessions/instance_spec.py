@@ -24,9 +24,17 @@ from coi_async import naming
 from coi_async.config import Config, Mount
 from coi_async.orchestration.containers.config import DOCKER_CONFIG
 from coi_async.orchestration.network.plan import EgressPlan
-from coi_async.orchestration.sessions.model import user_of_uid
+from coi_async.orchestration.sessions.model import home_of, user_of_uid
 
 WORKSPACE_PATH = "/workspace"
+# Where tmux keeps its server sockets in a session, for every exec (instance env key): in the
+# session's home, which boot leaves alone, so the tool's tmux session starts before boot is over
+# (under systemd, /tmp is emptied at boot, and tmux's default socket with it).
+TMUX_TMPDIR_KEY = "environment.TMUX_TMPDIR"
+
+
+def tmux_dir(home: str) -> str:
+    return f"{home}/.local/state/coi-tmux"
 
 
 class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
@@ -113,6 +121,7 @@ def instance_config(spec: LaunchSpec, slot: int) -> dict[str, str]:
         naming.KEY_UID: str(spec.code_uid),
         naming.KEY_USER: user_of_uid(spec.code_user, spec.code_uid),
         naming.KEY_IMAGE: spec.image,
+        TMUX_TMPDIR_KEY: tmux_dir(home_of(user_of_uid(spec.code_user, spec.code_uid), spec.code_uid)),
     }
     if spec.session_id:
         config[naming.KEY_SESSION] = spec.session_id

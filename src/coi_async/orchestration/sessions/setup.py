@@ -129,16 +129,11 @@ async def setup_session(
         assert state.metadata is not None
         await anyio.to_thread.run_sync(state.store.save_metadata, state.metadata)
 
-    async def configure_egress() -> None:
-        await wait_ready(incus, session.container)
-        await configure_container(incus, session.container)
-
-    # A new session's home is filled while the init system is still booting.
+    # A new session's home is filled while the init system is still booting; nothing here waits
+    # for boot but a restore (tmux keeps its socket where boot leaves it: instance_spec.py).
     async with anyio.create_task_group() as tg:
         if egress.through_daemon:
-            tg.start_soon(configure_egress)
-        elif not restore:
-            tg.start_soon(wait_ready, incus, session.container)
+            tg.start_soon(configure_container, incus, session.container)
         tg.start_soon(restore_then_inject)
         tg.start_soon(save_metadata)
 
@@ -208,12 +203,9 @@ exit 1
 
 
 async def wait_ready(incus: IncusClient, name: str, *, within_s: float = _READY_S) -> None:
-    """Wait until the container can host the tmux session, by probing it with exec.
-
-    Under systemd that is once systemd-tmpfiles-setup has run: it empties /tmp at boot (and
-    /tmp may become a fresh tmpfs before it), which would take a tmux server's socket
-    (/tmp/tmux-<uid>/) with it, and with it every later attach.
-    """
+    """Wait until the container has booted far enough for a restore over exec, by probing it
+    with exec: execs that race the init system's start can be lost, and under systemd
+    systemd-tmpfiles-setup empties /tmp (a tar's scratch space) at boot."""
     try:
         with anyio.fail_after(within_s):
             while True:

@@ -97,6 +97,11 @@ class TmuxSession:
         columns, rows = size
         env_args = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
         command = [
+            # tmux makes its socket's directory, not the one that holds it (TMUX_TMPDIR).
+            "sh",
+            "-c",
+            'if [ -n "$TMUX_TMPDIR" ]; then mkdir -p "$TMUX_TMPDIR"; fi; exec "$@"',
+            "sh",
             "tmux",
             "new-session",
             "-d",
