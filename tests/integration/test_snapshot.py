@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import anyio
 import msgspec
 import pytest
 
@@ -23,7 +24,7 @@ from coi_async.naming import KEY_SESSION
 from coi_async.orchestration.containers import snapshots
 from tests.coi_cli import coi, isolated_env
 from tests.helpers import busybox, remove_instance
-from tests.integration.shell_harness import ShellWorld
+from tests.integration.shell_harness import ShellWorld, finish, killing, talk
 
 pytestmark = pytest.mark.incus
 
@@ -299,3 +300,18 @@ async def test_restoring_a_background_shell_saves_the_session_and_runs_it_again(
     assert instance is not None
     assert instance.running
     assert await code_sh(world.incus, name, f"cat {notes}") == "one\n"
+
+
+async def test_a_terminal_attached_during_a_restore_leaves_the_container_to_it(world: ShellWorld) -> None:
+    with killing(world.spawn("shell")) as child:
+        await anyio.to_thread.run_sync(talk, child, "hello")
+        name = world.container(1)
+        assert (await world.run("snapshot", "create", name, "before")).code == 0
+        run = await world.run("snapshot", "restore", name, "before", "--timeout", "30")
+        assert run.code == 0, run.stderr
+        # The stop ended the terminal's tmux; its coi saved the session and kept the container.
+        await anyio.to_thread.run_sync(finish, child)
+    instance = await world.instance(1)
+    assert instance is not None
+    assert instance.running
+    assert "user.coi.restoring" not in instance.config

@@ -32,7 +32,8 @@ from coi_async.errors import (
     UsageError,
 )
 from coi_async.incus import IncusClient
-from coi_async.incus.models import Instance
+from coi_async.incus.models import Instance, InstancePatch
+from coi_async.naming import KEY_RESTORING
 from coi_async.orchestration.bulk.lifecycle import SessionSaver
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, StepStarted, ignore
@@ -250,6 +251,9 @@ def _step(emit: Emit, container: str, step: str, detail: str = "") -> None:
 async def _stop_restore_start(
     incus: IncusClient, container: str, name: str, *, grace_s: int, emit: Emit
 ) -> None:
+    # Marked, so the session's own coi (a terminal attached to it) keeps the stopped container;
+    # the restore brings back the snapshot's config, so it is marked again until it runs.
+    await _mark_restoring(incus, container, restoring=True)
     _step(emit, container, STOPPING, str(grace_s))
     if not await ops.graceful_stop(incus, container, grace_s=grace_s) and await ops.is_running(
         incus, container
@@ -264,7 +268,10 @@ async def _stop_restore_start(
         # Leave it as it was found: running (on the filesystem it had).
         with contextlib.suppress(CoiError):
             await incus.start_instance(container)
+        with contextlib.suppress(CoiError):
+            await _mark_restoring(incus, container, restoring=False)
         raise
+    await _mark_restoring(incus, container, restoring=True)
     _step(emit, container, STARTING)
     try:
         await incus.start_instance(container)
@@ -273,3 +280,11 @@ async def _stop_restore_start(
             f"restored snapshot '{name}' of container '{container}', but could not start it again: {exc}",
             hint=f"coi container start {container}",
         ) from exc
+    finally:
+        with contextlib.suppress(CoiError):
+            await _mark_restoring(incus, container, restoring=False)
+
+
+async def _mark_restoring(incus: IncusClient, container: str, *, restoring: bool) -> None:
+    # incusd drops a key set to "".
+    await incus.update_instance(container, InstancePatch(config={KEY_RESTORING: "true" if restoring else ""}))

@@ -17,7 +17,7 @@ from coi_async.config.model import Limits
 from coi_async.errors import coi_error
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
-from coi_async.naming import KEY_PERSISTENT
+from coi_async.naming import KEY_PERSISTENT, KEY_RESTORING
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.sessions.model import Session
@@ -179,4 +179,6 @@ def _removes(state: SessionState, outcome: Outcome, instance: Instance) -> bool:
         return True
     if state.session.persistent or instance.config.get(KEY_PERSISTENT) == "true":
         return False
+    if instance.config.get(KEY_RESTORING) == "true":
+        return False  # stopped by `coi snapshot restore`, which starts it again
     return outcome is Outcome.INTERRUPTED or not instance.running
