@@ -3,9 +3,12 @@
 Both sides are fresh processes, as a script would run them: each `coi` call is a new Python
 process, so its start-up counts; its own line shows the start-up of `coi --version` against a bare
 `python -c pass`. The two sides are timed alternately, sample by sample, after one untimed round
-(benchmarks/paired.py); prints the median of each and the ratio.
+(benchmarks/paired.py); prints the median of each and the ratio. `list --format json` is timed
+with `--sessions` running containers (32) named like sessions, against `incus list --format json`
+of the same project.
 
     .venv/bin/python benchmarks/lowlevel.py [--runs 10] [--size-mb 50] [--image coi-test-busybox]
+                                            [--sessions 32]
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--size-mb", type=int, default=50)
     parser.add_argument("--image", default="coi-test-busybox")
+    parser.add_argument("--sessions", type=int, default=32)
     args = parser.parse_args()
 
     project = f"bench-h5-{secrets.token_hex(3)}"
@@ -78,6 +82,12 @@ def main() -> None:
                 f"(bare python -c pass: {median_ms(start_up['python']):.1f} ms)"
             )
             compare(
+                "--version",
+                lambda: run([COI, "--version"]),
+                lambda: run(["incus", "--version"]),
+                args.runs,
+            )
+            compare(
                 "container exec NAME -- true",
                 lambda: run([COI, "container", "exec", name, "--", "true"], env),
                 lambda: run([*incus, "exec", name, "--", "true"]),
@@ -95,8 +105,24 @@ def main() -> None:
                 lambda: run([*incus, "image", "list", "--format", "json"]),
                 args.runs,
             )
+            sessions = [f"{name}-{i}" for i in range(1, args.sessions + 1)]
+            launching = [
+                subprocess.Popen([*incus, "launch", args.image, s], stdout=subprocess.DEVNULL)
+                for s in sessions
+            ]
+            if any(p.wait() for p in launching):
+                raise SystemExit("could not launch the sessions")
+            listing = {**env, "COI_CONTAINER_PREFIX": f"{name}-", "HOME": tmp, "XDG_RUNTIME_DIR": tmp}
+            compare(
+                f"list --format json ({args.sessions} sessions)",
+                lambda: run([COI, "list", "--format", "json"], listing),
+                lambda: run([*incus, "list", "--format", "json"]),
+                args.runs,
+            )
     finally:
         subprocess.run([*incus, "delete", "--force", name], capture_output=True, check=False)
+        for i in range(1, args.sessions + 1):
+            subprocess.run([*incus, "delete", "--force", f"{name}-{i}"], capture_output=True, check=False)
         # Never `project delete --force` (it wipes the shared default profile on Incus 6.0).
         subprocess.run(["incus", "project", "delete", project], capture_output=True, check=False)
 

@@ -16,10 +16,13 @@ the medians and the ratio (target: coi at most 0.3× the reference sequence).
 
     .venv/bin/python benchmarks/session_start.py [--runs 7] [--image coi-test-busybox] [--project P]
                                                  [--job run|shell|both] [--shell-image coi-test-debian]
-                                                 [--baseline OTHER/.venv/bin/coi]
+                                                 [--baseline OTHER/.venv/bin/coi [--baseline-env K=V]]
 
 With --baseline, a second coi (another checkout's: the tree before a change) is timed in the same
 interleaved rounds, and its ratio to this coi is printed: before and after from one machine state.
+With --baseline-env, the baseline side gets those variables too; with this coi as the baseline,
+e.g. `--baseline .venv/bin/coi --baseline-env COI_EGRESS_ATTACH=proxy-device` times the way a
+coi not running as root reaches the egress daemon against listening inside the container.
 
 The shell job's reference sequence is §3's `shell` row for a new ephemeral session with a host
 ~/.claude (credentials copied, sandbox settings merged by python3, tmux server started, session
@@ -200,11 +203,15 @@ def compare(
     return {name: statistics.median(samples) for name, samples in times.items()}
 
 
-def coi_sides(opts: argparse.Namespace, job: Callable[[str], None]) -> dict[str, Callable[[], object]]:
-    """The coi side, and the baseline coi (another checkout's) when --baseline names one."""
-    sides: dict[str, Callable[[], object]] = {"coi": lambda: job(opts.coi)}
+def coi_sides(
+    opts: argparse.Namespace, job: Callable[[str, dict[str, str]], None]
+) -> dict[str, Callable[[], object]]:
+    """The coi side, and the baseline coi (another checkout's, or this one with
+    --baseline-env) when --baseline names one."""
+    extra = dict(item.split("=", 1) for item in opts.baseline_env)
+    sides: dict[str, Callable[[], object]] = {"coi": lambda: job(opts.coi, {})}
     if opts.baseline:
-        sides["baseline"] = lambda: job(opts.baseline)
+        sides["baseline"] = lambda: job(opts.baseline, extra)
     return sides
 
 
@@ -228,7 +235,7 @@ def bench_shell(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
             (Path(home) / rel).write_text(text)
         env = clean_env(home, opts.project, f"{prefix}coi-", opts.shell_image)
         try:
-            sides = coi_sides(opts, lambda coi: coi_shell_background(coi, env, workspace))
+            sides = coi_sides(opts, lambda coi, extra: coi_shell_background(coi, env | extra, workspace))
             sides["reference"] = lambda: reference_shell_background(
                 opts.project, opts.shell_image, workspace, home, prefix
             )
@@ -245,7 +252,7 @@ def bench_run(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
     ):
         env = clean_env(home, opts.project, prefix, opts.image)
         try:
-            sides = coi_sides(opts, lambda coi: coi_run(coi, env, workspace))
+            sides = coi_sides(opts, lambda coi, extra: coi_run(coi, env | extra, workspace))
             sides["reference"] = lambda: reference_run(opts.project, opts.image, workspace, prefix)
             return compare(sides, opts.runs, project=opts.project, prefix=prefix)
         finally:
@@ -275,6 +282,13 @@ def main() -> None:
     parser.add_argument("--coi", default=COI, help="the coi executable to time (default: this venv's)")
     parser.add_argument(
         "--baseline", default="", help="another coi executable (e.g. an older checkout's), timed alongside"
+    )
+    parser.add_argument(
+        "--baseline-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set for the baseline side only (e.g. COI_EGRESS_ATTACH=proxy-device with --baseline this coi)",
     )
     opts = parser.parse_args()
     prefix = f"bench{secrets.token_hex(2)}-"

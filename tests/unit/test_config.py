@@ -27,7 +27,7 @@ def test_builtin_defaults() -> None:
     assert c.defaults.image == "coi"
     assert c.defaults.persistent is False
     assert c.defaults.max_slots == 10
-    assert c.defaults.parallel == 8
+    assert c.defaults.parallel == 32
     assert c.paths.sessions_dir == "/home/u/.coi/sessions"
     assert c.sessions_dir == "/home/u/.coi/sessions-claude"
     assert c.paths.storage_dir == "/home/u/.coi/storage"

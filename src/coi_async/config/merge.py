@@ -203,7 +203,7 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             persistent=bool(b.get("defaults.persistent", False)),
             model=str(b.get("defaults.model", "claude-sonnet-4-5")),
             max_slots=_positive(b, "defaults.max_slots", 10, upper=MAX_SLOTS_LIMIT),
-            parallel=_positive(b, "defaults.parallel", 8, upper=256),
+            parallel=_positive(b, "defaults.parallel", 32, upper=256),
             mount_claude_config=bool(b.get("defaults.mount_claude_config", True)),
         ),
         paths=Paths(

@@ -33,7 +33,7 @@ class Defaults(msgspec.Struct, frozen=True, kw_only=True):
     persistent: bool = False
     model: str = "claude-sonnet-4-5"
     max_slots: int = 10
-    parallel: int = 8  # concurrency of bulk commands
+    parallel: int = 32  # concurrency of bulk commands (the floor does every container at once)
     mount_claude_config: bool = True  # copy host ~/.claude credentials into fresh sessions
 
 

@@ -9,13 +9,32 @@ from __future__ import annotations
 
 import errno
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
-import aiohttp
 import msgspec
+
+
+@contextmanager
+def _without_system_certificates() -> Iterator[None]:
+    """aiohttp builds two TLS contexts as it is imported, each loading the system's CA store:
+    about 70 ms of every coi command. coi never uses them (every HTTPS connection it makes has
+    its own context, with the remote's pinned certificate), so they are built without the store:
+    they trust nothing and would fail closed."""
+    load, verify_paths = ssl.SSLContext.load_default_certs, ssl.SSLContext.set_default_verify_paths
+    ssl.SSLContext.load_default_certs = lambda *_a, **_k: None  # type: ignore[method-assign]
+    ssl.SSLContext.set_default_verify_paths = lambda *_a, **_k: None  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        ssl.SSLContext.load_default_certs = load  # type: ignore[method-assign]
+        ssl.SSLContext.set_default_verify_paths = verify_paths  # type: ignore[method-assign]
+
+
+with _without_system_certificates():
+    import aiohttp
 
 from coi_async.errors import IncusError, IncusUnavailableError
 from coi_async.incus.classify import classify

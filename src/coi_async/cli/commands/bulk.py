@@ -248,7 +248,7 @@ _parallel = click.option(
     "--parallel",
     type=int,
     default=None,
-    help="How many containers to work on at once (default: defaults.parallel from config, 8).",
+    help="How many containers to work on at once (default: defaults.parallel from config, 32).",
 )
 
 
