@@ -35,6 +35,7 @@ KEY_USER = "user.coi.user"  # the user name those processes run as (home: /home/
 KEY_IMAGE = "user.coi.image"  # the image (alias) the instance was made from
 KEY_LAUNCH = "user.coi.launch"  # random per create: tells a launch its own instance from a rival's
 KEY_RESTORING = "user.coi.restoring"  # "true" while `coi snapshot restore` has it stopped
+KEY_FORKED_FROM = "user.coi.forked_from"  # `coi fork`: the container this one is a copy of
 
 # Incus instance names: letters, digits and dashes, starting with a letter, at most 63 long.
 _MAX_NAME = 63

@@ -37,6 +37,11 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     base_args: tuple[str, ...] = ()
     session_id_flag: str = ""
     resume_flag: str = ""
+    # Continue the most recent conversation of the working directory (`--continue`).
+    continue_flag: str = ""
+    # With resume (or continue): the conversation goes on as a copy under a new id of the tool's,
+    # the original left as it was (`--fork-session`); "" for tools that cannot fork one.
+    fork_flag: str = ""
     sandbox_settings: Mapping[str, Any] = msgspec.field(default_factory=dict)
     # The hosts the tool itself talks to (its API, sign-in, telemetry): always in an egress allowlist.
     api_hosts: tuple[str, ...] = ()
@@ -65,6 +70,22 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
             if cli_session_id:
                 argv.append(cli_session_id)
         return argv
+
+    @property
+    def can_fork(self) -> bool:
+        return bool(self.fork_flag and self.resume_flag)
+
+    def fork_command(self, cli_session_id: str | None, *, binary: str = "") -> list[str]:
+        """argv that starts a new conversation holding a copy of the given one so far (else of
+        the working directory's most recent one); the tool gives it a new id of its own."""
+        argv = [binary or self.binary, *self.base_args]
+        if cli_session_id or not self.continue_flag:
+            argv.append(self.resume_flag)
+            if cli_session_id:
+                argv.append(cli_session_id)
+        else:
+            argv.append(self.continue_flag)
+        return [*argv, self.fork_flag]
 
     def discover_session_id(self, entries: Iterable[tuple[str, float]]) -> str | None:
         """The tool's own id of the conversation to resume, from a saved conversations directory.
@@ -102,6 +123,8 @@ CLAUDE = Tool(
     base_args=("--verbose", "--permission-mode", "bypassPermissions"),
     session_id_flag="--session-id",
     resume_flag="--resume",
+    continue_flag="--continue",
+    fork_flag="--fork-session",
     sandbox_settings={
         "allowDangerouslySkipPermissions": True,
         "bypassPermissionsModeAccepted": True,

@@ -51,6 +51,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "egress serve": ("coi egress serve",),
     "egress status": ("coi egress status", "coi egress status --format json"),
     "egress stop": ("coi egress stop",),
+    "fork": (
+        "coi fork coi-1a2b3c4d-1                 # one copy of the session, in a free slot",
+        "coi fork coi-1a2b3c4d-1 -n 3 --worktree # three, each on its own branch coi/fork-<id>",
+        "coi fork coi-1a2b3c4d-1 -n 2 --format json",
+    ),
     "file": (
         "coi file push ./notes.md my-box:/workspace/notes.md",
         "coi file pull -r my-box:/var/log ./logs",

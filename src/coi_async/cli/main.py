@@ -165,6 +165,9 @@ def _register() -> None:
     from coi_async.cli.commands import snapshot
 
     cli.add_command(snapshot.snapshot)
+    from coi_async.cli.commands import fork
+
+    cli.add_command(fork.fork)
     from coi_async.cli.commands import trust
 
     cli.add_command(trust.trust)

@@ -59,6 +59,8 @@ def list_json(active: list[ActiveContainer], saved: list[SavedSession] | None) -
             item["workspace"] = c.workspace
         if c.network:
             item["network"] = c.network
+        if c.forked_from:
+            item["forked_from"] = c.forked_from
         containers.append(item)
     doc: dict[str, Any] = {"active_containers": containers}
     if saved:
@@ -80,6 +82,8 @@ def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -
             lines.append(f"    Workspace: {c.workspace}")
         if c.network:
             lines.append(f"    Network: {c.network}")
+        if c.forked_from:
+            lines.append(f"    Forked from: {c.forked_from}")
     if not active:
         lines.append("  (none)")
     if saved is not None:

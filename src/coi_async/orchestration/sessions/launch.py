@@ -9,7 +9,7 @@ instance_spec.py's.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 import msgspec
@@ -43,6 +43,11 @@ from coi_async.slots import Candidate, Occupant, candidates, validate_slot
 
 # How often a launch re-lists and tries again when every candidate slot was taken under it.
 _ROUNDS = 3
+
+# Another way to create and start the instance `name` for `slot` (e.g. a copy of another
+# instance): the idmap plan it used; ConflictError when the name is taken, and nothing of its
+# own left behind when it fails.
+SlotCreator = Callable[[str, int], Awaitable[str]]
 
 
 class Launched(msgspec.Struct, frozen=True, kw_only=True):
@@ -150,26 +155,30 @@ async def _check_image(incus: IncusClient, image: str) -> None:
         raise CoiError(f"image '{image}' not found - run 'coi build' first")
 
 
-async def _survey(incus: IncusClient, spec: LaunchSpec) -> dict[int, Occupant]:
+async def _survey(incus: IncusClient, spec: LaunchSpec, *, check_image: bool = True) -> dict[int, Occupant]:
     found: list[Instance] = []
 
     async def listing() -> None:
         found.extend(await incus.list_instances())
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_check_image, incus, spec.image)
+        if check_image:
+            tg.start_soon(_check_image, incus, spec.image)
         tg.start_soon(listing)
     return occupants(found, prefix=spec.prefix, workspace=spec.workspace)
 
 
-async def launch(incus: IncusClient, spec: LaunchSpec, *, emit: Emit = ignore) -> Launched:
+async def launch(
+    incus: IncusClient, spec: LaunchSpec, *, emit: Emit = ignore, create: SlotCreator | None = None
+) -> Launched:
     """Take a slot for the workspace and have its container running; see the module docstring.
 
     An explicit `spec.slot` must be free, or hold a stopped persistent container that a
     persistent launch reuses; otherwise the lowest free slot is taken (a stopped persistent
     container of this workspace first, when persistent). Raises UsageError for a bad slot,
     SessionError when the slot is busy, NoFreeSlotError when all are taken, CoiError for a
-    missing image. Nothing is left behind on failure or cancellation.
+    missing image. Nothing is left behind on failure or cancellation. `create` replaces the
+    create from `spec.image` (whose existence is then not checked).
     """
     if spec.slot:
         validate_slot(spec.slot, max_slots=spec.max_slots)
@@ -184,7 +193,7 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, emit: Emit = ignore) -
         )
 
     for _ in range(_ROUNDS):
-        taken = await _survey(incus, spec)
+        taken = await _survey(incus, spec, check_image=create is None)
         order: list[Candidate]
         preferred = taken.get(spec.prefer_slot) if spec.prefer_slot and not spec.slot else None
         if spec.slot:
@@ -230,7 +239,10 @@ async def launch(incus: IncusClient, spec: LaunchSpec, *, emit: Emit = ignore) -
                 note(emit, "launch.restarting", name)
                 return done(choice.slot, reused=True)
             try:
-                kind = await _create(incus, spec, name, choice.slot, emit)
+                if create is None:
+                    kind = await _create(incus, spec, name, choice.slot, emit)
+                else:
+                    kind = await create(name, choice.slot)
             except ConflictError:
                 continue
             return done(choice.slot, reused=False, idmap=kind)

@@ -11,7 +11,7 @@ from coi_async.config import Config
 from coi_async.errors import NotFoundError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
-from coi_async.naming import KEY_PERSISTENT, KEY_WORKSPACE
+from coi_async.naming import KEY_FORKED_FROM, KEY_PERSISTENT, KEY_WORKSPACE
 from coi_async.orchestration.network.plan import KEY_NETWORK
 from coi_async.orchestration.runner import ItemContext, run_bulk
 from coi_async.orchestration.sessions.model import session_of
@@ -30,6 +30,7 @@ class ActiveContainer(msgspec.Struct, frozen=True, kw_only=True):
     persistent: bool
     workspace: str  # "" when unknown
     network: str = ""  # the session's network mode; "" when the instance does not say
+    forked_from: str = ""  # `coi fork`: the container this one is a copy of
 
 
 def _latest_metadata(store: SessionStore) -> dict[str, SessionMetadata]:
@@ -62,6 +63,7 @@ def to_active(
         persistent=persistent,
         workspace=workspace,
         network=inst.config.get(KEY_NETWORK, ""),
+        forked_from=inst.config.get(KEY_FORKED_FROM, ""),
     )
 
 
