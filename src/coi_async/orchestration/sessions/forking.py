@@ -60,7 +60,7 @@ from coi_async.orchestration.network.session import (
 )
 from coi_async.orchestration.sessions.cleanup import REMOVE_S
 from coi_async.orchestration.sessions.instance_spec import WORKSPACE_PATH, LaunchSpec, instance_config
-from coi_async.orchestration.sessions.launch import launch
+from coi_async.orchestration.sessions.launch import launch, owner_after_failure
 from coi_async.orchestration.sessions.model import Session
 from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore, now_rfc3339
 from coi_async.orchestration.sessions.tmux import TmuxSession, user_env
@@ -309,10 +309,10 @@ async def _copy(
     except ConflictError:
         raise
     except IncusApiError as exc:
-        owner = await ops.launch_token(incus, name)
+        owner = await owner_after_failure(incus, name, token, exc)
         await ops.remove_if_ours(incus, name, token)
-        if owner not in (None, token) or (owner is None and isinstance(exc, InstanceBusyError)):
-            raise ConflictError(409, exc.message) from exc  # a rival holds (or is taking) the name
+        if owner is None and isinstance(exc, InstanceBusyError):
+            raise ConflictError(409, exc.message) from exc  # a rival is taking the name
         raise
     except BaseException:
         await ops.remove_if_ours(incus, name, token)

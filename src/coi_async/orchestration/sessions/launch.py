@@ -111,9 +111,7 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, em
         except ConflictError:
             raise
         except IncusApiError as exc:
-            owner = await ops.launch_token(incus, name)
-            if owner is not None and owner != token:
-                raise ConflictError(409, exc.message) from exc  # a rival holds the name
+            owner = await owner_after_failure(incus, name, token, exc)
             if owner == token and isinstance(exc, InstanceBusyError):
                 # Ours, but a rival's concurrent create of this name held its lock as we started.
                 try:
@@ -139,6 +137,15 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, em
         return plan.kind
     assert last is not None
     raise last
+
+
+async def owner_after_failure(incus: IncusClient, name: str, token: str, exc: IncusApiError) -> str | None:
+    """The launch token on `name` after our create with `token` failed with `exc` (None: no
+    instance, or one without a token); ConflictError when a rival's instance holds the name."""
+    owner = await ops.launch_token(incus, name)
+    if owner is not None and owner != token:
+        raise ConflictError(409, exc.message) from exc
+    return owner
 
 
 def _refused_plan(plan: IdmapPlan, exc: IncusApiError, *, created: bool) -> bool:
