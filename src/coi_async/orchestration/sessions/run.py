@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
+import anyio
 import msgspec
 
 from coi_async.config import Config, Mount
@@ -115,9 +116,11 @@ async def _prepare_and_run(
 ) -> int:
     """The session's egress in place, then the command; its exit code."""
     origin = SessionOrigin.here(config.profile)
-    await attach_egress(incus, config, egress, launched.name, origin, created=launched.created, emit=emit)
-    if egress.through_daemon:
-        await configure_container(incus, launched.name)
+    # The files inside need no daemon: written while the daemon takes the session on.
+    async with anyio.create_task_group() as tg:
+        if egress.through_daemon:
+            tg.start_soon(configure_container, incus, launched.name)
+        await attach_egress(incus, config, egress, launched.name, origin, created=launched.created, emit=emit)
     env = session_env(
         home=launched.home, user=launched.user, profile_env=config.environment, given=request.env
     )

@@ -80,7 +80,13 @@ async def setup_session(
     session = state.session
     # Every start path (new, reused, found running) comes through here.
     origin = SessionOrigin.here(config.profile)
-    await attach_egress(incus, config, egress, session.container, origin, created=state.created, emit=emit)
+    # The proxy files inside need no daemon (nor boot): written while the daemon takes it on.
+    async with anyio.create_task_group() as tg:
+        if egress.through_daemon:
+            tg.start_soon(configure_container, incus, session.container)
+        await attach_egress(
+            incus, config, egress, session.container, origin, created=state.created, emit=emit
+        )
     state.metadata = SessionMetadata(
         session_id=session.session_id,
         container_name=session.container,
@@ -132,8 +138,6 @@ async def setup_session(
     # A new session's home is filled while the init system is still booting; nothing here waits
     # for boot but a restore (tmux keeps its socket where boot leaves it: instance_spec.py).
     async with anyio.create_task_group() as tg:
-        if egress.through_daemon:
-            tg.start_soon(configure_container, incus, session.container)
         tg.start_soon(restore_then_inject)
         tg.start_soon(save_metadata)
 
