@@ -59,7 +59,8 @@ class SlotPool:
 
     @property
     def active(self) -> int:
-        return len(self._slots)
+        """Connections accepted and not ended (a slot still waiting in an accept is none)."""
+        return sum(1 for slot in self._slots if slot.stream is not None)
 
     async def take(self) -> Slot:
         while len(self._slots) >= self.limit:

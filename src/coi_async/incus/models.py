@@ -95,11 +95,28 @@ class InstanceNetwork(msgspec.Struct, kw_only=True):
     type: str = ""
 
 
+class InstanceCpu(msgspec.Struct, kw_only=True):
+    usage: int = 0  # nanoseconds of CPU time since the start
+
+
+class InstanceMemory(msgspec.Struct, kw_only=True):
+    usage: int = 0  # bytes
+
+
+class InstanceDisk(msgspec.Struct, kw_only=True):
+    usage: int = 0  # bytes; 0 where the storage driver does not say
+
+
 class InstanceState(msgspec.Struct, kw_only=True):
     status: str = ""
     status_code: int = 0
     pid: int = 0
     network: dict[str, InstanceNetwork] | None = None
+    cpu: InstanceCpu | None = None
+    memory: InstanceMemory | None = None
+    disk: dict[str, InstanceDisk] | None = None
+    processes: int = 0
+    started_at: str = ""
 
     def ipv4(self, interface: str = "eth0") -> str:
         """The interface's first global IPv4 address, or ""."""

@@ -88,6 +88,10 @@ class LogTail:
             except OSError:
                 self._positions[path] = (0, 0)
 
+    def add(self, path: str) -> None:
+        """Follow `path` too, from its start (a log that appeared after the tail was made)."""
+        self._positions.setdefault(path, (0, 0))
+
     def new_records(self) -> list[ConnectionRecord]:
         return [record for path in self._positions for record in self._new_in(path)]
 

@@ -1,0 +1,225 @@
+"""`coi top`, `coi limit` and `coi events`: the fleet at a glance."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import anyio
+import asyncclick as click
+import msgspec
+
+from coi_async.cli.app import App
+from coi_async.cli.commands._options import format_option
+from coi_async.errors import UsageError
+
+if TYPE_CHECKING:
+    from coi_async.config import Config
+    from coi_async.incus import IncusClient
+    from coi_async.orchestration.fleet.snapshot import FleetRow, Sample
+
+_REFRESH_S = 1.0
+# `--once`: the time between the two samples a CPU percentage needs.
+_ONCE_SAMPLE_GAP_S = 0.5
+
+
+def _size(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def _short(workspace: str) -> str:
+    return workspace.rsplit("/", 1)[-1] or workspace
+
+
+def _cells(row: FleetRow) -> list[str]:
+    cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}%"
+    limits = "/".join(x for x in (row.cpu_limit and f"{row.cpu_limit} cpu", row.memory_limit) if x) or "-"
+    return [
+        row.container,
+        _short(row.workspace),
+        row.tool,
+        row.agent_state,
+        cpu,
+        _size(row.memory_bytes) if row.memory_bytes else "-",
+        _size(row.disk_bytes) if row.disk_bytes else "-",
+        limits,
+        _age(row.uptime_s),
+        row.location if row.location not in ("", "none") else row.remote,
+    ]
+
+
+_HEADERS = ["CONTAINER", "WORKSPACE", "TOOL", "STATE", "CPU", "MEMORY", "DISK", "LIMITS", "UPTIME", "WHERE"]
+
+
+def _plain(found: list[FleetRow]) -> str:
+    table = [_HEADERS, *(_cells(r) for r in found)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(_HEADERS))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
+    )
+
+
+@click.command()
+@click.option(
+    "--once", is_flag=True, help="Print one snapshot and exit (the default when not on a terminal)."
+)
+@format_option("text", "json", description="Output format (json implies --once).")
+@click.option(
+    "--sort",
+    "sort_key",
+    type=click.Choice(["name", "state", "cpu", "memory", "age"]),
+    default="name",
+    show_default=True,
+    help="Sort the sessions by this.",
+)
+@click.option("--workspace", default="", help="Only the sessions of this workspace (a path prefix).")
+@click.pass_obj
+async def top(app: App, *, once: bool, fmt: str, sort_key: str, workspace: str) -> None:
+    """Every session's state, CPU, memory, disk, limits and uptime, refreshed every second."""
+    from coi_async.orchestration.fleet.snapshot import ordered, rows, take_sample
+
+    config = app.config()
+    live = not once and fmt == "text" and sys.stdout.isatty()
+    async with app.incus() as incus:
+        previous = await take_sample(incus, config.container_prefix)
+        if not live:
+            await anyio.sleep(_ONCE_SAMPLE_GAP_S)
+            sample = await take_sample(incus, config.container_prefix)
+            found = ordered(rows(sample, previous, config), sort_key, workspace=workspace)
+            if fmt == "json":
+                click.echo(msgspec.json.encode(found).decode())
+            else:
+                click.echo(_plain(found) if found else "No sessions")
+            return
+        await _live(incus, config, previous, sort_key, workspace)
+
+
+async def _live(incus: IncusClient, config: Config, previous: Sample, sort_key: str, workspace: str) -> None:
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from coi_async.cli.terminal import LocalTerminal
+    from coi_async.orchestration.fleet.snapshot import ordered, rows, take_sample
+
+    terminal = LocalTerminal()
+
+    def render(found: list[FleetRow]) -> Table:
+        table = Table(title=f"coi top: {len(found)} sessions (q quits)", title_justify="left")
+        for header in _HEADERS:
+            table.add_column(header)
+        for row in found:
+            table.add_row(*_cells(row))
+        return table
+
+    async def quit_on_q(scope: anyio.CancelScope) -> None:
+        while True:
+            typed = await terminal.read()
+            if not typed or b"q" in typed or b"\x03" in typed:
+                scope.cancel()
+                return
+
+    with terminal.raw(), Live(render([]), console=Console(), auto_refresh=False) as view:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(quit_on_q, tg.cancel_scope)
+            while True:
+                await anyio.sleep(_REFRESH_S)
+                sample = await take_sample(incus, config.container_prefix)
+                found = ordered(rows(sample, previous, config), sort_key, workspace=workspace)
+                previous = sample
+                view.update(render(found), refresh=True)
+
+
+@click.command()
+@click.argument("containers", nargs=-1)
+@click.option("--all", "all_", is_flag=True, help="Every coi session of the project.")
+@click.option("--cpu", default=None, help="CPUs the session may use (1, 2, ...; 'none' removes the limit).")
+@click.option(
+    "--memory", default=None, help="Memory it may use (512MiB, 2GB, 50%; 'none' removes the limit)."
+)
+@click.pass_obj
+async def limit(
+    app: App, *, containers: tuple[str, ...], all_: bool, cpu: str | None, memory: str | None
+) -> None:
+    """Set CPU and memory limits of running sessions, live (shown by `coi top`)."""
+    from coi_async.orchestration.fleet.limits import apply_limits, cpu_limit, memory_limit
+    from coi_async.orchestration.sessions.listing import prefixed_instances
+
+    if cpu is None and memory is None:
+        raise UsageError("nothing to change: give --cpu, --memory or both")
+    if all_ and containers:
+        raise UsageError("--all cannot be combined with container names")
+    if not all_ and not containers:
+        raise UsageError("no container names provided - use 'coi list' to see active containers")
+    cpu_value = None if cpu is None else cpu_limit(cpu)
+    memory_value = None if memory is None else memory_limit(memory)
+    config = app.config()
+    async with app.incus() as incus:
+        if all_:
+            names = [i.name for i in await prefixed_instances(incus, config.container_prefix)]
+        else:
+            known = {i.name for i in await incus.list_instances()}
+            unknown = [c for c in containers if c not in known]
+            if unknown:
+                raise UsageError(f"unknown container '{unknown[0]}'")
+            names = list(containers)
+        report = await apply_limits(
+            incus, names, cpu=cpu_value, memory=memory_value, parallel=config.defaults.parallel
+        )
+    shown = ", ".join(
+        f"{what} {value or 'unlimited'}"
+        for what, value in (("cpu", cpu_value), ("memory", memory_value))
+        if value is not None
+    )
+    for result in sorted(report.results, key=lambda r: r.item):
+        if result.ok:
+            click.echo(f"Limited {result.item}: {shown}")
+        else:
+            click.echo(f"Failed {result.item}: {result.error}", err=True)
+    if report.failed or report.cancelled:
+        raise SystemExit(1)
+
+
+@click.command()
+@format_option("text", "json", description="Output format: a line per event, or NDJSON.")
+@click.pass_obj
+async def events(app: App, *, fmt: str) -> None:
+    """Follow what happens to the sessions (starts, stops, ...), until Ctrl-C.
+
+    Every (re)connection to incusd starts with a `resync` event holding every session as it is.
+    """
+    from coi_async.orchestration.fleet.events import fleet_events
+
+    config = app.config()
+    async with app.incus() as incus, fleet_events(incus, config) as stream:
+        async for event in stream:
+            if fmt == "json":
+                click.echo(msgspec.json.encode(event).decode())
+            elif event.type == "resync":
+                sessions = event.sessions or []
+                listed = ", ".join(f"{s.container} ({s.status})" for s in sessions) or "none"
+                click.echo(f"{event.time} resync: {len(sessions)} sessions: {listed}")
+            elif event.type == "egress-refused":
+                click.echo(
+                    f"{event.time} egress refused {event.container}: {event.host}:{event.port} ({event.detail})"
+                )
+            elif event.type == "disconnected":
+                click.echo(f"{event.time} disconnected from incusd ({event.detail}); reconnecting")
+            else:
+                click.echo(f"{event.time} {event.type} {event.container} ({_short(event.workspace)})")
