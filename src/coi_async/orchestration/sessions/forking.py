@@ -61,8 +61,8 @@ from coi_async.orchestration.network.session import (
 from coi_async.orchestration.sessions.cleanup import REMOVE_S
 from coi_async.orchestration.sessions.instance_spec import WORKSPACE_PATH, LaunchSpec, instance_config
 from coi_async.orchestration.sessions.launch import launch, owner_after_failure
-from coi_async.orchestration.sessions.model import Session
-from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore, now_rfc3339
+from coi_async.orchestration.sessions.model import Session, started_metadata
+from coi_async.orchestration.sessions.store import SessionStore
 from coi_async.orchestration.sessions.tmux import TmuxSession, user_env
 from coi_async.tools import Tool
 
@@ -322,18 +322,7 @@ async def _copy(
 async def _start(incus: IncusClient, plan: ForkPlan, session: Session, made: _Made, emit: Emit) -> None:
     """The fork's egress and store entry, then its tool in tmux."""
     name = session.container
-    metadata = SessionMetadata(
-        session_id=session.session_id,
-        container_name=name,
-        persistent=session.persistent,
-        workspace=session.workspace,
-        saved_at=now_rfc3339(),
-        tool=plan.tool.name,
-        slot=session.slot,
-        image=plan.spec.image,
-        created_at=now_rfc3339(),
-        network=plan.egress.mode,
-    )
+    metadata = started_metadata(session, tool=plan.tool.name, image=plan.spec.image, network=plan.egress.mode)
 
     async def save_metadata() -> None:
         made.stored = True

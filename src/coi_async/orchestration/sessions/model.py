@@ -21,6 +21,7 @@ from coi_async.naming import (
     KEY_WORKSPACE,
     SessionName,
 )
+from coi_async.orchestration.sessions.store import SessionMetadata, now_rfc3339
 
 LOCAL_REMOTE = "local"
 
@@ -100,3 +101,23 @@ def _int(text: str, default: int) -> int:
         return int(text)
     except ValueError:
         return default
+
+
+def started_metadata(
+    session: Session, *, tool: str, image: str, network: str, cli_session_id: str = ""
+) -> SessionMetadata:
+    """The store's record of a session that starts now."""
+    now = now_rfc3339()
+    return SessionMetadata(
+        session_id=session.session_id,
+        container_name=session.container,
+        persistent=session.persistent,
+        workspace=session.workspace,
+        saved_at=now,
+        tool=tool,
+        slot=session.slot,
+        image=image,
+        created_at=now,
+        cli_session_id=cli_session_id,
+        network=network,
+    )

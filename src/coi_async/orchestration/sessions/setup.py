@@ -27,9 +27,8 @@ from coi_async.orchestration.sessions.cleanup import REMOVE_S, SaveResult, Sessi
 from coi_async.orchestration.sessions.credentials import inject_credentials
 from coi_async.orchestration.sessions.guard import absorbing_coi_errors
 from coi_async.orchestration.sessions.launch_request import LaunchRequest, launch_session
-from coi_async.orchestration.sessions.model import session_of
+from coi_async.orchestration.sessions.model import session_of, started_metadata
 from coi_async.orchestration.sessions.request import ShellRequest
-from coi_async.orchestration.sessions.store import SessionMetadata, now_rfc3339
 
 _READY_S = 60.0
 _RESTORE_ATTEMPTS = 3
@@ -87,18 +86,12 @@ async def setup_session(
         await attach_egress(
             incus, config, egress, session.container, origin, created=state.created, emit=emit
         )
-    state.metadata = SessionMetadata(
-        session_id=session.session_id,
-        container_name=session.container,
-        persistent=session.persistent,
-        workspace=session.workspace,
-        saved_at=now_rfc3339(),
+    state.metadata = started_metadata(
+        session,
         tool=state.tool.name,
-        slot=session.slot,
         image=config.defaults.image,
-        created_at=now_rfc3339(),
-        cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else ""),
         network=egress.mode,
+        cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else ""),
     )
 
     restore = resumed is not None and state.created
