@@ -3,6 +3,7 @@
 # Run by scripts/build-test-images (as root), which hashes this folder plus the fake CLI and passes:
 #   COI_CACHE_DIR   where the debootstrap result is cached (debian-base-<hash of debootstrap.conf>.tar.zst)
 #   COI_FAKE_CLAUDE the fake Claude CLI to install as /usr/local/bin/claude and /usr/local/bin/dummy
+#   COI_FAKE_TOOL   the fake Codex, Gemini CLI and opencode, installed under each of those names
 # Stage 1 (slow, cached): debootstrap as described by debootstrap.conf.
 # Stage 2 (a few seconds, every build): user, sudo, masks, fake CLI, cleanup.
 set -euo pipefail
@@ -11,6 +12,7 @@ root=${1:?usage: build-rootfs.sh ROOTFS}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 cache=${COI_CACHE_DIR:?}
 fake_claude=${COI_FAKE_CLAUDE:?}
+fake_tool=${COI_FAKE_TOOL:?}
 log() { printf 'build-test-images: debian: %s\n' "$*" >&2; }
 
 # shellcheck source-path=SCRIPTDIR source=debootstrap.conf
@@ -62,6 +64,10 @@ chmod 0440 "$root/etc/sudoers.d/dev"
 # The fake AI CLI, under both names coi uses.
 install -m 0755 "$fake_claude" "$root/usr/local/bin/claude"
 install -m 0755 "$fake_claude" "$root/usr/local/bin/dummy"
+# The other tools' fakes: one program, which picks its behaviour by the name it runs under.
+for tool in codex gemini opencode; do
+    install -m 0755 "$fake_tool" "$root/usr/local/bin/$tool"
+done
 # Like the coi image: `poweroff` & co. work for code too.
 for cmd in shutdown poweroff reboot halt; do
     printf '#!/bin/sh\nexec sudo /usr/sbin/%s "$@"\n' "$cmd" >"$root/usr/local/bin/$cmd"

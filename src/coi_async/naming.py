@@ -30,6 +30,7 @@ KEY_SLOT = "user.coi.slot"  # "1".."max"
 KEY_SESSION = "user.coi.session"  # the coi session id (uuid)
 KEY_PERSISTENT = "user.coi.persistent"  # "true" / "false"
 KEY_TOOL = "user.coi.tool"  # e.g. "claude"
+KEY_TOOLS = "user.coi.tools"  # an image's property: the AI tools `coi build` installed, "claude,codex"
 KEY_UID = "user.coi.uid"  # uid the session's processes run as inside
 KEY_USER = "user.coi.user"  # the user name those processes run as (home: /home/<user>, /root for 0)
 KEY_IMAGE = "user.coi.image"  # the image (alias) the instance was made from

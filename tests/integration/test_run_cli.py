@@ -265,10 +265,11 @@ async def test_list_info_persist(
     doc = json.loads(done.out)
     assert list(doc) == ["active_containers", "saved_sessions"]
     [mine] = [c for c in doc["active_containers"] if c["name"] == launched.name]
-    assert list(mine) == ["created_at", "image", "ipv4", "name", "persistent", "status", "workspace"]
+    assert list(mine) == ["created_at", "image", "ipv4", "name", "persistent", "status", "tool", "workspace"]
+    assert mine["tool"] == "claude"
     assert (mine["persistent"], mine["status"], mine["workspace"]) == (False, "Running", str(workspace))
     assert doc["saved_sessions"] == [
-        {"ID": sid, "SavedAt": "2026-01-31T12:00:00Z", "Workspace": str(workspace)}
+        {"ID": sid, "SavedAt": "2026-01-31T12:00:00Z", "Tool": "claude", "Workspace": str(workspace)}
     ]
 
     text = (await run("list", "--all")).stdout

@@ -257,3 +257,33 @@ def test_cli_mounts() -> None:
         combine_mounts(configured, [Mount("/z", "/x/sub")])
     with pytest.raises(UsageError, match="/workspace"):
         combine_mounts([], [Mount("/z", "/workspace")])
+
+
+def test_tool_from_flag_and_profile() -> None:
+    c = resolve((USER, '[tool]\nbinary = "claude-dev"\n[profiles.g]\ntool = "gemini"\n'))
+    assert apply_flags(c, tool="codex").tool.name == "codex"
+    assert apply_flags(c, tool="codex").tool.binary == "", "tool.binary is the configured tool's"
+    assert apply_flags(c, tool="claude").tool.binary == "claude-dev"
+    assert apply_flags(c, tool="codex").sessions_dir == "/home/u/.coi/sessions-codex"
+    profiled = resolve((USER, '[profiles.g]\ntool = "gemini"\n'), profile="g")
+    assert profiled.tool.name == "gemini"
+    assert apply_flags(profiled, tool="opencode").tool.name == "opencode", "the flag wins"
+
+
+def test_unknown_tool_anywhere_names_it() -> None:
+    c = resolve()
+    with pytest.raises(
+        ConfigError, match=r"^unknown tool: aider \(supported: claude, codex, gemini, opencode\)$"
+    ):
+        apply_flags(c, tool="aider")
+    with pytest.raises(ConfigError) as caught:
+        resolve((USER, '[profiles.p]\ntool = "aider"\n'))
+    assert str(caught.value).startswith("~/.config/coi/config.toml: profiles.p.tool: unknown tool: aider")
+    assert caught.value.exit_code == 2
+
+
+def test_build_tools() -> None:
+    assert resolve().build.tools == ("claude",)
+    assert resolve((USER, '[build]\ntools = ["claude", "codex"]\n')).build.tools == ("claude", "codex")
+    with pytest.raises(ConfigError, match=r"~/\.config/coi/config\.toml: unknown tool: aider"):
+        resolve((USER, '[build]\ntools = ["aider"]\n'))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from coi_async.config import resolve_config
@@ -23,7 +24,7 @@ from coi_async.orchestration.network.plan import (
 from coi_async.orchestration.network.registry import Registration
 from coi_async.orchestration.network.session import _patch
 from coi_async.orchestration.sessions.instance_spec import LaunchSpec, instance_config, instance_devices
-from coi_async.tools import CLAUDE
+from coi_async.tools import CLAUDE, TOOLS
 
 
 def plan(mode: str = "restricted", nics: tuple[str, ...] = ("eth0",)) -> EgressPlan:
@@ -148,3 +149,17 @@ def test_registrations_round_trip_and_change_when_their_config_does(tmp_path: Pa
     registry.remove(paths, [r.key])
     assert registry.read_all(paths) == {}
     assert oct(paths.root.stat().st_mode & 0o777) == "0o700"
+
+
+@pytest.mark.parametrize("tool", sorted(TOOLS))
+def test_every_tool_reaches_its_api_in_allowlist_mode(tool: str) -> None:
+    config = resolve_config([], {}, home="/h")
+    listed = session_policy(config.network, TOOLS[tool], "allowlist")
+    allowed = [str(e) for e in listed.allow]
+    assert allowed[: len(TOOLS[tool].api_hosts)] == list(TOOLS[tool].api_hosts)
+    assert "registry.npmjs.org" in allowed
+    # A registration says which tool the session runs (`--tool` is not in its config files).
+    r = Registration(
+        key="k", container="c", project="p", mode="allowlist", socket="/s", cwd="/", home="/h", tool=tool
+    )
+    assert registry.fingerprint(r, []) != registry.fingerprint(msgspec.structs.replace(r, tool=""), [])

@@ -39,3 +39,24 @@ def test_recipe_hash_changes_with_content_mode_and_extras(tmp_path: Path) -> Non
     assert files_hash(script) != first
     script.write_text("echo 2\n")
     assert files_hash(script) != first
+
+
+def test_coi_request_installs_the_tools_asked_for() -> None:
+    from coi_async.errors import ConfigError
+    from coi_async.orchestration.images.build import coi_request
+
+    default = coi_request()
+    assert default.tools == ("claude",)
+    assert default.env == {"COI_TOOL_PACKAGES": "@anthropic-ai/claude-code"}
+    four = coi_request(tools=["claude", "codex", "opencode", "gemini", "codex"])
+    assert four.tools == ("claude", "codex", "opencode", "gemini")
+    assert (
+        four.env["COI_TOOL_PACKAGES"]
+        == "@anthropic-ai/claude-code @openai/codex opencode-ai @google/gemini-cli"
+    )
+    with pytest.raises(
+        ConfigError, match=r"^unknown tool: aider \(supported: claude, codex, gemini, opencode\)$"
+    ):
+        coi_request(tools=["claude", "aider"])
+    with pytest.raises(ConfigError, match="at least one tool"):
+        coi_request(tools=[])

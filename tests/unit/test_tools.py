@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from coi_async.errors import ConfigError
-from coi_async.tools import CLAUDE, deep_merge, get_tool
+from coi_async.tools import CLAUDE, CODEX, GEMINI, OPENCODE, TOOLS, deep_merge, get_tool
 
 
 def test_claude_registry_entry() -> None:
@@ -20,7 +20,9 @@ def test_claude_registry_entry() -> None:
 
 
 def test_unknown_tool() -> None:
-    with pytest.raises(ConfigError, match=r"unknown tool: aider \(supported: claude\)"):
+    with pytest.raises(
+        ConfigError, match=r"unknown tool: aider \(supported: claude, codex, gemini, opencode\)"
+    ):
         get_tool("aider")
 
 
@@ -68,3 +70,39 @@ def test_deep_merge_nested_and_type_clash() -> None:
     }
     assert deep_merge({"a": 1}, {"a": {"x": 1}}) == {"a": {"x": 1}}
     assert deep_merge({"a": {"x": 1}}, {}) == {"a": {"x": 1}}
+
+
+def test_registry_entries() -> None:
+    assert sorted(TOOLS) == ["claude", "codex", "gemini", "opencode"]
+    assert [(t.binary, t.package, t.config_dir) for t in (CODEX, GEMINI, OPENCODE)] == [
+        ("codex", "@openai/codex", ".codex"),
+        ("gemini", "@google/gemini-cli", ".gemini"),
+        ("opencode", "opencode-ai", ".local/share/opencode"),
+    ]
+    for tool in TOOLS.values():
+        assert tool.saves_state
+        assert tool.api_hosts
+        assert set(tool.secret_files) <= set(tool.host_files)
+        assert tool.credentials_file in tool.secret_files
+        assert tool.sessions_dir_name == f"sessions-{tool.name}"
+        assert tool.agent_state == ("hooks" if tool is CLAUDE else "none")
+    assert "api.openai.com" in CODEX.api_hosts
+    assert "generativelanguage.googleapis.com" in GEMINI.api_hosts
+    assert OPENCODE.environment == {"OPENCODE_CONFIG_CONTENT": '{"permission":"allow"}'}
+
+
+def test_other_tools_command_lines() -> None:
+    yolo = "--dangerously-bypass-approvals-and-sandbox"
+    # None of them takes an id of coi's: a new session is the bare command.
+    assert CODEX.new_session_command("u-1") == ["codex", yolo]
+    assert CODEX.resume_command("019a") == ["codex", yolo, "resume", "019a"]
+    assert CODEX.resume_command(None) == ["codex", yolo, "resume", "--last"]
+    assert GEMINI.new_session_command("u-1") == ["gemini", "--yolo"]
+    assert GEMINI.resume_command(None) == ["gemini", "--yolo", "--resume"]
+    assert GEMINI.resume_command("abc") == ["gemini", "--yolo", "--resume", "abc"]
+    assert OPENCODE.new_session_command("u-1") == ["opencode"]
+    assert OPENCODE.resume_command(None) == ["opencode", "--continue"]
+    assert OPENCODE.resume_command("ses_1") == ["opencode", "--session", "ses_1"]
+    assert not any(t.can_fork for t in (CODEX, GEMINI, OPENCODE))
+    # No conversation ids read back: they resume the latest, which is the session's own.
+    assert CODEX.discover_session_id([("rollout-x.jsonl", 1.0)]) is None

@@ -207,3 +207,11 @@ def test_limits_may_only_be_lowered() -> None:
     assert lower.limits.max_save_files == 10
     assert lower.limits.max_save_bytes == 2 << 30
     assert ignored(lower) == ("limits.max_save_bytes",)
+
+
+def test_untrusted_profile_cannot_choose_the_tool() -> None:
+    config = resolve((WORKSPACE, '[profiles.p]\ntool = "codex"\n'))
+    assert ignored(config) == ("profiles.p.tool",)
+    assert config.profiles["p"].tool is None
+    trusted = resolve((WORKSPACE, '[profiles.p]\ntool = "codex"\n'), untrusted=())
+    assert trusted.profiles["p"].tool == "codex"

@@ -77,7 +77,7 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "images": ("coi images", "coi images --all"),
     "info": ("coi info", "coi info 1b4e28ba-2fa1-11d2-883f-0016d3cca427"),
     "kill": ("coi kill coi-1a2b3c4d-1", "coi kill --all --force"),
-    "list": ("coi list", "coi list --all", "coi list --format json"),
+    "list": ("coi list", "coi list --all", "coi list --format json", "coi list --tool gemini"),
     "network": ("coi network allow coi-1a2b3c4d-1 pypi.org", "coi network log --follow"),
     "network allow": (
         "coi network allow coi-1a2b3c4d-1 pypi.org",
@@ -101,12 +101,16 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "coi shell --persistent",
         "coi shell --resume             # the latest saved session of this workspace",
         "coi shell --background -e DEBUG=1",
+        "coi shell --tool codex --resume  # the latest saved codex session",
     ),
     "shutdown": (
         "coi shutdown coi-1a2b3c4d-1",
         "coi shutdown --all",
         "coi shutdown --all --timeout 30 --force",
     ),
+    "top": ("coi top", "coi top --once --sort cpu", "coi top --format json"),
+    "limit": ("coi limit coi-1a2b3c4d-1 --cpu 2 --memory 4GiB", "coi limit --all --memory none"),
+    "events": ("coi events", "coi events --format json | jq -c 'select(.type != \"resync\")'"),
     "snapshot": ("coi snapshot create my-box before-upgrade", "coi snapshot list my-box"),
     "snapshot create": (
         "coi snapshot create my-box                  # named snap-YYYYMMDD-HHMMSS",

@@ -168,6 +168,11 @@ def _register() -> None:
     from coi_async.cli.commands import fork
 
     cli.add_command(fork.fork)
+    from coi_async.cli.commands import fleet
+
+    cli.add_command(fleet.top)
+    cli.add_command(fleet.limit)
+    cli.add_command(fleet.events)
     from coi_async.cli.commands import trust
 
     cli.add_command(trust.trust)

@@ -92,6 +92,9 @@ class _Builder:
                 merged["image"] = prof.image
             if prof.persistent is not UNSET:
                 merged["persistent"] = prof.persistent
+            if prof.tool is not UNSET:
+                _check_tool(f"{source}: profiles.{name}.tool", prof.tool)
+                merged["tool"] = prof.tool
             if prof.environment is not UNSET:
                 merged["environment"].update(prof.environment)
             if prof.mounts is not UNSET:
@@ -161,6 +164,13 @@ def _positive(b: _Builder, key: str, default: int, *, upper: int | None = None) 
     return value
 
 
+def _check_tool(source: str, name: str) -> None:
+    try:
+        get_tool(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
 def _build(b: _Builder, env: Mapping[str, str]) -> Config:
     coi_dir = os.path.join(b.home, ".coi")
 
@@ -173,10 +183,9 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
     # Checked as each file was laid on (check_network_value).
     mode = b.get("network.mode", "restricted")
     tool_name = b.get("tool.name", DEFAULT_TOOL)
-    try:
-        get_tool(tool_name)
-    except ConfigError as exc:
-        raise ConfigError(f"{b.where('tool.name')}: {exc}") from None
+    _check_tool(b.where("tool.name"), tool_name)
+    for name in b.get("build.tools", ()):
+        _check_tool(b.where("build.tools"), name)
     code_uid = int(b.get("incus.code_uid", 1000))
     if code_uid < 0:
         raise ConfigError(f"{b.where('incus.code_uid')}: 'incus.code_uid' must not be negative")
@@ -190,6 +199,7 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
     profiles = {
         name: Profile(
             image=body.get("image"),
+            tool=body.get("tool"),
             environment=dict(body["environment"]),
             persistent=body.get("persistent"),
             mounts=tuple(body["mounts"]),
@@ -236,6 +246,7 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
         build=Build(
             base=str(b.get("build.base", "")),
             allowed_hosts=tuple(b.get("build.allowed_hosts", ())),
+            tools=tuple(b.get("build.tools", (DEFAULT_TOOL,))),
         ),
         container_prefix=prefix,
         limits=Limits(
@@ -319,6 +330,8 @@ def apply_profile(config: Config, name: str) -> Config:
     # Unlike the reference, a profile that says nothing about persistence leaves it alone.
     if prof.persistent is not None:
         defaults = msgspec.structs.replace(defaults, persistent=prof.persistent)
+    if prof.tool is not None:
+        config = msgspec.structs.replace(config, tool=_with_tool(config.tool, prof.tool))
     network = config.network
     overrides = {k: v for k, v in msgspec.structs.asdict(prof.network).items() if v is not None}
     if overrides:
@@ -333,14 +346,23 @@ def apply_profile(config: Config, name: str) -> Config:
     )
 
 
+def _with_tool(settings: ToolSettings, name: str) -> ToolSettings:
+    """Another tool chosen: `tool.binary` was the configured tool's, so it goes with it."""
+    return settings if name == settings.name else ToolSettings(name=name)
+
+
 def apply_flags(
     config: Config,
     *,
     image: str | None = None,
     persistent: bool | None = None,
     network: str | None = None,
+    tool: str | None = None,
 ) -> Config:
     """The last layer: command-line flags (None means the flag was not given)."""
+    if tool:
+        get_tool(tool)  # an unknown name is a ConfigError naming it
+        config = msgspec.structs.replace(config, tool=_with_tool(config.tool, tool))
     defaults = config.defaults
     if image:
         defaults = msgspec.structs.replace(defaults, image=image)
@@ -352,40 +374,3 @@ def apply_flags(
             raise UsageError(f"invalid --network '{network}': must be one of {', '.join(NETWORK_MODES)}")
         net = msgspec.structs.replace(net, mode=network)
     return msgspec.structs.replace(config, defaults=defaults, network=net)
-
-
-# --- mounts given on the command line ------------------------------------------------------------
-
-
-def parse_mount(spec: str, *, home: str, cwd: str) -> Mount:
-    """`--mount HOST:CONTAINER`: the host side made absolute (~ expanded), the container side absolute."""
-    parts = spec.split(":")
-    if len(parts) != 2 or not parts[0] or not parts[1]:
-        raise UsageError(f"invalid mount format '{spec}': expected HOST:CONTAINER")
-    host, container = parts
-    if host == "~" or host.startswith("~/"):
-        host = home + host[1:]
-    if not container.startswith("/"):
-        raise UsageError(f"invalid mount configuration: container path must be absolute: {container}")
-    return Mount(os.path.normpath(os.path.join(cwd, host)), os.path.normpath(container))
-
-
-def combine_mounts(configured: Sequence[Mount], given: Sequence[Mount]) -> tuple[Mount, ...]:
-    """Config mounts, then command-line ones; a command-line mount replaces one at the same path.
-
-    Raises UsageError when two container paths are equal or nested, or one is /workspace itself.
-    """
-    by_path = {m.container: m for m in configured}
-    for mount in given:
-        by_path[mount.container] = mount
-    mounts = tuple(by_path.values())
-    if "/workspace" in by_path:
-        raise UsageError("invalid mount configuration: /workspace is where the workspace is mounted")
-    paths = [m.container for m in mounts]
-    for i, a in enumerate(paths):
-        for b in paths[i + 1 :]:
-            if a == b or a.startswith(b.rstrip("/") + "/") or b.startswith(a.rstrip("/") + "/"):
-                raise UsageError(
-                    f"mount validation failed: nested mount paths detected: '{a}' and '{b}' conflict"
-                )
-    return mounts

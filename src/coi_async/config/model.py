@@ -74,6 +74,10 @@ class ToolSettings(msgspec.Struct, frozen=True, kw_only=True):
     name: str = DEFAULT_TOOL
     binary: str = ""  # "" means the tool's own binary name
 
+    def binary_for(self, tool: str) -> str:
+        """`binary` for the configured tool; "" (its own name) for a session of another one."""
+        return self.binary if tool == self.name else ""
+
 
 class ProfileNetwork(msgspec.Struct, frozen=True, kw_only=True):
     """What `[profiles.NAME.network]` says; None: the layers below decide."""
@@ -87,6 +91,7 @@ class ProfileNetwork(msgspec.Struct, frozen=True, kw_only=True):
 
 class Profile(msgspec.Struct, frozen=True, kw_only=True):
     image: str | None = None
+    tool: str | None = None  # `tool.name` for sessions of this profile
     environment: dict[str, str] = msgspec.field(default_factory=dict)
     persistent: bool | None = None
     mounts: tuple[Mount, ...] = ()
@@ -96,6 +101,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
 class Build(msgspec.Struct, frozen=True, kw_only=True):
     base: str = ""  # "" means the builder's own default
     allowed_hosts: tuple[str, ...] = ()
+    tools: tuple[str, ...] = (DEFAULT_TOOL,)  # the AI tools `coi build` installs
 
 
 class UntrustedFile(msgspec.Struct, frozen=True, kw_only=True):

@@ -38,6 +38,7 @@ class ProfileLayer(_Strict):
     persistent: bool | UnsetType = UNSET
     mounts: list[MountEntry] | UnsetType = UNSET
     network: ProfileNetworkLayer | UnsetType = UNSET
+    tool: str | UnsetType = UNSET
 
 
 class _Logging(_Strict):
@@ -76,7 +77,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
     },
     "tool": {"name": str, "binary": str},
     "mounts": {"default": list[MountEntry]},
-    "build": {"base": str, "allowed_hosts": list[str]},
+    "build": {"base": str, "allowed_hosts": list[str], "tools": list[str]},
     "limits": {"max_save_files": int, "max_save_file_bytes": int, "max_save_bytes": int},
 }
 _RENAMED = {"incus.claude_uid": "incus.code_uid"}

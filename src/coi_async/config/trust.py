@@ -10,7 +10,7 @@ subset of the one below, the `block_*` protections turned on, local network acce
 logging turned on, lower `limits.*`, ephemeral containers, no host credentials copied in; for a
 profile's `network` the same, compared with the same profile below as well. Neutral keys (the
 model, slot and parallelism limits) are kept. Every other key widens what the session can reach
-or what runs on the host (mounts, profiles' images, environment and mounts, the image, the
+or what runs on the host (mounts, profiles' images, environment, mounts and tool, the image, the
 tool, `incus.*`, `paths.*`, `build.*`, the log path, the allowlist's refresh) and is ignored.
 A mount is never kept, even one inside the workspace: its host path may be a link the agent made.
 """
@@ -124,7 +124,7 @@ def _profile(
     network."""
     ignored = [
         f"profiles.{name}.{field}"
-        for field in ("image", "environment", "mounts")
+        for field in ("image", "environment", "mounts", "tool")
         if getattr(layer, field) is not UNSET
     ]
     persistent = layer.persistent

@@ -20,3 +20,8 @@ def format_option(*choices: str, description: str) -> Callable[[F], F]:
         show_default=True,
         help=description,
     )
+
+
+def tool_option(description: str) -> Callable[[F], F]:
+    """`--tool NAME` into `tool`: an AI tool of the registry (checked where the config is resolved)."""
+    return click.option("--tool", default=None, metavar="NAME", help=description)

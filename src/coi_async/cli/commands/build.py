@@ -104,8 +104,11 @@ class StderrBuildView:
             self.line(f"[egress] {v.get('action', '')}: {v.get('detail', '')}")
 
 
-def _settings(base: str | None, allow_hosts: tuple[str, ...]) -> tuple[str, tuple[str, ...], str]:
-    """The base, the allowlist (defaults plus configured plus flags) and the container prefix."""
+def _settings(
+    base: str | None, allow_hosts: tuple[str, ...]
+) -> tuple[str, tuple[str, ...], str, tuple[str, ...]]:
+    """The base, the allowlist (defaults plus configured plus flags), the container prefix and
+    the configured tools."""
     # The same loader (and the same errors for a bad config file) as every other command.
     from coi_async.cli.config_loader import load_config
     from coi_async.egress import DEFAULT_ALLOWLIST
@@ -115,7 +118,7 @@ def _settings(base: str | None, allow_hosts: tuple[str, ...]) -> tuple[str, tupl
     chosen = base or config.build.base or DEBIAN_BASE
     extra = [h for entry in allow_hosts for h in entry.split(",") if h.strip()]
     allowlist = tuple(dict.fromkeys([*DEFAULT_ALLOWLIST, *config.build.allowed_hosts, *extra]))
-    return chosen, allowlist, config.container_prefix
+    return chosen, allowlist, config.container_prefix, config.build.tools
 
 
 def _summary(result: BuildResult) -> str:
@@ -160,11 +163,23 @@ _allow_host = click.option(
     envvar="COI_BUILD_BASE",
     help="Base image: a local alias, remote:alias, or 'debian' (built from Debian packages; the default).",
 )
+@click.option(
+    "--tools",
+    default=None,
+    metavar="NAME,...",
+    help="AI tools to install from the npm registry: claude, codex, gemini, opencode (default: build.tools).",
+)
 @_allow_host
 @_proxy_port
 @click.pass_context
 async def build(
-    ctx: click.Context, *, force: bool, base: str | None, allow_hosts: tuple[str, ...], proxy_port: int
+    ctx: click.Context,
+    *,
+    force: bool,
+    base: str | None,
+    tools: str | None,
+    allow_hosts: tuple[str, ...],
+    proxy_port: int,
 ) -> None:
     """Build the coi image (reused while its recipe is unchanged)."""
     if ctx.invoked_subcommand is not None:
@@ -172,11 +187,17 @@ async def build(
     from coi_async.orchestration.images.build import coi_request
 
     app: App = ctx.obj
-    chosen, allowlist, prefix = _settings(base, allow_hosts)
-    click.echo("Building coi image...")
-    request = coi_request(
-        base=chosen, force=force, allowlist=allowlist, proxy_port=proxy_port, container_prefix=prefix
+    chosen, allowlist, prefix, configured = _settings(base, allow_hosts)
+    wanted = tuple(t.strip() for t in tools.split(",") if t.strip()) if tools is not None else configured
+    request = coi_request(  # an unknown tool is a ConfigError naming it, before anything is made
+        base=chosen,
+        tools=wanted,
+        force=force,
+        allowlist=allowlist,
+        proxy_port=proxy_port,
+        container_prefix=prefix,
     )
+    click.echo("Building coi image...")
     result = await _run(app, request)
     if result.skipped:
         click.echo("Image 'coi' already exists. Use --force to rebuild.")
@@ -210,7 +231,7 @@ async def custom(
     """Build a custom image NAME by running SCRIPT as root on top of BASE."""
     from coi_async.orchestration.images.build import custom_request
 
-    _, allowlist, prefix = _settings(base, allow_hosts)
+    _, allowlist, prefix, _tools = _settings(base, allow_hosts)
     request = custom_request(
         name,
         script,

@@ -10,6 +10,7 @@ import anyio
 import asyncclick as click
 
 from coi_async.cli.app import App
+from coi_async.cli.commands._options import tool_option
 from coi_async.errors import CoiError, UsageError
 
 
@@ -51,6 +52,7 @@ async def _write(stream: int, data: bytes) -> None:
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable.")
 @click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
+@tool_option("AI tool of the session: claude, codex, gemini or opencode (default: tool.name).")
 @click.option(
     "--network",
     default=None,
@@ -71,6 +73,7 @@ async def run(
     image: str | None,
     persistent: bool | None,
     network: str | None,
+    tool: str | None,
 ) -> None:
     """Run COMMAND in a fresh container as the code user in /workspace; exit with its code.
 
@@ -86,7 +89,9 @@ async def run(
     from coi_async.orchestration.sessions.run import RunRequest, run_command
     from coi_async.slots import validate_slot
 
-    config = apply_flags(app.config(profile=profile, image=image, persistent=persistent), network=network)
+    config = apply_flags(
+        app.config(profile=profile, image=image, persistent=persistent), network=network, tool=tool
+    )
     if slot is not None:
         validate_slot(slot, max_slots=config.defaults.max_slots)
     ws = absolute_workspace(workspace, os.getcwd())

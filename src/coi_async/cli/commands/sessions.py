@@ -12,19 +12,34 @@ from typing import TYPE_CHECKING, Any
 import asyncclick as click
 
 from coi_async.cli.app import App
+from coi_async.cli.commands._options import tool_option
 from coi_async.errors import CoiError, SessionNotFoundError, UsageError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from coi_async.config import Config
     from coi_async.orchestration.sessions.listing import ActiveContainer
     from coi_async.orchestration.sessions.store import SavedSession, SessionStore
 
 
-def _store(config: Config) -> SessionStore:
+def _store(config: Config, tool: str = "") -> SessionStore:
+    """The saved sessions of `tool` (default: the configured one)."""
     from coi_async.orchestration.sessions.store import SessionStore
     from coi_async.tools import get_tool
 
-    return SessionStore(config.sessions_dir, config_dir=get_tool(config.tool.name).config_dir)
+    name = tool or config.tool.name
+    return SessionStore(config.paths.tool_sessions_dir(name), config_dir=get_tool(name).config_dir)
+
+
+def _stores(config: Config, tool: str | None) -> list[SessionStore]:
+    """`--tool NAME`: that tool's store (an unknown name is a ConfigError); else every tool's."""
+    from coi_async.config import apply_flags
+    from coi_async.tools import TOOLS
+
+    if tool:
+        return [_store(apply_flags(config, tool=tool))]
+    return [_store(config, name) for name in TOOLS]
 
 
 def _created(text: str) -> str:
@@ -61,11 +76,25 @@ def list_json(active: list[ActiveContainer], saved: list[SavedSession] | None) -
             item["network"] = c.network
         if c.forked_from:
             item["forked_from"] = c.forked_from
+        item["tool"] = c.tool
         containers.append(item)
     doc: dict[str, Any] = {"active_containers": containers}
     if saved:
-        doc["saved_sessions"] = [{"ID": s.id, "SavedAt": s.saved_at, "Workspace": s.workspace} for s in saved]
+        doc["saved_sessions"] = [
+            {"ID": s.id, "SavedAt": s.saved_at, "Workspace": s.workspace, "Tool": _tool_of(s.path)}
+            for s in saved
+        ]
     return json.dumps(doc, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def _tool_of(session_dir: Path) -> str:
+    """The tool whose store (`sessions-<tool>`) holds the session directory."""
+    return session_dir.parent.name.removeprefix("sessions-")
+
+
+def _tool_flag(config: Config, session_dir: Path) -> str:
+    tool = _tool_of(session_dir)
+    return "" if tool == config.tool.name else f" --tool {tool}"
 
 
 def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -> str:
@@ -84,12 +113,14 @@ def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -
             lines.append(f"    Network: {c.network}")
         if c.forked_from:
             lines.append(f"    Forked from: {c.forked_from}")
+        lines.append(f"    Tool: {c.tool}")
     if not active:
         lines.append("  (none)")
     if saved is not None:
         lines += ["", "Saved Sessions:", "---------------"]
         for s in saved:
             lines += [f"  {s.id}", f"    Saved: {s.saved_at}", f"    Workspace: {s.workspace}"]
+            lines.append(f"    Tool: {_tool_of(s.path)}")
         if not saved:
             lines.append("  (none)")
     return "\n".join(lines)
@@ -98,24 +129,28 @@ def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -
 @click.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Also show saved sessions.")
 @click.option("--format", "fmt", default="text", show_default=True, help="Output format: text or json.")
+@tool_option("Only sessions of this AI tool (default: every tool's).")
 @click.pass_obj
-async def list_(app: App, *, show_all: bool, fmt: str) -> None:
+async def list_(app: App, *, show_all: bool, fmt: str, tool: str | None) -> None:
     """List session containers (and, with --all, saved sessions)."""
     from coi_async.orchestration.sessions.listing import active_containers
 
     if fmt not in ("text", "json"):
         raise UsageError(f"invalid format '{fmt}': must be 'text' or 'json'")
     from coi_async.orchestration.network.session import revive_daemon
+    from coi_async.orchestration.sessions.store import saved_key
 
     config = app.config()
-    store = _store(config)
+    stores = _stores(config, tool)
     async with app.incus() as incus:
-        active = await active_containers(incus, config=config, store=store)
+        active = await active_containers(incus, config=config, stores=stores, tool=tool or "")
     # The sessions listed have no network while their egress daemon is down; a daemon that will
     # not start is for the commands that need it to say.
     with contextlib.suppress(CoiError):
         await revive_daemon()
-    saved = store.list_sessions() if show_all else None
+    saved = (
+        sorted((s for store in stores for s in store.list_sessions()), key=saved_key) if show_all else None
+    )
     click.echo(list_json(active, saved) if fmt == "json" else list_text(active, saved))
 
 
@@ -143,14 +178,15 @@ def format_bytes(size: int) -> str:
 
 @click.command()
 @click.argument("session_id", required=False)
+@tool_option("Look only at this AI tool's sessions (default: the configured tool's latest, any tool's ID).")
 @click.pass_obj
-async def info(app: App, *, session_id: str | None) -> None:
+async def info(app: App, *, session_id: str | None, tool: str | None) -> None:
     """Show a saved session (the most recent one without SESSION_ID)."""
     from coi_async.orchestration.sessions.store import check_session_id
-    from coi_async.tools import get_tool
 
     config = app.config()
-    store = _store(config)
+    stores = _stores(config, tool)
+    store = stores[0] if tool else _store(config)
     if session_id is None:
         latest = store.latest()
         if latest is None:
@@ -158,15 +194,16 @@ async def info(app: App, *, session_id: str | None) -> None:
         session_id = latest.id
     # Whatever its shape, an id that names no saved session is not found (and no path is built
     # from a malformed one).
-    found = False
+    holders: list[SessionStore] = []
     with contextlib.suppress(CoiError):
         check_session_id(session_id)
-        found = store.exists(session_id)
-    if not found:
+        holders = [s for s in stores if s.exists(session_id)]
+    if not holders:
         raise SessionNotFoundError(f"session not found: {session_id}", hint="see 'coi list --all'")
+    store = holders[0]
     meta = store.load_metadata(session_id)
     path = store.session_dir(session_id)
-    config_dir = get_tool(config.tool.name).config_dir
+    config_dir = store.config_dir
     data = path / config_dir
     present = data.is_dir()
     lines = [
@@ -175,6 +212,7 @@ async def info(app: App, *, session_id: str | None) -> None:
         f"Session ID:     {session_id}",
         f"Container:      {meta.container_name if meta else ''}",
         f"Saved At:       {meta.saved_at if meta else ''}",
+        f"Tool:           {_tool_of(path)}",
     ]
     if meta and meta.workspace:
         lines.append(f"Workspace:      {meta.workspace}")
@@ -187,7 +225,12 @@ async def info(app: App, *, session_id: str | None) -> None:
     )
     if present:
         lines.append(f"Data Size:      {format_bytes(_size(str(data)))}")
-    lines += ["", f"Session Path:   {path}", "", f"Resume:         coi shell --resume={session_id}"]
+    lines += [
+        "",
+        f"Session Path:   {path}",
+        "",
+        f"Resume:         coi shell --resume={session_id}{_tool_flag(config, path)}",
+    ]
     click.echo("\n".join(lines))
 
 

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import asyncclick as click
 
 from coi_async.cli.app import App
+from coi_async.cli.commands._options import tool_option
 from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
@@ -40,6 +41,7 @@ def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[s
 @click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
 @click.option("--image", default=None, help="Image to use (default: defaults.image from config).")
 @click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
+@tool_option("AI tool of the session: claude, codex, gemini or opencode (default: tool.name).")
 @click.option(
     "--network",
     default=None,
@@ -73,6 +75,7 @@ async def shell(
     image: str | None,
     profile: str | None,
     network: str | None,
+    tool: str | None,
     background: bool,
     debug: bool,
     use_tmux: bool,
@@ -100,7 +103,7 @@ async def shell(
 
     # `persistent` stays out of the config here: an explicit flag must win over a resumed
     # session's mode, and only the flow can tell the two apart.
-    config = apply_flags(app.config(profile=profile, image=image), network=network)
+    config = apply_flags(app.config(profile=profile, image=image), network=network, tool=tool)
     ws, extra, home = _prepare(workspace, mounts, config)
     request = ShellRequest(
         workspace=ws,
@@ -129,17 +132,21 @@ async def shell(
 @click.option("--bash", "use_bash", is_flag=True, help="Open bash instead of the tmux session.")
 @click.option("--slot", type=int, default=0, show_default=True, help="Attach to this slot of the workspace.")
 @click.option("-w", "--workspace", default=".", show_default=True, help="Workspace of --slot.")
+@tool_option("Only sessions of this AI tool (claude, codex, gemini or opencode).")
 @click.pass_obj
-async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, workspace: str) -> None:
+async def attach(
+    app: App, *, container: str | None, use_bash: bool, slot: int, workspace: str, tool: str | None
+) -> None:
     """Attach to a running session (by name, by --slot, or the only one)."""
     from coi_async.cli import session_view
     from coi_async.cli.terminal import LocalTerminal
+    from coi_async.config import apply_flags
     from coi_async.naming import absolute_workspace
     from coi_async.orchestration.network.session import revive_daemon
     from coi_async.orchestration.sessions.attach import AttachList, attach_session, choose_attach_target
     from coi_async.orchestration.sessions.request import Outcome
 
-    config = app.config()
+    config = apply_flags(app.config(), tool=tool)
     # The session attached to has no network while its egress daemon is down (attaching works
     # without it, so a daemon that will not start does not stop the attach).
     with contextlib.suppress(CoiError):
@@ -151,6 +158,7 @@ async def attach(app: App, *, container: str | None, use_bash: bool, slot: int, 
             workspace=absolute_workspace(workspace, os.getcwd()),
             slot=slot,
             name=container,
+            tool=tool or "",
         )
         if isinstance(choice, AttachList):
             if not choice.running:

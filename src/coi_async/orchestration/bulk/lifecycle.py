@@ -27,7 +27,7 @@ from coi_async.orchestration.runner import ItemContext
 from coi_async.orchestration.sessions.model import Session, new_session, session_of
 from coi_async.orchestration.sessions.save import Saved, save_session
 from coi_async.orchestration.sessions.store import SessionStore
-from coi_async.tools import Tool
+from coi_async.tools import TOOLS, Tool
 
 # Steps reported through `ItemContext.step` (stable `StepStarted.step` ids); the CLI turns them
 # into the contract's lines.
@@ -106,14 +106,23 @@ class SessionSaver:
             )
         return msgspec.structs.replace(session, running=inst.running, created_at=inst.created_at)
 
+    def store_of(self, session: Session) -> tuple[SessionStore, Tool]:
+        """The store and tool of the session's own tool (a workspace runs several at once)."""
+        if session.tool == self.tool.name or session.tool not in TOOLS:
+            return self.store, self.tool
+        tool = TOOLS[session.tool]
+        return SessionStore(self.config.paths.tool_sessions_dir(tool.name), config_dir=tool.config_dir), tool
+
     async def save(self, incus: IncusClient, inst: Instance) -> Saved:
         """`sessions.save.save_session` for `inst`; raises CoiError when the data exists but
         could not be saved."""
+        session = self.session(inst)
+        store, tool = self.store_of(session)
         return await save_session(
             incus,
-            self.session(inst),
-            self.store,
-            self.tool,
+            session,
+            store,
+            tool,
             bound_s=self.save_s,
             running=inst.running,
             limits=self.config.limits,

@@ -19,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
@@ -29,20 +29,21 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from coi_async.config.network import HostSyntaxError, parse_entries
 from coi_async.egress import DEFAULT_ALLOWLIST
 from coi_async.egress.connection import ConnectionRecord
-from coi_async.egress.policy import Policy
-from coi_async.errors import BuildError, CoiError, EgressError
+from coi_async.errors import BuildError, CoiError, ConfigError
 from coi_async.incus.client import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
+from coi_async.naming import KEY_TOOLS
 from coi_async.orchestration import events
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, Output, StepFinished, StepStarted, note
 from coi_async.orchestration.images.base import ensure_debian_base, load_base_recipe
-from coi_async.orchestration.network.build_egress import build_egress
+from coi_async.orchestration.images.tail import OutputTail
+from coi_async.orchestration.network.build_egress import build_egress, build_policy
 from coi_async.orchestration.network.plan import EGRESS_PORT, NO_PROXY
 from coi_async.recipes import COI_SCRIPT, DUMMY, files_hash
+from coi_async.tools import DEFAULT_TOOL, get_tool
 
 # `[build] base` values: this one builds the base from Debian packages with debootstrap.
 DEBIAN_BASE = "debian"
@@ -84,6 +85,8 @@ class BuildRequest(msgspec.Struct, frozen=True, kw_only=True):
     # Extra CA certificates Node.js (npm) trusts during the build, e.g. a TLS-intercepting
     # egress's; they are not baked into the image.
     ca_certs: tuple[Path, ...] = ()
+    # The AI tools the recipe installs (`COI_TOOL_PACKAGES`), recorded as `user.coi.tools`.
+    tools: tuple[str, ...] = ()
 
 
 class BuildResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -114,9 +117,16 @@ class BuildOptions(TypedDict, total=False):
     ca_certs: tuple[Path, ...]
 
 
-def coi_request(*, base: str = DEBIAN_BASE, **options: Unpack[BuildOptions]) -> BuildRequest:
-    """The `coi` image: the shipped recipe on the configured base."""
-    return _request("coi", COI_SCRIPT, base, "coi: AI coding CLIs in a container", options)
+def coi_request(
+    *, base: str = DEBIAN_BASE, tools: Sequence[str] = (DEFAULT_TOOL,), **options: Unpack[BuildOptions]
+) -> BuildRequest:
+    """The `coi` image: the shipped recipe on the configured base, with `tools` from npm."""
+    chosen = tuple(dict.fromkeys(get_tool(name).name for name in tools))
+    if not chosen:
+        raise ConfigError("coi build needs at least one tool (claude, codex, gemini, opencode)")
+    request = _request("coi", COI_SCRIPT, base, "coi: AI coding CLIs in a container", options)
+    packages = " ".join(get_tool(name).package for name in chosen)
+    return msgspec.structs.replace(request, tools=chosen, env={"COI_TOOL_PACKAGES": packages})
 
 
 def custom_request(
@@ -153,7 +163,8 @@ async def recipe_hash(incus: IncusClient, request: BuildRequest) -> str:
         image = await incus.find_image(request.base)
         base_id = image.fingerprint if image is not None else request.base
     paths = [request.script, *(request.files[k] for k in sorted(request.files))]
-    return await anyio.to_thread.run_sync(lambda: files_hash(*paths, extra=(request.alias, base_id)))
+    extra = (request.alias, base_id, *request.tools)
+    return await anyio.to_thread.run_sync(lambda: files_hash(*paths, extra=extra))
 
 
 async def build_image(incus: IncusClient, request: BuildRequest, emit: Emit = events.ignore) -> BuildResult:
@@ -328,7 +339,7 @@ class _Build:
             bundle = b"".join(p.read_bytes().rstrip(b"\n") + b"\n" for p in self.request.ca_certs)
             await self.incus.push_file(self.name, f"{_WORK_DIR}/extra-ca.pem", bundle)
             env.setdefault("NODE_EXTRA_CA_CERTS", f"{_WORK_DIR}/extra-ca.pem")
-        tail = _Tail(_TAIL_LINES)
+        tail = OutputTail(_TAIL_LINES)
 
         async def sink(data: bytes) -> None:
             self._output(data)
@@ -365,6 +376,8 @@ class _Build:
             "user.coi.recipe": self.recipe,
             "user.coi.base": self.request.base,
         }
+        if self.request.tools:
+            properties[KEY_TOOLS] = ",".join(self.request.tools)
         fingerprint = await self.incus.publish_image(
             self.name, aliases=[version], properties=properties, compression="none"
         )
@@ -392,31 +405,3 @@ class _Build:
                 error=str(exc),
             )
         self.timings["cleanup"] = round(time.monotonic() - started, 2)
-
-
-def build_policy(allowlist: tuple[str, ...]) -> Policy:
-    """A build may reach its allowlist only; EgressError names a malformed entry."""
-    try:
-        return Policy(mode="allowlist", allow=parse_entries(allowlist))
-    except HostSyntaxError as exc:
-        raise EgressError(f"bad egress allowlist entry: {exc}") from None
-
-
-class _Tail:
-    """The last lines of a byte stream, for error messages."""
-
-    def __init__(self, lines: int) -> None:
-        self._lines = lines
-        self._buffer = bytearray()
-
-    def add(self, data: bytes) -> None:
-        self._buffer += data
-        if len(self._buffer) > 64 * 1024:
-            del self._buffer[: -32 * 1024]
-
-    def text(self) -> str:
-        # A progress line redrawn with \r shows as what the terminal would show: its last state.
-        text = bytes(self._buffer).decode(errors="replace")
-        lines = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-        lines = [line for line in lines if line.strip()]
-        return "\n".join(lines[-self._lines :])

@@ -18,7 +18,10 @@ from contextlib import asynccontextmanager
 
 import anyio
 
+from coi_async.config.network import HostSyntaxError, parse_entries
 from coi_async.egress.connection import ConnectionRecord
+from coi_async.egress.policy import Policy
+from coi_async.errors import EgressError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstancePatch
 from coi_async.orchestration.background import in_background
@@ -89,3 +92,11 @@ async def build_egress(
         for path in (log, f"{log}.1"):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def build_policy(allowlist: tuple[str, ...]) -> Policy:
+    """A build may reach its allowlist only; EgressError names a malformed entry."""
+    try:
+        return Policy(mode="allowlist", allow=parse_entries(allowlist))
+    except HostSyntaxError as exc:
+        raise EgressError(f"bad egress allowlist entry: {exc}") from None

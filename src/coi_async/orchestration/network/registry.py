@@ -46,6 +46,9 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     inside_port: int = 0
     # "build": a `coi build` container, whose policy is its `allow` list alone (no config).
     kind: str = "session"
+    # The session's AI tool (its API hosts are in an allowlist); "" for the config's `tool.name`
+    # (the session's may come from `--tool`, which the config files do not know).
+    tool: str = ""
 
 
 _DECODER = msgspec.json.Decoder(Registration)

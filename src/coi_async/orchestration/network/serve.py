@@ -87,7 +87,7 @@ class _Daemon:
                 config = self.config_of(registration)
                 policy = session_policy(
                     config.network,
-                    get_tool(config.tool.name),
+                    get_tool(registration.tool or config.tool.name),
                     mode,
                     allow=registration.allow,
                     deny=registration.deny,

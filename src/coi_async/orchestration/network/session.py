@@ -196,6 +196,7 @@ async def _register(
         allow=previous.allow if previous else (),
         deny=previous.deny if previous else (),
         inside_port=EGRESS_PORT if plan.inside else 0,
+        tool=config.tool.name,
     )
     registry.write(paths, registration)
     await reload_daemon(paths)

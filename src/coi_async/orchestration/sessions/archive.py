@@ -243,8 +243,8 @@ async def save_session_data(
     except NotFoundError:
         return SaveOutcome(saved=False, missing=True)
 
-    # 0700 from the start, parents too: the copy holds the tool's credentials.
-    await anyio.to_thread.run_sync(make_private_dir, session_dir)
+    # 0700 from the start, parents too (a nested config_dir's): the copy holds credentials.
+    await anyio.to_thread.run_sync(make_private_dir, target.parent)
     await anyio.to_thread.run_sync(recover_directory, target)
     staging = session_dir / f"{config_dir}.new-{secrets.token_hex(4)}"
     skipped: list[str] = []
@@ -283,6 +283,8 @@ async def restore_session_data(
         return False
     if running is None:
         running = (await incus.get_instance(container)).running
+    if "/" in place.config_dir:
+        await make_state_dir(incus, place, uid, parents_only=True)
     if running:
         await incus.push_directory(container, local, remote, uid=uid, gid=gid)
         # tar made the directory itself as root; the tool must own it.
@@ -290,3 +292,16 @@ async def restore_session_data(
     else:
         await _push_tree(incus, container, local, remote, uid=uid, gid=gid)
     return True
+
+
+async def make_state_dir(
+    incus: IncusClient, place: StatePlace, uid: int, *, parents_only: bool = False
+) -> None:
+    """Make `<home>/<config_dir>` and its parents below the home (`~/.local/share/opencode`),
+    owned by uid:uid, so that the tool can write beside it too; existing ones are kept. Files
+    API only: works before the container's first start."""
+    parts = place.config_dir.split("/")
+    home = place.home.rstrip("/")
+    for depth in range(1, len(parts) + (0 if parents_only else 1)):
+        path = f"{home}/{'/'.join(parts[:depth])}"
+        await incus.make_directory(place.container, path, uid=uid, gid=uid, mode=0o755)

@@ -10,7 +10,7 @@ from coi_async.errors import CoiError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.exec import LOST_EXEC, Terminal
 from coi_async.incus.models import Instance
-from coi_async.naming import SessionName, tmux_session
+from coi_async.naming import KEY_TOOL, SessionName, tmux_session
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.interrupts import interruptible
@@ -23,7 +23,7 @@ from coi_async.orchestration.sessions.store import SessionStore, check_session_i
 from coi_async.orchestration.sessions.tmux import WORKDIR, TmuxSession, user_env
 from coi_async.orchestration.sessions.tmux_control import find_session_user
 from coi_async.slots import validate_slot
-from coi_async.tools import get_tool
+from coi_async.tools import DEFAULT_TOOL, get_tool
 
 _ATTACH_ATTEMPTS = 3
 # Exit codes of a tmux attach that ended the normal ways (detach, exit, a signal to the client).
@@ -40,9 +40,10 @@ class AttachList(msgspec.Struct, frozen=True, kw_only=True):
 
 
 async def choose_attach_target(
-    incus: IncusClient, config: Config, *, workspace: str, slot: int, name: str | None
+    incus: IncusClient, config: Config, *, workspace: str, slot: int, name: str | None, tool: str = ""
 ) -> AttachTarget | AttachList:
-    """The container to attach to: by slot, by name, or the only session there is."""
+    """The container to attach to: by slot, by name, or the only session there is (of `tool`'s
+    sessions, when given)."""
     prefix = config.container_prefix
     if slot:
         validate_slot(slot, max_slots=config.defaults.max_slots)
@@ -61,7 +62,7 @@ async def choose_attach_target(
         (i for i in await incus.list_instances() if SessionName.parse(i.name, prefix) is not None),
         key=lambda i: i.name,
     )
-    running = [i for i in ours if i.running]
+    running = [i for i in ours if i.running and (not tool or i.config.get(KEY_TOOL, DEFAULT_TOOL) == tool)]
     if len(running) == 1:
         return AttachTarget(container=running[0].name, instance=running[0])
     return AttachList(running=[i.name for i in running])
@@ -80,8 +81,8 @@ def _saved_state(config: Config, session: Session) -> SessionState | None:
     session id (its data has no session to go to, so attach leaves it alone)."""
     if not _is_coi_session(session):
         return None
-    tool = get_tool(config.tool.name)
-    store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
+    tool = get_tool(session.tool)
+    store = SessionStore(config.paths.tool_sessions_dir(tool.name), config_dir=tool.config_dir)
     return SessionState(
         session=session,
         tool=tool,
@@ -111,7 +112,10 @@ async def attach_session(
     owner = None if use_bash else await find_session_user(incus, config, target.instance)
     if owner is not None:
         uid, user, home = owner.uid, owner.user, owner.home
-    env = user_env(home=home, user=user, term=term, extra=config.environment)
+    extra = (
+        {**get_tool(session.tool).environment, **config.environment} if session.tool else config.environment
+    )
+    env = user_env(home=home, user=user, term=term, extra=extra)
     tmux = TmuxSession(incus, target.container, tmux_session(target.container), uid=uid, env=env)
     if not use_bash and owner is None and not await _restart_tool(config, session, tmux, terminal, emit):
         return Outcome.NO_TMUX
@@ -147,9 +151,10 @@ async def _restart_tool(
     if not _is_coi_session(session):
         return False
     tool = get_tool(session.tool)
-    store = SessionStore(config.sessions_dir, config_dir=tool.config_dir)
+    store = SessionStore(config.paths.tool_sessions_dir(tool.name), config_dir=tool.config_dir)
     meta = store.load_metadata(session.session_id)
-    argv = tool.resume_command((meta.cli_session_id if meta else "") or None, binary=config.tool.binary)
+    cli_id = (meta.cli_session_id if meta else "") or None
+    argv = tool.resume_command(cli_id, binary=config.tool.binary_for(tool.name))
     await tmux.start(argv, size=terminal.size())
     note(emit, "attach.restarted", session.container)
     return True

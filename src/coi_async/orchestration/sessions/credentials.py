@@ -27,10 +27,9 @@ import anyio
 from coi_async.errors import NotFoundError, ReadLimitError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.events import Emit, note
+from coi_async.orchestration.sessions.archive import StatePlace, make_state_dir
 from coi_async.tools import Tool, deep_merge
 
-# Secrets stay private to the user inside too.
-_SECRET_FILES = frozenset({".credentials.json"})
 # The most read of a settings file in the container: real ones are KiBs (`.claude.json` can
 # reach a few MiB); a bound on the host memory an agent can make coi spend at every start.
 CONTAINER_SETTINGS_MAX_BYTES = 8 * 1024 * 1024
@@ -151,13 +150,14 @@ async def inject_credentials(
         if tool.settings_file:
             tg.start_soon(read_remote, tool.settings_file, settings_remote, settings_shown)
         # The directory must exist (owned by the user) before anything is pushed into it.
-        await incus.make_directory(container, remote_dir, uid=uid, gid=uid, mode=0o755)
+        await make_state_dir(incus, StatePlace(container, home, tool.config_dir), uid)
 
     writes: list[tuple[str, bytes, int]] = []
     for name in plain:
         data = host.get(name)
         if data is not None:
-            mode = 0o600 if name in _SECRET_FILES else 0o644
+            # Secrets stay private to the user inside too.
+            mode = 0o600 if name in tool.secret_files else 0o644
             writes.append((posixpath.join(remote_dir, name), data, mode))
     if tool.settings_file and tool.settings_file not in too_large:
         data, skipped = merge_settings(
@@ -176,8 +176,8 @@ async def inject_credentials(
     async with anyio.create_task_group() as tg:
         for path, data, mode in writes:
             tg.start_soon(_push, incus, container, path, data, uid, mode)
-    if host.get(".credentials.json") is None and ".credentials.json" in tool.host_files:
-        note(emit, "credentials.missing", container, path=str(host_dir / ".credentials.json"))
+    if tool.credentials_file and host.get(tool.credentials_file) is None:
+        note(emit, "credentials.missing", container, path=str(host_dir / tool.credentials_file))
 
 
 async def _push(incus: IncusClient, container: str, path: str, data: bytes, uid: int, mode: int) -> None:

@@ -213,7 +213,7 @@ async def _plan(incus: IncusClient, config: Config, request: ForkRequest) -> tup
         egress=egress_plan,
         spec=msgspec.structs.replace(spec, egress=egress_plan),
         conversation=found.conversation,
-        binary=DUMMY_BINARY if dummy else (config.tool.binary if config.tool.name == tool.name else ""),
+        binary=DUMMY_BINARY if dummy else config.tool.binary_for(tool.name),
         repository=repo,
         worktrees=worktrees_root(coi_dir, repo) if repo is not None else None,
         origin=SessionOrigin.here(config.profile),

@@ -26,7 +26,7 @@ from coi_async.errors import (
 )
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstanceSource, InstancesPost
-from coi_async.naming import KEY_LAUNCH, KEY_PERSISTENT, SessionName, workspace_hash
+from coi_async.naming import KEY_LAUNCH, KEY_PERSISTENT, KEY_TOOLS, SessionName, workspace_hash
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.network.session import prepare_reused
@@ -157,9 +157,17 @@ def _refused_plan(plan: IdmapPlan, exc: IncusApiError, *, created: bool) -> bool
     return plan.kind == "raw.idmap" and created and isinstance(exc, OperationFailedError)
 
 
-async def _check_image(incus: IncusClient, image: str) -> None:
-    if await incus.find_image(image) is None:
+async def _check_image(incus: IncusClient, image: str, tool: str) -> None:
+    """The image exists and, where it records its AI tools (`coi build`), has the session's."""
+    found = await incus.find_image(image)
+    if found is None:
         raise CoiError(f"image '{image}' not found - run 'coi build' first")
+    tools = [t for t in found.properties.get(KEY_TOOLS, "").split(",") if t]
+    if tools and tool not in tools:
+        wanted = ",".join([*tools, tool])
+        raise CoiError(
+            f"image '{image}' has no {tool} (it has {', '.join(tools)}) - add it with: coi build --tools {wanted}"
+        )
 
 
 async def _survey(incus: IncusClient, spec: LaunchSpec, *, check_image: bool = True) -> dict[int, Occupant]:
@@ -170,7 +178,7 @@ async def _survey(incus: IncusClient, spec: LaunchSpec, *, check_image: bool = T
 
     async with anyio.create_task_group() as tg:
         if check_image:
-            tg.start_soon(_check_image, incus, spec.image)
+            tg.start_soon(_check_image, incus, spec.image, spec.tool)
         tg.start_soon(listing)
     return occupants(found, prefix=spec.prefix, workspace=spec.workspace)
 

@@ -11,11 +11,12 @@ from coi_async.config import Config
 from coi_async.errors import NotFoundError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
-from coi_async.naming import KEY_FORKED_FROM, KEY_PERSISTENT, KEY_WORKSPACE
+from coi_async.naming import KEY_FORKED_FROM, KEY_PERSISTENT, KEY_TOOL, KEY_WORKSPACE
 from coi_async.orchestration.network.plan import KEY_NETWORK
 from coi_async.orchestration.runner import ItemContext, run_bulk
 from coi_async.orchestration.sessions.model import session_of
-from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore
+from coi_async.orchestration.sessions.store import SessionMetadata, SessionStore, saved_key
+from coi_async.tools import DEFAULT_TOOL
 
 _STATE_PARALLEL = 16
 _STATE_S = 10.0
@@ -31,12 +32,14 @@ class ActiveContainer(msgspec.Struct, frozen=True, kw_only=True):
     workspace: str  # "" when unknown
     network: str = ""  # the session's network mode; "" when the instance does not say
     forked_from: str = ""  # `coi fork`: the container this one is a copy of
+    tool: str = DEFAULT_TOOL  # the AI tool the session runs
 
 
-def _latest_metadata(store: SessionStore) -> dict[str, SessionMetadata]:
-    """Container name → metadata of its most recently saved session."""
+def _latest_metadata(stores: Sequence[SessionStore]) -> dict[str, SessionMetadata]:
+    """Container name → metadata of its most recently saved session (of any of the stores)."""
+    sessions = [s for store in stores for s in store.list_sessions(with_data_only=False)]
     latest: dict[str, SessionMetadata] = {}
-    for session in store.list_sessions(with_data_only=False):  # oldest first: later ones win
+    for session in sorted(sessions, key=saved_key):  # oldest first: later ones win
         if session.metadata and session.metadata.container_name:
             latest[session.metadata.container_name] = session.metadata
     return latest
@@ -64,6 +67,7 @@ def to_active(
         workspace=workspace,
         network=inst.config.get(KEY_NETWORK, ""),
         forked_from=inst.config.get(KEY_FORKED_FROM, ""),
+        tool=inst.config.get(KEY_TOOL, "") or (meta.tool if meta else DEFAULT_TOOL),
     )
 
 
@@ -93,12 +97,14 @@ async def addresses(incus: IncusClient, instances: Sequence[Instance]) -> dict[s
 
 
 async def active_containers(
-    incus: IncusClient, *, config: Config, store: SessionStore
+    incus: IncusClient, *, config: Config, stores: Sequence[SessionStore], tool: str = ""
 ) -> list[ActiveContainer]:
+    """The session containers, joined with the metadata the stores hold; only `tool`'s if given."""
     instances = await prefixed_instances(incus, config.container_prefix)
-    metadata = _latest_metadata(store)
+    metadata = _latest_metadata(stores)
     ipv4 = await addresses(incus, instances)
-    return [to_active(i, metadata.get(i.name), config, ipv4=ipv4.get(i.name, "")) for i in instances]
+    rows = [to_active(i, metadata.get(i.name), config, ipv4=ipv4.get(i.name, "")) for i in instances]
+    return [row for row in rows if not tool or row.tool == tool]
 
 
 async def persist_container(incus: IncusClient, store: SessionStore, name: str) -> bool:

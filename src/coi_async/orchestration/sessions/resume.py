@@ -9,6 +9,7 @@ from coi_async.naming import SessionName
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.sessions.request import ShellRequest
 from coi_async.orchestration.sessions.store import SavedSession, SessionStore, check_session_id
+from coi_async.tools import TOOLS
 
 
 def resolve_resume(
@@ -34,6 +35,7 @@ def resolve_resume(
         raise SessionNotFoundError(
             f"session '{request.resume}' not found - check available sessions with: coi list --all"
         ) from exc
+    _check_tool_of(request.resume, store, config)
     found = store.require(request.resume)
     foreign = _foreign_owner(found, config.container_prefix, request.workspace)
     if foreign is not None:
@@ -70,3 +72,16 @@ def _foreign_owner(session: SavedSession, prefix: str, workspace: str) -> str | 
     if name is None or name.belongs_to(workspace):
         return None
     return f"<hash {name.workspace_hash}>"
+
+
+def _check_tool_of(session_id: str, store: SessionStore, config: Config) -> None:
+    """SessionError naming the tool when the session is not this tool's but another's: its
+    conversation is in a format only that tool reads."""
+    if store.exists(session_id):
+        return
+    for name in TOOLS:
+        if name != config.tool.name and SessionStore(config.paths.tool_sessions_dir(name)).exists(session_id):
+            raise SessionError(
+                f"session '{session_id}' is a {name} session, not {config.tool.name}: "
+                f"resume it with 'coi shell --tool {name} --resume={session_id}'"
+            )

@@ -70,7 +70,7 @@ async def run_tool(
     """Start the tool and give it the terminal; how the session ended when the terminal is back."""
     session = state.session
     # -e pairs over the profile's environment, for every process of the session.
-    extra = {**config.environment, **request.env}
+    extra = {**state.tool.environment, **config.environment, **request.env}
     env = user_env(home=session.home, user=session.user, term=request.term, extra=extra)
     argv = tool_command(state, config, request)
     state.has_state = True

@@ -247,7 +247,7 @@ class SessionStore:
         found = [s for p, left in self._entries() if (s := self._read(p, left_by_delete=left)) is not None]
         if with_data_only:
             found = [s for s in found if s.has_data]
-        return sorted(found, key=_saved_key)
+        return sorted(found, key=saved_key)
 
     def for_container(self, container_name: str) -> list[SavedSession]:
         """Sessions whose metadata names this container, newest first."""
@@ -256,7 +256,7 @@ class SessionStore:
             for s in self.list_sessions(with_data_only=False)
             if s.metadata and s.metadata.container_name == container_name
         ]
-        return sorted(found, key=_saved_key, reverse=True)
+        return sorted(found, key=saved_key, reverse=True)
 
     def latest(self) -> SavedSession | None:
         sessions = self.list_sessions()
@@ -285,7 +285,7 @@ class SessionStore:
         return mine[-1] if mine else None
 
 
-def _saved_key(session: SavedSession) -> tuple[float, str]:
+def saved_key(session: SavedSession) -> tuple[float, str]:
     when = parse_time(session.saved_at)
     return (when.timestamp() if when else 0.0, session.id)
 
