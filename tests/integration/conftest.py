@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from coi_async.incus import IncusClient
-from tests.integration.shell_harness import ShellWorld
+from tests.integration.shell_harness import PREFIX, ShellWorld
+
+
+@pytest.fixture
+def shell_prefix() -> str:
+    """coi's container prefix in `world`; a module overrides it for names of its own."""
+    return PREFIX
 
 
 @pytest.fixture
@@ -20,11 +26,11 @@ def shell_config() -> str:
 
 @pytest.fixture
 async def world(
-    tmp_path: Path, incus_project: str, incus: IncusClient, shell_config: str
+    tmp_path: Path, incus_project: str, incus: IncusClient, shell_config: str, shell_prefix: str
 ) -> AsyncIterator[ShellWorld]:
     """A `ShellWorld` in the test's tmp_path and Incus project. Afterwards its terminal log is
     printed (pytest shows it when the test failed) and its containers are removed."""
-    w = ShellWorld(tmp_path, incus_project, incus)
+    w = ShellWorld(tmp_path, incus_project, incus, prefix=shell_prefix)
     w.setup(config=shell_config)
     try:
         yield w

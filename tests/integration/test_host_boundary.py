@@ -7,7 +7,6 @@ from __future__ import annotations
 import resource
 import stat
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,8 @@ def box_name(unique: str) -> str:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, incus_project: str, incus: IncusClient) -> AsyncIterator[ShellWorld]:
-    w = ShellWorld(tmp_path, incus_project, incus, prefix=PREFIX)
-    w.setup()
-    try:
-        yield w
-    finally:
-        await w.remove_all()
+def shell_prefix() -> str:
+    return PREFIX
 
 
 def warnings(result: Run) -> list[str]:

@@ -261,15 +261,8 @@ async def test_restoring_a_running_session_saves_its_data_first_and_starts_it_ag
 
 
 @pytest.fixture
-async def world(tmp_path: Path, incus_project: str, incus: IncusClient) -> AsyncIterator[ShellWorld]:
-    """A `coi shell` world of its own (tests/integration/shell_harness.py), with coi's names `h15s-`."""
-    w = ShellWorld(tmp_path, incus_project, incus, prefix=PREFIX)
-    w.setup()
-    try:
-        yield w
-    finally:
-        w.show_terminal()
-        await w.remove_all()
+def shell_prefix() -> str:
+    return PREFIX
 
 
 async def test_restoring_a_background_shell_saves_the_session_and_runs_it_again(world: ShellWorld) -> None:
