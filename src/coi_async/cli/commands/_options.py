@@ -25,3 +25,14 @@ def format_option(*choices: str, description: str) -> Callable[[F], F]:
 def tool_option(description: str) -> Callable[[F], F]:
     """`--tool NAME` into `tool`: an AI tool of the registry (checked where the config is resolved)."""
     return click.option("--tool", default=None, metavar="NAME", help=description)
+
+
+def network_option() -> Callable[[F], F]:
+    """`--network MODE` into `network`: the session's network mode (checked where the config is
+    resolved)."""
+    return click.option(
+        "--network",
+        default=None,
+        metavar="MODE",
+        help="Network mode: restricted (public hosts only), open, or allowlist (default: network.mode).",
+    )

@@ -10,7 +10,7 @@ import anyio
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._options import tool_option
+from coi_async.cli.commands._options import network_option, tool_option
 from coi_async.errors import CoiError, UsageError
 
 
@@ -53,12 +53,7 @@ async def _write(stream: int, data: bytes) -> None:
 @click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
 @tool_option("AI tool of the session: claude, codex, gemini or opencode (default: tool.name).")
-@click.option(
-    "--network",
-    default=None,
-    metavar="MODE",
-    help="Network mode: restricted (public hosts only), open, or allowlist (default: network.mode).",
-)
+@network_option()
 @click.pass_obj
 async def run(
     app: App,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._options import tool_option
+from coi_async.cli.commands._options import network_option, tool_option
 from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
@@ -42,12 +42,7 @@ def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[s
 @click.option("--image", default=None, help="Image to use (default: defaults.image from config).")
 @click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
 @tool_option("AI tool of the session: claude, codex, gemini or opencode (default: tool.name).")
-@click.option(
-    "--network",
-    default=None,
-    metavar="MODE",
-    help="Network mode: restricted (public hosts only), open, or allowlist (default: network.mode).",
-)
+@network_option()
 @click.option("--background", is_flag=True, help="Start the tool in a detached tmux session and return.")
 @click.option("--debug", is_flag=True, help="Run bash instead of the tool.")
 @click.option(
