@@ -10,7 +10,7 @@ stream reconnects by itself with a growing pause (up to `_BACKOFF_MAX_S`).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from urllib.parse import parse_qs, urlsplit
 
@@ -66,8 +66,7 @@ def _instance_of(source: str) -> tuple[str, str]:
     return name, parse_qs(parts.query).get("project", [""])[0]
 
 
-async def _resync(incus: IncusClient, config: Config) -> FleetEvent:
-    instances = await incus.list_instances()
+def _resync(instances: Iterable[Instance], config: Config, project: str) -> FleetEvent:
     sessions = []
     for inst in sorted(instances, key=lambda i: i.name):
         session = session_of(inst, config)
@@ -77,7 +76,7 @@ async def _resync(incus: IncusClient, config: Config) -> FleetEvent:
                     container=inst.name, workspace=session.workspace, slot=session.slot, status=inst.status
                 )
             )
-    return FleetEvent(type="resync", time=_now(), project=incus.project, sessions=sessions)
+    return FleetEvent(type="resync", time=_now(), project=project, sessions=sessions)
 
 
 def _session_event(event: Event, config: Config, known: dict[str, Instance]) -> FleetEvent | None:
@@ -160,7 +159,7 @@ async def _lifecycle_events(incus: IncusClient, config: Config) -> AsyncIterator
         try:
             async with incus.events(("lifecycle",)) as stream:
                 known = {i.name: i for i in await incus.list_instances()}
-                yield await _resync(incus, config)
+                yield _resync(known.values(), config, incus.project)
                 pause = _BACKOFF_START_S
                 async for event in stream:
                     found = _session_event(event, config, known)
