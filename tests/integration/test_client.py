@@ -125,6 +125,27 @@ async def test_exec_user_cwd_env(incus: IncusClient, box: str) -> None:
     assert result.stdout.decode().split("\n")[:4] == ["1000", "1000", "/tmp", "hi there"]
 
 
+async def test_an_exec_incusd_could_not_start_is_started_again(incus: IncusClient, box: str) -> None:
+    # With the container's process limit used up, incusd's attach cannot fork and fails the exec
+    # before the command starts ("Failed to retrieve PID of executing child process"), as it does
+    # now and then right after a start or under load. The limit is lifted a moment later.
+    await incus.update_instance(box, InstancePatch(config={"limits.processes": "12"}))
+    await incus.exec(box, ["sh", "-c", "for i in $(seq 20); do sleep 60 & done 2>/dev/null; true"])
+    lifted_after_s = 0.3
+
+    async def lift() -> None:
+        await anyio.sleep(lifted_after_s)
+        await incus.update_instance(box, InstancePatch(config={"limits.processes": "1000"}))
+
+    started = time.monotonic()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(lift)
+        result = await incus.exec(box, ["sh", "-c", "echo ran >> /tmp/runs; cat /tmp/runs"])
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == b"ran\n"  # started once, not twice
+    assert time.monotonic() - started >= lifted_after_s  # it could only run once the limit was gone
+
+
 async def test_exec_missing_command_gives_127(incus: IncusClient, box: str) -> None:
     result = await incus.exec(box, ["/no/such/command"])
     assert result.exit_code in (126, 127)

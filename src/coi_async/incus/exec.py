@@ -27,9 +27,13 @@ ByteSink = Callable[[bytes], Awaitable[None]]
 Stdin = bytes | AsyncIterable[bytes] | None
 
 _CHUNK = 256 * 1024
-# The exit code incusd reports when it lost track of an exec's process ("Failed to retrieve PID
-# of executing child process", seen on loaded hosts); the command may or may not have run.
+# The exit code incusd reports when it lost track of an exec's process (seen on loaded hosts).
 LOST_EXEC = -1
+# incusd's error when forkexec never reported the attached process: the attach itself failed, so
+# the command did not start (right after a container starts, or under load) and may be started again.
+_NEVER_STARTED = "Failed to retrieve PID of executing child process"
+# How often, and after which pauses, an exec that never started is started again.
+_START_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
 # The most `exec` collects of a command's stdout and stderr together: the instance decides what
 # its commands print, and a replaced `sh` must not be able to fill the host's memory.
 EXEC_OUTPUT_MAX_BYTES = 16 * 1024 * 1024
@@ -105,6 +109,11 @@ async def _send_stdin(ws: WebSocket, stdin: Stdin) -> None:
             if chunk:
                 await ws.send_bytes(chunk)
     await ws.send_text("")  # EOF
+
+
+def never_started(op: Operation) -> bool:
+    """Whether incusd failed the exec before its command started (so starting it again is safe)."""
+    return (op.metadata or {}).get("return") == LOST_EXEC and _NEVER_STARTED in (op.err or "")
 
 
 def _exit_code(op: Operation) -> int:
@@ -194,8 +203,29 @@ class ExecApi(ApiBase):
         group: int = 0,
         cwd: str = "",
     ) -> int:
-        """Run a command without a terminal, streaming its output; return its exit code."""
+        """Run a command without a terminal, streaming its output; return its exit code.
+
+        An exec incusd fails before the command starts is started again (a few times, briefly
+        apart) when its input can be given again; only then is LOST_EXEC the answer.
+        """
         request = _request(command, env, user, group, cwd)
+        replayable = stdin is None or isinstance(stdin, bytes)
+        delays = _START_RETRY_DELAYS_S if replayable else ()
+        for delay in (*delays, None):
+            done = await self._stream_once(name, request, stdin, on_stdout, on_stderr)
+            if delay is None or not never_started(done):
+                return _exit_code(done)
+            await anyio.sleep(delay)
+        raise AssertionError("unreachable")  # the loop's last pass returns
+
+    async def _stream_once(
+        self,
+        name: str,
+        request: ExecPost,
+        stdin: Stdin,
+        on_stdout: ByteSink | None,
+        on_stderr: ByteSink | None,
+    ) -> Operation:
         async with self._streams(name, request, last="0") as (operation, sockets):
             result: list[Operation] = []
 
@@ -208,7 +238,7 @@ class ExecApi(ApiBase):
                 async with anyio.create_task_group() as outputs:
                     outputs.start_soon(_pump_out, sockets["1"], on_stdout)
                     outputs.start_soon(_pump_out, sockets["2"], on_stderr)
-        return _exit_code(result[0])
+        return result[0]
 
     async def exec(
         self,

@@ -27,7 +27,6 @@ from coi_async.egress import control
 from coi_async.egress.policy import as_mode
 from coi_async.errors import CoiError, EgressError, NotFoundError, SessionError
 from coi_async.incus import IncusClient
-from coi_async.incus.exec import LOST_EXEC
 from coi_async.incus.models import Instance, InstancePatch
 from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.network import registry
@@ -50,7 +49,6 @@ from coi_async.orchestration.network.registry import Registration
 
 _DEFAULT_PROFILE = "default"
 _RELOAD_ATTEMPTS = 3
-_CONFIGURE_ATTEMPTS = 3
 
 
 @asynccontextmanager
@@ -281,11 +279,6 @@ exit 0
 async def configure_container(incus: IncusClient, name: str) -> None:
     command = ["sh", "-c", _CONFIGURE, "coi-egress", EGRESS_URL, NO_PROXY]
     result = await incus.exec(name, command)
-    for _ in range(_CONFIGURE_ATTEMPTS - 1):
-        if result.exit_code != LOST_EXEC:
-            break
-        # The script is idempotent: running it again after a lost exec is safe.
-        result = await incus.exec(name, command)
     if not result.ok:
         detail = result.stderr.decode(errors="replace").strip()[:200] or f"exit {result.exit_code}"
         raise SessionError(f"cannot write the proxy settings in {name}: {detail}")

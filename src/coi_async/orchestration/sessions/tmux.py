@@ -13,7 +13,6 @@ from collections.abc import Mapping, Sequence
 
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
-from coi_async.incus.exec import LOST_EXEC
 
 WORKDIR = "/workspace"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -81,13 +80,7 @@ class TmuxSession:
 
     async def exists(self) -> bool:
         """Whether the session is there; CoiError when the answer stays unknown."""
-        code = -1
-        for _ in range(_START_ATTEMPTS):
-            code = await self._tmux("has-session", "-t", f"={self.session}")
-            # -1: incusd lost track of the exec ("Failed to retrieve PID of executing child
-            # process", seen on loaded hosts); asking again is harmless.
-            if code != LOST_EXEC:
-                break
+        code = await self._tmux("has-session", "-t", f"={self.session}")
         if code not in (0, 1):
             raise CoiError(f"cannot ask tmux in {self.container} about {self.session}: exit {code}")
         return code == 0
