@@ -221,3 +221,45 @@ def test_as_dummy_it_answers_like_the_original_stub(home: Path, workdir: Path, t
     assert "Claude:" not in done.stdout
     [log] = list(project_dir(home, workdir).glob("*.jsonl"))
     assert [e["text"] for e in entries(log)] == ["hello", "hello-BACK"], "its state is kept for --resume"
+
+
+def test_hooks_of_the_settings_run_at_their_moments(home: Path, workdir: Path) -> None:
+    log = home / "hooks.log"
+    record = f"cat >> {log}; echo >> {log}"
+
+    def group(event: str, matcher: str | None = None) -> dict[str, Any]:
+        found: dict[str, Any] = {
+            "hooks": [{"type": "command", "command": f"{record}; echo {event} >> {log}"}]
+        }
+        return found if matcher is None else {"matcher": matcher, **found}
+
+    hooks = {
+        event: [group(event)]
+        for event in ("SessionStart", "UserPromptSubmit", "Notification", "Stop", "SessionEnd")
+    }
+    hooks["PreToolUse"] = [group("PreToolUse", "Bash|Edit"), group("PreToolUse-never", "Read")]
+    (home / ".claude").mkdir()
+    (home / ".claude" / "settings.json").write_text(json.dumps({"hooks": hooks}))
+
+    out = run(home, workdir, stdin="/prompt think\n/notify May I?\n/tool Bash\n/stop\nhello\nexit\n")
+    assert out.returncode == 0, out.stderr
+    assert "Claude: working on think" in out.stdout
+    assert "Claude: notified May I?" in out.stdout
+    lines = log.read_text().splitlines()
+    events = [line for line in lines if not line.startswith("{") and line]
+    assert events == [
+        "SessionStart",
+        "UserPromptSubmit",
+        "Notification",
+        "PreToolUse",
+        "Stop",
+        "UserPromptSubmit",
+        "Stop",
+        "SessionEnd",
+    ]
+    payloads = [json.loads(line) for line in lines if line.startswith("{")]
+    assert payloads[2]["message"] == "May I?"
+    assert payloads[2]["hook_event_name"] == "Notification"
+    assert payloads[3]["tool_name"] == "Bash"
+    assert payloads[5]["prompt"] == "hello"
+    assert all(p["cwd"] == str(workdir) for p in payloads)

@@ -26,6 +26,8 @@ class Tool(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     # The npm package `coi build` installs it from.
     package: str = ""
+    # The oldest Node.js major release it runs on (0: whichever the image's Debian ships).
+    node_major: int = 0
     # The executable, looked up on PATH inside the container; `tool.binary` in config overrides it.
     binary: str
     # The state directory under the home directory that sessions save and restore ("" for tools
@@ -187,6 +189,7 @@ GEMINI = Tool(
     name="gemini",
     binary="gemini",
     package="@google/gemini-cli",
+    node_major=20,
     config_dir=".gemini",
     host_files=("oauth_creds.json", "google_accounts.json", "settings.json"),
     secret_files=("oauth_creds.json", "google_accounts.json"),

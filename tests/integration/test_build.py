@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import secrets
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
 import anyio.abc
+import msgspec
 import pytest
 
 from coi_async.errors import BuildError, NotFoundError
 from coi_async.incus import IncusClient
+from coi_async.incus.models import InstanceSource, InstancesPost
 from coi_async.orchestration.events import Event, Note, Output, StepStarted
-from coi_async.orchestration.images.build import NOTE_EGRESS, BuildResult, build_image, custom_request
+from coi_async.orchestration.images.build import build_image
+from coi_async.orchestration.images.container import NOTE_EGRESS
+from coi_async.orchestration.images.request import BuildRequest, BuildResult, BuildStep, custom_request
 from coi_async.orchestration.network import registry
 from coi_async.orchestration.network.paths import EgressPaths
 from tests.coi_cli import coi
@@ -279,3 +284,63 @@ async def test_cli_custom_build_prints_json(
     assert again.code == 0
     assert again.stdout.strip() == f'{{"alias":"{alias}","skipped":true}}'
     assert "Image already exists. Use --force to rebuild." in again.stderr
+
+
+async def test_a_build_of_steps_keeps_each_and_runs_only_what_changed(
+    incus: IncusClient, unique: str, alias: str, tmp_path: Path
+) -> None:
+    prefix = f"{PREFIX}{unique[:6]}-"
+    (tmp_path / "one.sh").write_text("#!/bin/sh\nset -e\necho one >> /steps\n")
+    (tmp_path / "two.sh").write_text("#!/bin/sh\nset -e\necho two >> /steps\n")
+    (tmp_path / "broken.sh").write_text("#!/bin/sh\necho going wrong\nexit 3\n")
+
+    def request(second: str, env: dict[str, str] | None = None) -> BuildRequest:
+        steps = (
+            BuildStep(name="one", script=tmp_path / "one.sh"),
+            BuildStep(name="two", script=tmp_path / second, env=env or {}),
+        )
+        return BuildRequest(alias=alias, steps=steps, base=BUSYBOX_IMAGE, container_prefix=prefix)
+
+    async def steps_in(fingerprint: str) -> bytes:
+        name = f"{prefix}check-{secrets.token_hex(2)}"
+        await incus.create_instance(
+            InstancesPost(name=name, source=InstanceSource(type="image", fingerprint=fingerprint), start=True)
+        )
+        try:
+            return (await incus.exec(name, ["cat", "/steps"])).stdout
+        finally:
+            await remove_instance(incus, name)
+
+    async def layers() -> list[str]:
+        return sorted(i.name for i in await incus.list_instances() if i.name.startswith(f"{prefix}layer-"))
+
+    try:
+        with anyio.fail_after(300):
+            first = await build_image(incus, request("two.sh"))
+            assert first.reused == ()
+            assert await steps_in(first.fingerprint) == b"one\ntwo\n"
+            assert len(await layers()) == 2
+
+            # The second step changes: the first one's layer is used as it is.
+            rec = Recorder()
+            second = await build_image(incus, request("two.sh", {"AGAIN": "1"}), rec)
+            assert second.reused == ("one",)
+            assert rec.phases == ["base", "launch", "recipe", "publish"]  # one step run
+            assert await steps_in(second.fingerprint) == b"one\ntwo\n"  # "one" ran once
+
+            # A step that fails leaves the image and the layers under it as they were.
+            with pytest.raises(BuildError, match=r"broken\.sh failed with exit code 3"):
+                await build_image(incus, request("broken.sh"))
+            image = await incus.find_image(alias)
+            assert image is not None
+            assert image.fingerprint == second.fingerprint
+            assert await build_leftovers(incus) == []
+
+            # Forced: every step runs again.
+            forced = await build_image(incus, msgspec.structs.replace(request("two.sh"), force=True))
+            assert forced.reused == ()
+            assert await steps_in(forced.fingerprint) == b"one\ntwo\n"
+    finally:
+        with anyio.move_on_after(60, shield=True):
+            for name in await layers():
+                await remove_instance(incus, name)

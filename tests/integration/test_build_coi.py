@@ -10,12 +10,14 @@ import contextlib
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
-from coi_async.orchestration.images.build import build_image, coi_request
+from coi_async.orchestration.images.build import build_image
+from coi_async.orchestration.images.request import coi_request
 
 pytestmark = pytest.mark.incus
 
@@ -91,6 +93,38 @@ async def test_coi_image_has_the_tools_and_runs_docker(incus: IncusClient, uniqu
         run = "docker run --rm --network none h6-local:1 /busybox echo hello from docker"
         out = await run_ok(incus, name, ["su", "code", "-c", run])
         assert out == "hello from docker\n"
+    finally:
+        with anyio.move_on_after(60, shield=True):
+            with contextlib.suppress(CoiError):
+                await incus.stop_instance(name, force=True)
+            with contextlib.suppress(NotFoundError):
+                await incus.delete_instance(name)
+
+
+@pytest.mark.timeout(3600)
+async def test_an_image_with_every_tool_has_each_answering_its_version(
+    incus: IncusClient, unique: str
+) -> None:
+    # Its own alias, so the `coi` image the machine uses stays as it is; reused while unchanged.
+    request = msgspec.structs.replace(
+        coi_request(tools=["claude", "codex", "gemini", "opencode"], container_prefix="h16-"),
+        alias="coi-test-all-tools",
+    )
+    with anyio.fail_after(3300):
+        result = await build_image(incus, request)
+    image = await incus.find_image(request.alias)
+    assert image is not None
+    assert image.properties["user.coi.tools"] == "claude,codex,gemini,opencode"
+
+    name = f"h16-{unique}-tools"
+    try:
+        await incus.create_instance(
+            InstancesPost(
+                name=name, source=InstanceSource(type="image", fingerprint=result.fingerprint), start=True
+            )
+        )
+        for tool in ("claude", "codex", "gemini", "opencode"):
+            assert (await run_ok(incus, name, [tool, "--version"], as_code=True)).strip(), tool
     finally:
         with anyio.move_on_after(60, shield=True):
             with contextlib.suppress(CoiError):

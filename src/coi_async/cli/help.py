@@ -111,6 +111,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     "top": ("coi top", "coi top --once --sort cpu", "coi top --format json"),
     "limit": ("coi limit coi-1a2b3c4d-1 --cpu 2 --memory 4GiB", "coi limit --all --memory none"),
     "events": ("coi events", "coi events --format json | jq -c 'select(.type != \"resync\")'"),
+    "wait": (
+        "coi wait coi-1a2b3c4d-1 --state waiting",
+        "coi wait coi-1a2b3c4d-1 coi-1a2b3c4d-2 --state idle --timeout 600",
+    ),
     "snapshot": ("coi snapshot create my-box before-upgrade", "coi snapshot list my-box"),
     "snapshot create": (
         "coi snapshot create my-box                  # named snap-YYYYMMDD-HHMMSS",

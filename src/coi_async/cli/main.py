@@ -173,6 +173,7 @@ def _register() -> None:
     cli.add_command(fleet.top)
     cli.add_command(fleet.limit)
     cli.add_command(fleet.events)
+    cli.add_command(fleet.wait)
     from coi_async.cli.commands import trust
 
     cli.add_command(trust.trust)

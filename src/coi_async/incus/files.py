@@ -66,6 +66,9 @@ class FileInfo:
     uid: int
     gid: int
     mode: int
+    # What incusd says the content's length is (a HEAD's: the file's size; 0 for a fifo, whose
+    # GET would block until someone writes it); None when it does not say.
+    size: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ def file_info(headers: Mapping[str, str]) -> FileInfo:
             uid=int(lowered.get("x-incus-uid", "0")),
             gid=int(lowered.get("x-incus-gid", "0")),
             mode=int(lowered.get("x-incus-mode", "0644"), 8),
+            size=int(lowered["content-length"]) if "content-length" in lowered else None,
         )
     except ValueError as exc:
         raise IncusError(f"unexpected file headers from incusd: {exc}") from exc

@@ -69,6 +69,10 @@ class InstancesApi(ApiBase):
         """Change only the given fields (config keys are merged, not replaced)."""
         await self._run("PATCH", instance_path(name), body=patch)
 
+    async def rename_instance(self, name: str, new_name: str) -> None:
+        """Rename a stopped instance; a taken `new_name` is a ConflictError, a gone `name` NotFound."""
+        await self._run("POST", instance_path(name), body={"name": new_name})
+
     async def change_state(self, name: str, state: StatePut) -> Operation | None:
         return await self._run("PUT", f"{instance_path(name)}/state", body=state)
 

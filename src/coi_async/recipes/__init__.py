@@ -1,4 +1,4 @@
-"""Image recipes shipped with coi: the base from Debian packages, the `coi` image, the test stub.
+"""Image recipes shipped with coi: the base from Debian packages, the `coi` image's steps, the test stub.
 
 They live inside the package so that `coi build` works from any directory, not only a checkout.
 """
@@ -10,7 +10,8 @@ from pathlib import Path
 
 RECIPES = Path(__file__).resolve().parent
 BASE_DIR = RECIPES / "base"
-COI_SCRIPT = RECIPES / "coi.sh"
+COI_SCRIPT = RECIPES / "coi.sh"  # the `coi` image's core step
+TOOL_SCRIPT = RECIPES / "tool.sh"  # its step for one AI tool
 DUMMY = RECIPES / "dummy"
 
 

@@ -1,7 +1,8 @@
 #!/bin/bash
-# Recipe of the `coi` image, run as root in the build container by `coi build`.
+# The core step of the `coi` image, run as root in the build container by `coi build`; each AI
+# tool is a step of its own after it (tool.sh).
 # Egress: when the container has no network interface, coi sets http_proxy/https_proxy and apt's
-# proxy to its allowlisting host proxy; everything here comes from deb.debian.org and the npm registry.
+# proxy to its allowlisting host proxy; everything here comes from deb.debian.org.
 # /tmp/dummy is the fake AI CLI shipped with coi (installed as /usr/local/bin/dummy for tests).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
@@ -40,34 +41,14 @@ for cmd in poweroff shutdown reboot halt; do
     chmod 0755 "/usr/local/bin/$cmd"
 done
 
-# The AI tools, one npm package each (COI_TOOL_PACKAGES, from `[build] tools` / --tools). Their
-# postinstalls copy native binaries from platform packages that npm fetches from the registry
-# too (optionalDependencies); nothing is downloaded from elsewhere.
-for package in ${COI_TOOL_PACKAGES:-@anthropic-ai/claude-code}; do
-    step "$package from the npm registry"
-    version=latest
-    [[ $package != @anthropic-ai/claude-code ]] || version=${CLAUDE_CODE_VERSION:-latest}
-    npm install --global --no-audit --no-fund --loglevel=warn "$package@$version"
-done
-# npm 9 (Debian 12's) ignores the platform packages' libc field and installs the musl build too:
-# 250 MB that a glibc system never runs.
-rm -rf /usr/local/lib/node_modules/@anthropic-ai/claude-code/node_modules/@anthropic-ai/claude-code-linux-*-musl
-
 step "test stub /usr/local/bin/dummy"
 install -m 0755 /tmp/dummy /usr/local/bin/dummy
 
 step "versions"
 printf 'node %s, npm %s, %s, %s\n' "$(node --version)" "$(npm --version)" \
     "$(docker --version)" "$(gh --version | head -n1)"
-# A tool installed must run: Gemini CLI, for one, needs a newer Node.js than Debian 12's.
-for tool in claude codex gemini opencode; do
-    command -v "$tool" >/dev/null || continue
-    version=$("$tool" --version) || { printf '%s --version failed (node %s)\n' "$tool" "$(node --version)"; exit 1; }
-    printf '%s %s\n' "$tool" "$version"
-done
 
 step "cleanup"
 apt-get clean
-npm cache clean --force 2>/dev/null || true
 rm -rf /var/lib/apt/lists/* /root/.npm /root/.cache /var/cache/debconf/*-old /var/lib/dpkg/*-old
 find /var/log -type f -delete

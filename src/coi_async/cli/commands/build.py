@@ -14,7 +14,7 @@ from coi_async.cli.app import App
 
 if TYPE_CHECKING:
     from coi_async.orchestration.events import Event, Note
-    from coi_async.orchestration.images.build import BuildRequest, BuildResult
+    from coi_async.orchestration.images.request import BuildRequest, BuildResult
 
 # What each phase's line says about its detail (see images.build.PHASES).
 _PHASE_LINES = {
@@ -29,18 +29,22 @@ def note_text(event: Note) -> str | None:
     """The sentence for one of a build's notes (None: a note shown otherwise, or not at all)."""
     from coi_async.orchestration.images import base as image_base
     from coi_async.orchestration.images import build as image_build
+    from coi_async.orchestration.images import container as build_container
 
     sentences: dict[str, Callable[[dict[str, str]], str | None]] = {
         image_build.NOTE_RECIPE_CHANGED: lambda v: (
             f"the recipe of '{v['alias']}' changed since it was built; rebuilding"
         ),
-        image_build.NOTE_NIC: lambda _: (
+        image_build.NOTE_LAYERS_REUSED: lambda v: (
+            f"steps unchanged since they were built, reused: {v['steps']}"
+        ),
+        build_container.NOTE_NIC: lambda _: (
             "the build container has a network interface; the recipe uses it directly"
         ),
-        image_build.NOTE_EGRESS_PROXY: lambda v: (
+        build_container.NOTE_EGRESS_PROXY: lambda v: (
             f"no network interface: egress through the host proxy {v['url']} (allowed: {v['allowed']})"
         ),
-        image_build.NOTE_CLEANUP_FAILED: lambda v: (
+        build_container.NOTE_CLEANUP_FAILED: lambda v: (
             f"could not delete build container {v['container']}: {v['error']}"
         ),
         image_base.NOTE_BASE_UP_TO_DATE: lambda v: (
@@ -51,7 +55,7 @@ def note_text(event: Note) -> str | None:
         ),
         image_base.NOTE_BASE_STEP_TOOK: lambda v: f"{v['step']} took {float(v['seconds']):.1f}s",
         image_base.NOTE_BASE_IMPORTING: lambda v: f"importing {int(v['size']) / 1e6:.0f} MB as {v['alias']}",
-        image_build.NOTE_EGRESS: lambda _: None,  # StderrBuildView shows these, once a host
+        build_container.NOTE_EGRESS: lambda _: None,  # StderrBuildView shows these, once a host
     }
     sentence = sentences.get(event.kind)
     if sentence is None:
@@ -75,7 +79,7 @@ class StderrBuildView:
 
     def __call__(self, event: Event) -> None:
         from coi_async.orchestration.events import Note, Output, StepFinished, StepStarted
-        from coi_async.orchestration.images.build import NOTE_EGRESS
+        from coi_async.orchestration.images.container import NOTE_EGRESS
 
         if isinstance(event, StepStarted):
             text = _PHASE_LINES.get(event.step, "{detail}").format(detail=event.detail)
@@ -112,7 +116,7 @@ def _settings(
     # The same loader (and the same errors for a bad config file) as every other command.
     from coi_async.cli.config_loader import load_config
     from coi_async.egress import DEFAULT_ALLOWLIST
-    from coi_async.orchestration.images.build import DEBIAN_BASE
+    from coi_async.orchestration.images.request import DEBIAN_BASE
 
     config = load_config()
     chosen = base or config.build.base or DEBIAN_BASE
@@ -184,7 +188,7 @@ async def build(
     """Build the coi image (reused while its recipe is unchanged)."""
     if ctx.invoked_subcommand is not None:
         return
-    from coi_async.orchestration.images.build import coi_request
+    from coi_async.orchestration.images.request import coi_request
 
     app: App = ctx.obj
     chosen, allowlist, prefix, configured = _settings(base, allow_hosts)
@@ -229,7 +233,7 @@ async def custom(
     proxy_port: int,
 ) -> None:
     """Build a custom image NAME by running SCRIPT as root on top of BASE."""
-    from coi_async.orchestration.images.build import custom_request
+    from coi_async.orchestration.images.request import custom_request
 
     _, allowlist, prefix, _tools = _settings(base, allow_hosts)
     request = custom_request(

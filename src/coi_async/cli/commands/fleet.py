@@ -1,8 +1,9 @@
-"""`coi top`, `coi limit` and `coi events`: the fleet at a glance."""
+"""`coi top`, `coi limit`, `coi events` and `coi wait`: the fleet at a glance."""
 
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -47,6 +48,13 @@ def _short(workspace: str) -> str:
     return workspace.rsplit("/", 1)[-1] or workspace
 
 
+def _agent(row: FleetRow) -> str:
+    """The agent's state and how long it has been in it."""
+    if row.agent_since is None:
+        return row.agent_state
+    return f"{row.agent_state} {_age(max(time.time() - row.agent_since, 0.0))}"
+
+
 def _cells(row: FleetRow) -> list[str]:
     cpu = "-" if row.cpu_percent is None else f"{row.cpu_percent:.1f}%"
     limits = "/".join(x for x in (row.cpu_limit and f"{row.cpu_limit} cpu", row.memory_limit) if x) or "-"
@@ -54,7 +62,7 @@ def _cells(row: FleetRow) -> list[str]:
         row.container,
         _short(row.workspace),
         row.tool,
-        row.agent_state,
+        _agent(row),
         cpu,
         _size(row.memory_bytes) if row.memory_bytes else "-",
         _size(row.disk_bytes) if row.disk_bytes else "-",
@@ -92,7 +100,7 @@ def _plain(found: list[FleetRow]) -> str:
 @click.pass_obj
 async def top(app: App, *, once: bool, fmt: str, sort_key: str, workspace: str) -> None:
     """Every session's state, CPU, memory, disk, limits and uptime, refreshed every second."""
-    from coi_async.orchestration.fleet.snapshot import ordered, rows, take_sample
+    from coi_async.orchestration.fleet.snapshot import ordered, rows, sample_agents, take_sample
 
     config = app.config()
     live = not once and fmt == "text" and sys.stdout.isatty()
@@ -101,7 +109,8 @@ async def top(app: App, *, once: bool, fmt: str, sort_key: str, workspace: str) 
         if not live:
             await anyio.sleep(_ONCE_SAMPLE_GAP_S)
             sample = await take_sample(incus, config.container_prefix)
-            found = ordered(rows(sample, previous, config), sort_key, workspace=workspace)
+            agents = await sample_agents(incus, sample, config)
+            found = ordered(rows(sample, previous, config, agents), sort_key, workspace=workspace)
             if fmt == "json":
                 click.echo(msgspec.json.encode(found).decode())
             else:
@@ -116,7 +125,7 @@ async def _live(incus: IncusClient, config: Config, previous: Sample, sort_key: 
     from rich.table import Table
 
     from coi_async.cli.terminal import LocalTerminal
-    from coi_async.orchestration.fleet.snapshot import ordered, rows, take_sample
+    from coi_async.orchestration.fleet.snapshot import ordered, rows, sample_agents, take_sample
 
     terminal = LocalTerminal()
 
@@ -141,7 +150,8 @@ async def _live(incus: IncusClient, config: Config, previous: Sample, sort_key: 
             while True:
                 await anyio.sleep(_REFRESH_S)
                 sample = await take_sample(incus, config.container_prefix)
-                found = ordered(rows(sample, previous, config), sort_key, workspace=workspace)
+                agents = await sample_agents(incus, sample, config)
+                found = ordered(rows(sample, previous, config, agents), sort_key, workspace=workspace)
                 previous = sample
                 view.update(render(found), refresh=True)
 
@@ -213,13 +223,55 @@ async def events(app: App, *, fmt: str) -> None:
                 click.echo(msgspec.json.encode(event).decode())
             elif event.type == "resync":
                 sessions = event.sessions or []
-                listed = ", ".join(f"{s.container} ({s.status})" for s in sessions) or "none"
+                listed = (
+                    ", ".join(
+                        f"{s.container} ({s.status}{', ' + s.agent_state if s.agent_state else ''})"
+                        for s in sessions
+                    )
+                    or "none"
+                )
                 click.echo(f"{event.time} resync: {len(sessions)} sessions: {listed}")
             elif event.type == "egress-refused":
                 click.echo(
                     f"{event.time} egress refused {event.container}: {event.host}:{event.port} ({event.detail})"
                 )
+            elif event.type == "agent-state":
+                said = f": {event.message}" if event.message else ""
+                click.echo(
+                    f"{event.time} agent {event.container}: {event.previous or '-'} -> {event.state}{said}"
+                )
             elif event.type == "disconnected":
                 click.echo(f"{event.time} disconnected from incusd ({event.detail}); reconnecting")
             else:
                 click.echo(f"{event.time} {event.type} {event.container} ({_short(event.workspace)})")
+
+
+@click.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.option(
+    "--state",
+    "state",
+    type=click.Choice(["waiting", "idle", "exited"]),
+    default=None,
+    help="The agent state to wait for (exited: also the container stopped or gone).  [required]",
+)
+@click.option(
+    "--timeout", "timeout_s", type=float, default=None, metavar="S", help="Give up after S seconds (exit 1)."
+)
+@click.pass_obj
+async def wait(app: App, *, containers: tuple[str, ...], state: str | None, timeout_s: float | None) -> None:
+    """Wait until each session's agent is in STATE (waiting for input, idle, or exited)."""
+    from coi_async.orchestration.fleet.wait import check_known, wait_for_state
+
+    if state is None:
+        raise click.UsageError("Missing option '--state' (waiting, idle or exited).")
+    if timeout_s is not None and timeout_s < 0:
+        raise UsageError(f"invalid --timeout {timeout_s:g}: seconds, 0 or more")
+    config = app.config()
+    names = list(dict.fromkeys(containers))
+    async with app.incus() as incus:
+        await check_known(incus, names)
+        missing = await wait_for_state(incus, config, names, state, timeout_s=timeout_s)
+    if missing:
+        click.echo(f"Timed out after {timeout_s:g}s: {', '.join(missing)} not {state}", err=True)
+        raise SystemExit(1)

@@ -2,21 +2,24 @@
 `recursion=2` listing of the project per refresh, never one request per container.
 
 CPU is a percentage of one CPU over the time between two samples (incusd reports CPU time);
-without an earlier sample it is unknown. The agent's own state comes from tools that report it;
-until a tool does, it is `unknown` (and `exited` once the container is not running).
+without an earlier sample it is unknown. The agent's own state comes from the record its tool's
+hooks write (`fleet.agent`, one small read per running session of such a tool); for other tools
+it is `unknown`, and `exited` once the container is not running.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from coi_async.agent_state import EXITED, UNKNOWN, AgentState
 from coi_async.config import Config
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
+from coi_async.orchestration.fleet.agent import agent_states
 from coi_async.orchestration.network.plan import KEY_NETWORK
 from coi_async.orchestration.sessions.model import session_of
 
@@ -44,6 +47,8 @@ class FleetRow(msgspec.Struct, frozen=True, kw_only=True):
     network: str
     location: str
     remote: str = "local"
+    agent_since: float | None = None  # unix seconds the agent has been in its state since
+    agent_message: str = ""  # what the tool said with it (a notification), printable and short
 
 
 async def take_sample(incus: IncusClient, prefix: str) -> Sample:
@@ -61,8 +66,20 @@ def _uptime(started_at: str, now: dt.datetime) -> float | None:
     return max((now - started).total_seconds(), 0.0)
 
 
-def rows(sample: Sample, previous: Sample | None, config: Config) -> list[FleetRow]:
-    """The sessions of `sample`; CPU from the CPU time used since `previous`."""
+async def sample_agents(incus: IncusClient, sample: Sample, config: Config) -> dict[str, AgentState]:
+    """The agent state of every session of `sample`."""
+    sessions = [s for i in sample.instances if (s := session_of(i, config)) is not None]
+    return await agent_states(incus, sessions, parallel=config.defaults.parallel)
+
+
+def rows(
+    sample: Sample,
+    previous: Sample | None,
+    config: Config,
+    agents: Mapping[str, AgentState] | None = None,
+) -> list[FleetRow]:
+    """The sessions of `sample`; CPU from the CPU time used since `previous`, agent states from
+    `agents` (without one: `unknown`, or `exited` when not running)."""
     before: dict[str, int] = {}
     if previous is not None:
         before = {i.name: i.state.cpu.usage for i in previous.instances if i.state and i.state.cpu}
@@ -75,6 +92,7 @@ def rows(sample: Sample, previous: Sample | None, config: Config) -> list[FleetR
             continue
         state = inst.state
         running = inst.running
+        agent = (agents or {}).get(inst.name) or AgentState(state=UNKNOWN if running else EXITED)
         cpu: float | None = None
         if running and state and state.cpu and inst.name in before and elapsed > 0:
             cpu = max(state.cpu.usage - before[inst.name], 0) / (elapsed * 1e9) * 100
@@ -85,7 +103,9 @@ def rows(sample: Sample, previous: Sample | None, config: Config) -> list[FleetR
                 slot=session.slot,
                 tool=session.tool,
                 status=inst.status,
-                agent_state="unknown" if running else "exited",
+                agent_state=agent.state,
+                agent_since=agent.since,
+                agent_message=agent.message,
                 cpu_percent=None if cpu is None else round(cpu, 1),
                 memory_bytes=state.memory.usage if state and state.memory and running else 0,
                 disk_bytes=sum(d.usage for d in (state.disk or {}).values()) if state else 0,

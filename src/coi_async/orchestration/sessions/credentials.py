@@ -24,6 +24,7 @@ from typing import Any
 
 import anyio
 
+from coi_async.agent_state import agent_hooks, with_hooks
 from coi_async.errors import NotFoundError, ReadLimitError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.events import Emit, note
@@ -64,9 +65,13 @@ def _parse(data: bytes | None) -> dict[str, Any] | None:
 
 
 def merge_settings(
-    existing: bytes | None, host: bytes | None, sandbox: Mapping[str, Any]
+    existing: bytes | None,
+    host: bytes | None,
+    sandbox: Mapping[str, Any],
+    hooks: Mapping[str, list[dict[str, Any]]] | None = None,
 ) -> tuple[bytes, list[str]]:
-    """The settings file to write: what the session had, the host's on top, the sandbox's on top.
+    """The settings file to write: what the session had, the host's on top, the sandbox's on top,
+    then coi's `hooks` appended to the user's own for the same events (`agent_state.with_hooks`).
 
     Returns the bytes and the names ("existing", "host") of inputs that were not JSON objects and
     were therefore left out of the merge. An unparseable host file wins verbatim over everything,
@@ -77,6 +82,8 @@ def merge_settings(
     if new is None and host is not None:
         return host, skipped
     merged = deep_merge(deep_merge(old or {}, new or {}), sandbox)
+    if hooks:
+        merged = with_hooks(merged, hooks)
     return (json.dumps(merged, indent=2, ensure_ascii=False) + "\n").encode(), skipped
 
 
@@ -160,8 +167,10 @@ async def inject_credentials(
             mode = 0o600 if name in tool.secret_files else 0o644
             writes.append((posixpath.join(remote_dir, name), data, mode))
     if tool.settings_file and tool.settings_file not in too_large:
+        # The tool reports what its agent does through coi's hooks (`coi top`, `coi wait`).
+        hooks = agent_hooks(home) if tool.agent_state == "hooks" else None
         data, skipped = merge_settings(
-            remote.get(tool.settings_file), host.get(tool.settings_file), tool.sandbox_settings
+            remote.get(tool.settings_file), host.get(tool.settings_file), tool.sandbox_settings, hooks
         )
         _warn(emit, container, skipped, settings_shown)
         writes.append((settings_remote, data, 0o644))
@@ -178,6 +187,36 @@ async def inject_credentials(
             tg.start_soon(_push, incus, container, path, data, uid, mode)
     if tool.credentials_file and host.get(tool.credentials_file) is None:
         note(emit, "credentials.missing", container, path=str(host_dir / tool.credentials_file))
+
+
+async def inject_agent_hooks(
+    incus: IncusClient, container: str, tool: Tool, *, home: str, uid: int, emit: Emit
+) -> None:
+    """Only coi's hooks into the session's settings, for a session that gets nothing of the
+    host's (`mount_claude_config` off), so its tool still reports its agent's state. A session
+    file that is too large or not JSON is left as it is (a warning says so)."""
+    if tool.agent_state != "hooks" or not tool.settings_file:
+        return
+    path = posixpath.join(home, tool.config_dir, tool.settings_file)
+    shown = f"~/{tool.config_dir}/{tool.settings_file}"
+    try:
+        existing = await _read_container(incus, container, path)
+    except ReadLimitError as exc:
+        note(
+            emit,
+            "credentials.session-too-large",
+            container,
+            level="warning",
+            file=shown,
+            limit=str(exc.limit),
+        )
+        return
+    data, skipped = merge_settings(existing, None, {}, agent_hooks(home))
+    if skipped:
+        _warn(emit, container, skipped, shown)
+        return
+    await make_state_dir(incus, StatePlace(container, home, tool.config_dir), uid)
+    await _push(incus, container, path, data, uid, 0o644)
 
 
 async def _push(incus: IncusClient, container: str, path: str, data: bytes, uid: int, mode: int) -> None:

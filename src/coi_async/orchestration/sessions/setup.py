@@ -13,7 +13,7 @@ from coi_async.config import Config
 from coi_async.errors import SessionError
 from coi_async.incus import IncusClient
 from coi_async.naming import KEY_PERSISTENT, KEY_SESSION, SessionName
-from coi_async.orchestration.containers import ops
+from coi_async.orchestration.containers import boot, ops
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.network.session import (
     SessionOrigin,
@@ -24,7 +24,7 @@ from coi_async.orchestration.network.session import (
 )
 from coi_async.orchestration.sessions import archive
 from coi_async.orchestration.sessions.cleanup import REMOVE_S, SaveResult, SessionState, save
-from coi_async.orchestration.sessions.credentials import inject_credentials
+from coi_async.orchestration.sessions.credentials import inject_agent_hooks, inject_credentials
 from coi_async.orchestration.sessions.guard import absorbing_coi_errors
 from coi_async.orchestration.sessions.launch_request import LaunchRequest, launch_session
 from coi_async.orchestration.sessions.model import session_of, started_metadata
@@ -100,7 +100,10 @@ async def setup_session(
         if resumed is not None and restore:
             # Over exec (tar), so only once the container has booted: execs that race the
             # init system's start can be lost.
-            await wait_ready(incus, session.container)
+            if not await boot.booted(incus, session.container, within_s=_READY_S):
+                raise SessionError(
+                    f"container {session.container} failed to become ready after {_READY_S:g} seconds"
+                )
             note(emit, "setup.restoring", session.container)
             for attempt in range(_RESTORE_ATTEMPTS):
                 # Idempotent (files are overwritten), so a lost exec on a loaded host is retried.
@@ -122,6 +125,10 @@ async def setup_session(
                 home=session.home,
                 uid=session.uid,
                 emit=emit,
+            )
+        else:  # nothing of the host's, but the hooks that report the agent's state
+            await inject_agent_hooks(
+                incus, session.container, state.tool, home=session.home, uid=session.uid, emit=emit
             )
 
     async def save_metadata() -> None:
@@ -171,45 +178,3 @@ async def _resume_container(
     )
     if await save(incus, leftover, emit, running=False) is not SaveResult.FAILED:
         await ops.remove_quietly(incus, name, bound_s=REMOVE_S)
-
-
-# One exec that polls inside the container (each exec costs a round trip, and execs are slow
-# while the container boots). Ready: the image's init is not systemd, or systemd-tmpfiles-setup
-# has run (or the image has no such unit), or boot is over. Whether init is systemd is read from
-# the image, not from PID 1: early in the boot PID 1 may not be systemd yet.
-_READY_PROBE = """
-case "$(readlink -f /sbin/init 2>/dev/null)" in */systemd) ;; *) exit 0 ;; esac
-unit=systemd-tmpfiles-setup.service known=
-i=0
-while [ "$i" -lt 1500 ]; do
-    systemctl is-active --quiet "$unit" 2>/dev/null && exit 0
-    state=$(systemctl is-system-running 2>/dev/null)
-    case "$state" in
-        running|degraded) exit 0 ;;
-        initializing|starting)
-            if [ -z "$known" ]; then
-                [ "$(systemctl show -p LoadState --value "$unit" 2>/dev/null)" = not-found ] && exit 0
-                known=1
-            fi ;;
-    esac
-    sleep 0.02
-    i=$((i + 1))
-done
-exit 1
-"""
-
-
-async def wait_ready(incus: IncusClient, name: str, *, within_s: float = _READY_S) -> None:
-    """Wait until the container has booted far enough for a restore over exec, by probing it
-    with exec: execs that race the init system's start can be lost, and under systemd
-    systemd-tmpfiles-setup empties /tmp (a tar's scratch space) at boot."""
-    try:
-        with anyio.fail_after(within_s):
-            while True:
-                with absorbing_coi_errors():
-                    if (await incus.exec(name, ["sh", "-c", _READY_PROBE])).ok:
-                        return
-                # The exec itself failed (too early in the boot): try again shortly.
-                await anyio.sleep(0.05)
-    except TimeoutError:
-        raise SessionError(f"container {name} failed to become ready after {within_s:g} seconds") from None
