@@ -11,13 +11,21 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from coi_async.config import Config
     from coi_async.incus import IncusClient
+    from coi_async.incus.endpoint import HttpsEndpoint
+    from coi_async.remotes import Remote
+
+
+# How long a remote may take to answer the first request of a command.
+REMOTE_ANSWER_S = 15.0
 
 
 @dataclass
 class App:
     debug: bool = False
     project: str | None = None
+    remote: str | None = None  # --remote / $COI_REMOTE
     _config: Config | None = field(default=None, repr=False)
+    _remote: tuple[str, Remote | None] | None = field(default=None, repr=False)
 
     def config(
         self, *, profile: str | None = None, image: str | None = None, persistent: bool | None = None
@@ -36,21 +44,81 @@ class App:
         return self._config
 
     def incus_project(self) -> str | None:
-        """--project / $COI_INCUS_PROJECT, else $INCUS_PROJECT, else `incus.project` from config.
+        """--project / $COI_INCUS_PROJECT, else $INCUS_PROJECT, else the remote's own (given to
+        `coi remote add`), else `incus.project` from config.
 
         None leaves the choice to the client (incus-user's own project, else default).
         """
         configured = self.config().incus.project
+        remote = self._chosen()[1]
         return (
             self.project
             or os.environ.get("INCUS_PROJECT")
+            or (remote.project if remote is not None and remote.project else None)
             or (configured if configured != "default" else None)
         )
+
+    def _chosen(self) -> tuple[str, Remote | None]:
+        if self._remote is None:
+            from coi_async.cli import remote_store
+            from coi_async.remotes import LOCAL, choose
+
+            configured = self.config().incus.remote
+            if (self.remote or configured) == LOCAL:
+                self._remote = (LOCAL, None)  # said outright: the list of remotes is not read
+            else:
+                self._remote = choose(self.remote, {}, configured, remote_store.load())
+        return self._remote
+
+    def remote_name(self) -> str:
+        """The remote commands work on: --remote, else `[incus] remote`, else `coi remote switch`'s
+        choice, else `local` (ConfigError for a name never added)."""
+        return self._chosen()[0]
+
+    def is_remote(self) -> bool:
+        return self._chosen()[1] is not None
+
+    def endpoint(self) -> HttpsEndpoint | None:
+        """How to reach the chosen remote's incusd; None for local (the unix socket)."""
+        from coi_async.cli import remote_store
+
+        name, remote = self._chosen()
+        return None if remote is None else remote_store.endpoint(name, remote)
+
+    def remote_workspace_root(self) -> str:
+        """`[remotes.NAME] workspace_root` of the chosen remote ("" when not set)."""
+        settings = self.config().remotes.get(self.remote_name())
+        return settings.workspace_root if settings else ""
 
     @asynccontextmanager
     async def incus(self) -> AsyncIterator[IncusClient]:
         # Imported here: aiohttp alone costs ~150 ms, which `coi version` should not pay.
         from coi_async.incus import IncusClient
 
-        async with IncusClient.connect(project=self.incus_project()) as client:
+        endpoint = self.endpoint()
+        async with IncusClient.connect(endpoint, project=self.incus_project()) as client:
+            if endpoint is not None:
+                await self._check_remote(client, endpoint.url)
             yield client
+
+    async def _check_remote(self, client: IncusClient, url: str) -> None:
+        """A remote answers, and trusts coi, within a deadline: past the connect and the TLS
+        handshake (which have their own), a server that never answers is an error, not a hang."""
+        import anyio
+
+        from coi_async.errors import IncusError, IncusUnavailableError
+
+        name = self.remote_name()
+        try:
+            with anyio.fail_after(REMOTE_ANSWER_S):
+                info = await client.server_info()
+        except TimeoutError:
+            raise IncusUnavailableError(
+                f"remote '{name}' ({url}) did not answer within {REMOTE_ANSWER_S:g}s",
+                hint="check that the server is up and not overloaded",
+            ) from None
+        if info.auth != "trusted":
+            raise IncusError(
+                f"remote '{name}' ({url}) does not trust coi's certificate (auth: {info.auth})",
+                hint="its trust was removed there? add the remote again with a new token",
+            )

@@ -110,11 +110,17 @@ class CoiGroup(click.Group):
 )
 @click.option("--debug", is_flag=True, envvar="COI_DEBUG", help="Show full tracebacks for errors.")
 @click.option("--project", envvar="COI_INCUS_PROJECT", help="Incus project to work in.")
+@click.option(
+    "--remote",
+    envvar="COI_REMOTE",
+    metavar="NAME",
+    help="Work on this remote's incusd (see 'coi remote'; default: [incus] remote, else local).",
+)
 @click.pass_context
-async def cli(ctx: click.Context, *, debug: bool, project: str | None) -> None:
+async def cli(ctx: click.Context, *, debug: bool, project: str | None, remote: str | None) -> None:
     """coi: AI coding sessions in isolated Incus containers, a compatible implementation of
     code-on-incus (`coi`). With no command: `coi shell`."""
-    ctx.obj = App(debug=debug, project=project)
+    ctx.obj = App(debug=debug, project=project, remote=remote)
     if ctx.invoked_subcommand is None:
         from coi_async.cli.commands.shell import shell
 
@@ -178,6 +184,9 @@ def _register() -> None:
 
     cli.add_command(trust.trust)
     cli.add_command(trust.untrust)
+    from coi_async.cli.commands import remote
+
+    cli.add_command(remote.remote)
 
 
 _register()

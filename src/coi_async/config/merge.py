@@ -31,6 +31,7 @@ from coi_async.config.model import (
     Paths,
     Profile,
     ProfileNetwork,
+    RemoteSettings,
     ToolSettings,
     UntrustedFile,
 )
@@ -227,6 +228,7 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             code_uid=code_uid,
             code_user=str(b.get("incus.code_user", "code")),
             disable_shift=bool(b.get("incus.disable_shift", False)),
+            remote=str(b.get("incus.remote", "")),
         ),
         network=Network(
             mode=mode,
@@ -254,7 +256,20 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             max_save_file_bytes=_positive(b, "limits.max_save_file_bytes", Limits().max_save_file_bytes),
             max_save_bytes=_positive(b, "limits.max_save_bytes", Limits().max_save_bytes),
         ),
+        remotes=_remotes(b),
     )
+
+
+def _remotes(b: _Builder) -> dict[str, RemoteSettings]:
+    remotes: dict[str, RemoteSettings] = {}
+    for key, value in b.values.items():
+        if key.startswith("remotes.") and key.endswith(".workspace_root"):
+            name = key[len("remotes.") : -len(".workspace_root")]
+            root = str(value)
+            if not root.startswith("/"):
+                raise ConfigError(f"{b.where(key)}: '{key}' must be an absolute path on that server: {root}")
+            remotes[name] = RemoteSettings(workspace_root=os.path.normpath(root))
+    return remotes
 
 
 # --- the public API ------------------------------------------------------------------------------

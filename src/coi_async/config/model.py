@@ -53,6 +53,14 @@ class IncusSettings(msgspec.Struct, frozen=True, kw_only=True):
     code_uid: int = 1000
     code_user: str = "code"
     disable_shift: bool = False
+    remote: str = ""  # `[incus] remote`: "" leaves it to `coi remote switch` (else local)
+
+
+class RemoteSettings(msgspec.Struct, frozen=True, kw_only=True):
+    """`[remotes.NAME]`: a remote's server holds this machine's home directory's workspaces under
+    `workspace_root` (~/src/app is `<workspace_root>/src/app` there)."""
+
+    workspace_root: str = ""
 
 
 class NetworkLogging(msgspec.Struct, frozen=True, kw_only=True):
@@ -139,6 +147,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     # The untrusted files among them and what of each was left out (for the CLI's warning).
     untrusted: tuple[UntrustedFile, ...] = ()
     limits: Limits = msgspec.field(default_factory=Limits)
+    remotes: dict[str, RemoteSettings] = msgspec.field(default_factory=dict)
 
     @property
     def sessions_dir(self) -> str:

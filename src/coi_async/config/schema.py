@@ -41,6 +41,12 @@ class ProfileLayer(_Strict):
     tool: str | UnsetType = UNSET
 
 
+class RemoteLayer(_Strict):
+    """`[remotes.NAME]`: where this machine's workspaces are on that remote's server."""
+
+    workspace_root: str | UnsetType = UNSET
+
+
 class _Logging(_Strict):
     enabled: bool | UnsetType = UNSET
     path: str | UnsetType = UNSET
@@ -65,6 +71,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
         "claude_uid": int,  # the old name of code_uid, still in the reference README
         "code_user": str,
         "disable_shift": bool,
+        "remote": str,  # the remote (`coi remote add`) commands use; "local" is the unix socket
     },
     "network": {
         "mode": str,
@@ -93,6 +100,7 @@ _FileLayer = _optional_struct(
     {
         **{section: _optional_struct(section, keys) for section, keys in _SECTIONS.items()},
         "profiles": dict[str, dict[str, Any]],
+        "remotes": dict[str, dict[str, Any]],
     },
 )
 
@@ -155,6 +163,15 @@ def decode_file(source: str, text: str) -> FileSettings:
     for section in _SECTIONS:
         if (body := getattr(layer, section)) is not UNSET:
             _flatten(f"{section}.", body, values)
+    # Decoded one remote at a time, as profiles are, so that errors can name it; kept as flat
+    # keys, as the sections' are, so that an untrusted file's are left out and named.
+    for name, body in raw.get("remotes", {}).items():
+        try:
+            remote = msgspec.convert(body, RemoteLayer)
+        except msgspec.ValidationError as exc:
+            raise _validation_error(source, exc, under=f"remotes.{name}") from exc
+        if remote.workspace_root is not UNSET:
+            values[f"remotes.{name}.workspace_root"] = remote.workspace_root
     profiles: dict[str, ProfileLayer] = {}
     # Checked above to be a table of tables.
     for name, body in raw.get("profiles", {}).items():

@@ -10,6 +10,7 @@ import msgspec
 
 from coi_async.errors import CoiError
 from coi_async.incus.base import ApiBase
+from coi_async.incus.models import Operation
 from coi_async.incus.paths import certificate_path
 
 _PEM = re.compile(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.DOTALL)
@@ -47,6 +48,34 @@ class CertificatesApi(ApiBase):
         )
         await self._transport.request("POST", "/1.0/certificates", body=request)
         return fingerprint_of(pem)
+
+    async def create_trust_token(self, name: str, *, projects: list[str] | None = None) -> tuple[str, str]:
+        """A trust token for a client called `name` (restricted to `projects` when given), as
+        `incus config trust add NAME` makes one: (the token, its operation's id)."""
+        body: dict[str, object] = {"name": name, "type": "client", "token": True}
+        if projects:
+            body.update(restricted=True, projects=projects)
+        response = await self._transport.request("POST", "/1.0/certificates", body=body)
+        op = msgspec.json.decode(response.metadata, type=Operation)
+        meta = op.metadata or {}
+        token = {
+            "client_name": name,
+            "fingerprint": meta.get("fingerprint", ""),
+            "addresses": meta.get("addresses", []),
+            "secret": meta.get("secret", ""),
+            "expires_at": meta.get("expires_at", "0001-01-01T00:00:00Z"),
+        }
+        return base64.b64encode(msgspec.json.encode(token)).decode(), op.id
+
+    async def revoke_trust_token(self, operation: str) -> None:
+        """Withdraw a token not used yet (a used one's operation is gone: NotFoundError)."""
+        await self._transport.request("DELETE", f"/1.0/operations/{operation}")
+
+    async def trust_with_token(self, token: str) -> None:
+        """Have the server trust this connection's client certificate, with a trust token."""
+        await self._transport.request(
+            "POST", "/1.0/certificates", body={"type": "client", "trust_token": token}
+        )
 
     async def delete_certificate(self, fingerprint: str) -> None:
         await self._transport.request("DELETE", certificate_path(fingerprint))

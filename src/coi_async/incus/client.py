@@ -46,6 +46,11 @@ class IncusClient(
         async with Transport.open(endpoint) as transport:
             yield cls(transport, project=chosen)
 
+    @property
+    def remote(self) -> bool:
+        """Whether incusd is reached over HTTPS (a remote), not this machine's unix socket."""
+        return self._transport.remote
+
     def in_project(self, project: str) -> IncusClient:
         """The same connection, scoped to another project."""
         return IncusClient(self._transport, project=project)

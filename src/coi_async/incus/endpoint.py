@@ -27,6 +27,10 @@ class HttpsEndpoint:
     client_key: Path
     # The server's own certificate, pinned as the only trust anchor; None trusts the system CAs.
     server_cert: Path | None = None
+    # A remote's name (`coi remote add`) and the sha256 of its pinned certificate, for the error
+    # that says the server's certificate changed.
+    label: str = ""
+    fingerprint: str = ""
 
 
 Endpoint = UnixEndpoint | HttpsEndpoint

@@ -36,10 +36,17 @@ def _without_system_certificates() -> Iterator[None]:
 with _without_system_certificates():
     import aiohttp
 
-from coi_async.errors import IncusError, IncusUnavailableError
+from coi_async.errors import IncusError, IncusUnavailableError, PermissionDeniedError
 from coi_async.incus.classify import classify
 from coi_async.incus.endpoint import Endpoint, HttpsEndpoint, UnixEndpoint
 from coi_async.incus.models import ENVELOPE_DECODER, AsyncResponse, ErrorResponse, SyncResponse
+from coi_async.incus.server_cert import (
+    CONNECT_S,
+    HANDSHAKE_S,
+    REMOTE_HINT,
+    fetch_server_certificate,
+    fingerprint_of_der,
+)
 
 Params = Mapping[str, str]
 CHUNK = 256 * 1024
@@ -49,6 +56,14 @@ _SETUP_HINT = "start it with `sudo systemctl start incus` or this project's scri
 
 def _unavailable(where: str, exc: OSError | None) -> IncusUnavailableError:
     code = exc.errno if exc is not None else None
+    if code is None and exc is not None and isinstance(exc.__cause__, OSError):
+        exc = exc.__cause__  # anyio's "All connection attempts failed" has the real one below
+        code = exc.errno
+    if where.startswith("https://"):
+        reason = (exc.strerror if exc is not None and exc.strerror else str(exc)) or "no answer"
+        if code == errno.ECONNREFUSED:
+            reason = "connection refused"
+        return IncusUnavailableError(f"cannot reach incusd at {where}: {reason}", hint=REMOTE_HINT)
     if code in (errno.ENOENT, errno.ENOTDIR):
         return IncusUnavailableError(
             f"cannot reach incusd: no socket at {where}",
@@ -122,26 +137,37 @@ class WebSocket:
 class Transport:
     """One aiohttp session, reused for every request; `open` is the only way to make one."""
 
-    def __init__(self, session: aiohttp.ClientSession, where: str) -> None:
+    def __init__(
+        self, session: aiohttp.ClientSession, where: str, endpoint: HttpsEndpoint | None = None
+    ) -> None:
         self._session = session
         self.where = where
+        self._https = endpoint
+
+    @property
+    def remote(self) -> bool:
+        """Whether incusd is reached over HTTPS (maybe on another machine), not its unix socket."""
+        return self._https is not None
 
     @classmethod
     @asynccontextmanager
     async def open(cls, endpoint: Endpoint) -> AsyncIterator[Transport]:
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_S)
         connector: aiohttp.BaseConnector
         if isinstance(endpoint, UnixEndpoint):
             connector = aiohttp.UnixConnector(path=str(endpoint.socket), limit=0)
             base_url, where = "http://incus", str(endpoint.socket)
+            https = None
         else:
             connector = aiohttp.TCPConnector(ssl=_tls_context(endpoint), limit=0)
-            base_url, where = endpoint.url.rstrip("/"), endpoint.url
+            base_url, where = endpoint.url.rstrip("/"), endpoint.url.rstrip("/")
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_S, connect=HANDSHAKE_S)
+            https = endpoint
         session = aiohttp.ClientSession(
             connector=connector, base_url=base_url, timeout=timeout, auto_decompress=False
         )
         try:
-            yield cls(session, where)
+            yield cls(session, where, https)
         finally:
             await session.close()
 
@@ -158,10 +184,49 @@ class Transport:
         try:
             async with self._session.request(method, path, params=params, data=data, headers=headers) as resp:
                 yield resp
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise await self._certificate_error(exc) from exc
         except aiohttp.ClientConnectorError as exc:
             raise _unavailable(self.where, exc.os_error) from exc
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise IncusUnavailableError(
+                f"cannot reach incusd at {self.where}: no answer within {HANDSHAKE_S:g}s", hint=REMOTE_HINT
+            ) from exc
         except aiohttp.ClientError as exc:
             raise IncusError(f"request {method} {path} to incusd failed: {exc}") from exc
+
+    def _decode(self, method: str, path: str, status: int, raw: bytes) -> SyncResponse | AsyncResponse:
+        try:
+            return decode_envelope(method, path, status, raw)
+        except PermissionDeniedError as exc:
+            # incusd's whole answer to a client certificate it does not trust.
+            if self._https is None or str(exc) != "not authorized":
+                raise
+            name = f"remote '{self._https.label}'" if self._https.label else "the server"
+            error = classify(
+                status, f"{name} ({self.where}) does not trust coi's certificate (not authorized)"
+            )
+            error.hint = "its trust was removed there? add the remote again with a new token"
+            raise error from exc
+
+    async def _certificate_error(self, exc: aiohttp.ClientConnectorCertificateError) -> IncusError:
+        """The server's certificate is not the pinned one: which it is now, if it can be told."""
+        endpoint = self._https
+        if endpoint is None or not endpoint.fingerprint:
+            return IncusUnavailableError(f"the TLS certificate of {self.where} was refused: {exc}")
+        try:
+            now = fingerprint_of_der(await fetch_server_certificate(endpoint.url))
+        except IncusError:
+            now = "unknown"
+        if now == endpoint.fingerprint:
+            return IncusUnavailableError(f"the TLS certificate of {self.where} was refused: {exc}")
+        name = f"remote '{endpoint.label}'" if endpoint.label else self.where
+        return IncusUnavailableError(
+            f"the server certificate of {name} ({self.where}) changed: pinned {endpoint.fingerprint}, "
+            f"now {now}; refusing to connect",
+            hint="if the server's certificate was renewed on purpose, remove the remote and add it "
+            "again with a new token",
+        )
 
     async def request(
         self,
@@ -181,7 +246,7 @@ class Transport:
         async with self._send(method, path, params=params, data=data, headers=hdrs) as resp:
             raw = await resp.read()
             status = resp.status
-        return decode_envelope(method, path, status, raw)
+        return self._decode(method, path, status, raw)
 
     async def request_raw(
         self,
@@ -196,7 +261,7 @@ class Transport:
         async with self._send(method, path, params=params, data=data, headers=headers) as resp:
             raw = await resp.read()
             if resp.status >= 400:
-                decode_envelope(method, path, resp.status, raw)
+                self._decode(method, path, resp.status, raw)
             return RawResponse(resp.status, dict(resp.headers), raw)
 
     @asynccontextmanager
@@ -206,7 +271,7 @@ class Transport:
         """Stream a response body in chunks, for files too large to hold in memory."""
         async with self._send("GET", path, params=params, data=None, headers=None) as resp:
             if resp.status >= 400:
-                decode_envelope("GET", path, resp.status, await resp.read())
+                self._decode("GET", path, resp.status, await resp.read())
 
             async def chunks() -> AsyncIterator[bytes]:
                 try:
@@ -226,6 +291,8 @@ class Transport:
             ws = await self._session.ws_connect(path, params=params, autoping=False, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
             raise classify(exc.status, f"websocket {path} refused: {exc.message}") from exc
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise await self._certificate_error(exc) from exc
         except aiohttp.ClientConnectorError as exc:
             raise _unavailable(self.where, exc.os_error) from exc
         except aiohttp.ClientError as exc:

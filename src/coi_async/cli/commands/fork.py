@@ -75,6 +75,13 @@ async def fork(app: App, *, container: str, count: int, worktree: bool, fmt: str
     from coi_async.orchestration.sessions.fork import ForkReport, ForkRequest, fork_session
 
     config = app.config()
+    if worktree and app.is_remote():
+        from coi_async.errors import UsageError
+
+        raise UsageError(
+            f"--worktree makes each fork's worktree on this machine, which remote "
+            f"'{app.remote_name()}' cannot see: fork there without it"
+        )
     request = ForkRequest(
         container=container,
         count=count,

@@ -20,11 +20,23 @@ async def network() -> None:
     """A running session's network: its allowlist and its connection log."""
 
 
+def _not_over_a_remote(app: App) -> None:
+    """A remote's sessions are not served by coi's egress daemon: nothing here is theirs."""
+    from coi_async.errors import UsageError
+
+    if app.is_remote():
+        raise UsageError(
+            f"sessions on remote '{app.remote_name()}' have the network of its default profile: "
+            "coi's egress daemon, its allowlists and logs are this machine's sessions' only"
+        )
+
+
 async def _change(app: App, container: str, host: str, *, action: str) -> None:
     from coi_async.orchestration.network.live import change_allowlist, parse_host_argument
     from coi_async.orchestration.network.paths import EgressPaths
 
     entry = parse_host_argument(host)  # a bad HOST fails before anything is looked up
+    _not_over_a_remote(app)
     async with app.incus() as incus:
         await change_allowlist(
             incus,
@@ -76,6 +88,7 @@ async def log(app: App, *, container: str | None, follow: bool, fmt: str) -> Non
     from coi_async.orchestration.network import live
 
     config = app.config()
+    _not_over_a_remote(app)
     async with app.incus() as incus:
         project = incus.project
         paths = live.log_paths(config, project, container)

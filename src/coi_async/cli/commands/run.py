@@ -42,7 +42,13 @@ async def _write(stream: int, data: bytes) -> None:
 
 @click.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("-w", "--workspace", default=".", show_default=True, help="Workspace directory to mount.")
+@click.option(
+    "-w",
+    "--workspace",
+    default=".",
+    show_default=True,
+    help="Workspace directory to mount (over a remote: remote:PATH, its path on that server).",
+)
 @click.option(
     "--slot", type=int, default=None, help="Slot to use, 1..defaults.max_slots (default: first free)."
 )
@@ -77,10 +83,9 @@ async def run(
     kept, to be reused.
     """
     from coi_async.cli import session_view
+    from coi_async.cli.workspace import session_workspace
     from coi_async.config import apply_flags
-    from coi_async.naming import absolute_workspace
     from coi_async.orchestration.interrupts import interruptible
-    from coi_async.orchestration.sessions.launch_request import check_workspace, prepare_mounts
     from coi_async.orchestration.sessions.run import RunRequest, run_command
     from coi_async.slots import validate_slot
 
@@ -89,9 +94,7 @@ async def run(
     )
     if slot is not None:
         validate_slot(slot, max_slots=config.defaults.max_slots)
-    ws = absolute_workspace(workspace, os.getcwd())
-    check_workspace(ws)
-    extra = prepare_mounts(config, mounts)
+    ws, extra = session_workspace(app, workspace, mounts, config)
     request = RunRequest(
         workspace=ws,
         argv=command,

@@ -145,9 +145,10 @@ async def list_(app: App, *, show_all: bool, fmt: str, tool: str | None) -> None
     async with app.incus() as incus:
         active = await active_containers(incus, config=config, stores=stores, tool=tool or "")
     # The sessions listed have no network while their egress daemon is down; a daemon that will
-    # not start is for the commands that need it to say.
-    with contextlib.suppress(CoiError):
-        await revive_daemon()
+    # not start is for the commands that need it to say. (A remote's sessions have none.)
+    if not app.is_remote():
+        with contextlib.suppress(CoiError):
+            await revive_daemon()
     saved = (
         sorted((s for store in stores for s in store.list_sessions()), key=saved_key) if show_all else None
     )

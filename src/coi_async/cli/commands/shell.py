@@ -18,19 +18,25 @@ if TYPE_CHECKING:
 _RESUME_HELP = "Resume a saved session: the latest of this workspace, or --resume=ID."
 
 
-def _prepare(workspace: str, mounts: tuple[str, ...], config: Config) -> tuple[str, tuple[Mount, ...], str]:
+def _prepare(
+    app: App, workspace: str, mounts: tuple[str, ...], config: Config
+) -> tuple[str, tuple[Mount, ...], str]:
     """The absolute workspace (checked), the extra mounts (validated, host dirs made), the home."""
-    from coi_async.naming import absolute_workspace
-    from coi_async.orchestration.sessions.launch_request import check_workspace, prepare_mounts
+    from coi_async.cli.workspace import session_workspace
 
-    ws = absolute_workspace(workspace, os.getcwd())
-    check_workspace(ws)
-    return ws, prepare_mounts(config, mounts), os.path.expanduser("~")
+    ws, extra = session_workspace(app, workspace, mounts, config)
+    return ws, extra, os.path.expanduser("~")
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, required=False)
-@click.option("-w", "--workspace", default=".", show_default=True, help="Workspace directory to mount.")
+@click.option(
+    "-w",
+    "--workspace",
+    default=".",
+    show_default=True,
+    help="Workspace directory to mount (over a remote: remote:PATH, its path on that server).",
+)
 @click.option("--slot", type=int, default=0, show_default=True, help="Slot for parallel sessions (0 = auto).")
 @click.option("--persistent", is_flag=True, default=None, help="Keep the container between sessions.")
 @click.option("--resume", is_flag=False, flag_value="auto", default=None, help=_RESUME_HELP)
@@ -99,7 +105,7 @@ async def shell(
     # `persistent` stays out of the config here: an explicit flag must win over a resumed
     # session's mode, and only the flow can tell the two apart.
     config = apply_flags(app.config(profile=profile, image=image), network=network, tool=tool)
-    ws, extra, home = _prepare(workspace, mounts, config)
+    ws, extra, home = _prepare(app, workspace, mounts, config)
     request = ShellRequest(
         workspace=ws,
         slot=slot,
@@ -122,6 +128,24 @@ async def shell(
         raise click.exceptions.Exit(code)
 
 
+def _attach_workspace(app: App, workspace: str, slot: int) -> str:
+    """The workspace of `attach --slot`: over a remote, its path on that server."""
+    from coi_async.naming import absolute_workspace
+
+    if not app.is_remote() or not slot:
+        # Without --slot the workspace chooses nothing.
+        return absolute_workspace(workspace, os.getcwd())
+    from coi_async.remotes import remote_workspace
+
+    return remote_workspace(
+        workspace,
+        remote=app.remote_name(),
+        root=app.remote_workspace_root(),
+        home=os.path.expanduser("~"),
+        cwd=os.getcwd(),
+    )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("container", required=False)
 @click.option("--bash", "use_bash", is_flag=True, help="Open bash instead of the tmux session.")
@@ -136,7 +160,6 @@ async def attach(
     from coi_async.cli import session_view
     from coi_async.cli.terminal import LocalTerminal
     from coi_async.config import apply_flags
-    from coi_async.naming import absolute_workspace
     from coi_async.orchestration.network.session import revive_daemon
     from coi_async.orchestration.sessions.attach import AttachList, attach_session, choose_attach_target
     from coi_async.orchestration.sessions.request import Outcome
@@ -144,13 +167,14 @@ async def attach(
     config = apply_flags(app.config(), tool=tool)
     # The session attached to has no network while its egress daemon is down (attaching works
     # without it, so a daemon that will not start does not stop the attach).
-    with contextlib.suppress(CoiError):
-        await revive_daemon()
+    if not app.is_remote():
+        with contextlib.suppress(CoiError):
+            await revive_daemon()
     async with app.incus() as incus:
         choice = await choose_attach_target(
             incus,
             config,
-            workspace=absolute_workspace(workspace, os.getcwd()),
+            workspace=_attach_workspace(app, workspace, slot),
             slot=slot,
             name=container,
             tool=tool or "",

@@ -43,7 +43,16 @@ async def build_egress(
     on_record: Callable[[ConnectionRecord], None],
 ) -> AsyncIterator[str]:
     """Serve `container` its allowlist on its 127.0.0.1:`port` while the context is open; yields
-    the proxy's URL. `on_record` is told every connection the build made."""
+    the proxy's URL. `on_record` is told every connection the build made.
+
+    Not over a remote: the daemon runs beside this coi, and the remote's incusd could not reach
+    its socket; such a build needs a network interface from the remote's default profile."""
+    if incus.remote:
+        raise EgressError(
+            f"build container {container} has no network interface, and coi's egress daemon cannot "
+            "serve a remote's containers: give the remote's default profile a NIC (the build then "
+            "uses it), or build on that server itself"
+        )
     inside = may_listen_inside()
     plan = EgressPlan(
         mode="allowlist",

@@ -25,7 +25,7 @@ import msgspec
 from coi_async.config import Config
 from coi_async.egress import control
 from coi_async.egress.policy import as_mode
-from coi_async.errors import CoiError, EgressError, NotFoundError, SessionError
+from coi_async.errors import CoiError, EgressError, NotFoundError, SessionError, UsageError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
 from coi_async.orchestration.events import Emit, ignore, note
@@ -72,12 +72,22 @@ async def start_daemon_early(plan: EgressPlan | None) -> AsyncIterator[None]:
 async def plan_egress(
     incus: IncusClient, config: Config, *, env: Mapping[str, str] | None = None
 ) -> EgressPlan:
-    """The plan for a session launched with the default profile, in the config's mode."""
+    """The plan for a session launched with the default profile, in the config's mode.
+
+    Over a remote only `open` can be kept: the egress daemon runs beside this coi, not beside
+    the remote's incusd, so the session has what the remote's default profile gives it."""
     mode = as_mode(config.network.mode)
+    if incus.remote and mode != "open":
+        raise UsageError(
+            f"network mode '{mode}' needs coi's egress daemon on the server, which a remote does "
+            "not have: use --network open there (the network of the remote's default profile)"
+        )
     try:
         nics = nic_names((await incus.get_profile(_DEFAULT_PROFILE)).devices)
     except NotFoundError:
         nics = []
+    if incus.remote:
+        return EgressPlan(mode=mode, project=incus.project, nics=tuple(nics), through_daemon=False)
     through = proxied(mode, nics)
     root = str(EgressPaths.for_environment(env).make().root) if through else ""
     inside = through and may_listen_inside(env)
