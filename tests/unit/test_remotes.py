@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from coi_async.cli import remote_store
 from coi_async.config import resolve_config
 from coi_async.errors import ConfigError, IncusError, UsageError
 from coi_async.incus.certificates import fingerprint_of
 from coi_async.incus.server_cert import split_url
 from coi_async.incus.transport import _unavailable
+from coi_async.orchestration.remotes import store as remote_store
 from coi_async.remotes import (
     Remote,
     RemoteStore,

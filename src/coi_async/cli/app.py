@@ -60,7 +60,7 @@ class App:
 
     def _chosen(self) -> tuple[str, Remote | None]:
         if self._remote is None:
-            from coi_async.cli import remote_store
+            from coi_async.orchestration.remotes import store as remote_store
             from coi_async.remotes import LOCAL, choose
 
             configured = self.config().incus.remote
@@ -80,7 +80,7 @@ class App:
 
     def endpoint(self) -> HttpsEndpoint | None:
         """How to reach the chosen remote's incusd; None for local (the unix socket)."""
-        from coi_async.cli import remote_store
+        from coi_async.orchestration.remotes import store as remote_store
 
         name, remote = self._chosen()
         return None if remote is None else remote_store.endpoint(name, remote)

@@ -172,11 +172,15 @@ def command_key(ctx: click.Context) -> str:
 
 
 def walk(command: click.Command, path: str = "") -> Iterator[tuple[str, click.Command]]:
-    """Every command of the tree below (and with) `command`, with its path."""
+    """Every command of the tree below (and with) `command`, with its path (importing those the
+    root loads on first use)."""
     yield path, command
     if isinstance(command, click.Group):
-        for name, sub in command.commands.items():
-            yield from walk(sub, f"{path} {name}".strip())
+        ctx = click.Context(command)
+        for name in command.list_commands(ctx):
+            sub = command.get_command(ctx, name)
+            if sub is not None:
+                yield from walk(sub, f"{path} {name}".strip())
 
 
 def install(root: click.Command) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from typing import Any, NoReturn
@@ -60,8 +61,57 @@ def default_to_shell(group: click.Group, args: list[str]) -> list[str]:
     return args
 
 
+# Every command but `version`, by name: its module in coi_async.cli.commands (one per command
+# family) and its attribute there. A module is imported only when one of its commands runs or
+# shows its help, so each command pays for its own imports only.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "shell": ("shell", "shell"),
+    "attach": ("shell", "attach"),
+    "run": ("run", "run"),
+    "list": ("sessions", "list_"),
+    "info": ("sessions", "info"),
+    "persist": ("sessions", "persist"),
+    "shutdown": ("bulk", "shutdown"),
+    "kill": ("bulk", "kill"),
+    "clean": ("bulk", "clean"),
+    "fork": ("fork", "fork"),
+    "snapshot": ("snapshot", "snapshot"),
+    "top": ("fleet", "top"),
+    "limit": ("fleet", "limit"),
+    "events": ("fleet", "events"),
+    "wait": ("fleet", "wait"),
+    "build": ("build", "build"),
+    "container": ("container", "container"),
+    "file": ("file", "file"),
+    "image": ("image", "image"),
+    "images": ("image", "images"),
+    "tmux": ("tmux", "tmux"),
+    "egress": ("egress", "egress"),
+    "network": ("network", "network"),
+    "remote": ("remote", "remote"),
+    "trust": ("trust", "trust"),
+    "untrust": ("trust", "untrust"),
+    "completion": ("completion", "completion"),
+}
+
+
 class CoiGroup(click.Group):
-    """Turns every CoiError into `Error: ...` on stderr and its exit code; bugs keep their traceback."""
+    """Turns every CoiError into `Error: ...` on stderr and its exit code; bugs keep their traceback.
+
+    Its commands (COMMANDS) are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*self.commands, *COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMANDS:
+            module, attribute = COMMANDS[cmd_name]
+            command: click.Command = getattr(
+                importlib.import_module(f"coi_async.cli.commands.{module}"), attribute
+            )
+            help_text.install(command)
+            self.commands[cmd_name] = command
+        return self.commands.get(cmd_name)
 
     async def make_context(
         self, info_name: str | None, args: list[str], parent: click.Context | None = None, **extra: Any
@@ -136,60 +186,6 @@ async def version() -> None:
     click.echo(PROJECT_URL)
 
 
-# Command families live in coi_async.cli.commands, one module each; register them here.
-def _register() -> None:
-    from coi_async.cli.commands import completion, container, file, image, tmux
-
-    cli.add_command(container.container)
-    cli.add_command(file.file)
-    cli.add_command(image.image)
-    cli.add_command(image.images)
-    cli.add_command(tmux.tmux)
-    cli.add_command(completion.completion)
-    from coi_async.cli.commands import build
-
-    cli.add_command(build.build)
-    from coi_async.cli.commands import run, sessions
-
-    cli.add_command(run.run)
-    cli.add_command(sessions.list_)
-    cli.add_command(sessions.info)
-    cli.add_command(sessions.persist)
-    from coi_async.cli.commands import shell
-
-    cli.add_command(shell.shell)
-    cli.add_command(shell.attach)
-    from coi_async.cli.commands import bulk
-
-    cli.add_command(bulk.shutdown)
-    cli.add_command(bulk.kill)
-    cli.add_command(bulk.clean)
-    from coi_async.cli.commands import egress, network
-
-    cli.add_command(egress.egress)
-    cli.add_command(network.network)
-    from coi_async.cli.commands import snapshot
-
-    cli.add_command(snapshot.snapshot)
-    from coi_async.cli.commands import fork
-
-    cli.add_command(fork.fork)
-    from coi_async.cli.commands import fleet
-
-    cli.add_command(fleet.top)
-    cli.add_command(fleet.limit)
-    cli.add_command(fleet.events)
-    cli.add_command(fleet.wait)
-    from coi_async.cli.commands import trust
-
-    cli.add_command(trust.trust)
-    cli.add_command(trust.untrust)
-    from coi_async.cli.commands import remote
-
-    cli.add_command(remote.remote)
-
-
-_register()
 help_text.install(cli)
 
 

@@ -13,9 +13,6 @@ from coi_async.cli.app import App
 from coi_async.cli.commands._options import format_option
 from coi_async.errors import UsageError
 
-# The whole of `remote add`: handshake, token, check. Each connect has its own deadline too.
-ADD_WITHIN_S = 60.0
-
 
 @click.group()
 async def remote() -> None:
@@ -32,62 +29,15 @@ async def add(app: App, *, name: str, url: str, token: str) -> None:
 
     With `coi --project P remote add ...`, P is the project commands use on that remote unless
     told otherwise (a token restricted to projects admits only those)."""
-    import os
-    import ssl
+    from coi_async.orchestration.events import Event, Note
+    from coi_async.orchestration.remotes.add import NOTE_CERTIFICATE, add_remote
 
-    import anyio
-    import msgspec
+    def show(event: Event) -> None:
+        if isinstance(event, Note) and event.kind == NOTE_CERTIFICATE:
+            click.echo(f"Certificate fingerprint: {event.values['fingerprint']}")
 
-    from coi_async.cli import remote_store
-    from coi_async.errors import CoiError, IncusApiError, IncusUnavailableError
-    from coi_async.incus import IncusClient
-    from coi_async.incus.server_cert import fetch_server_certificate, fingerprint_of_der
-    from coi_async.remotes import Remote, check_name, decode_token, normalize_url
-
-    check_name(name)
-    url = normalize_url(url)
-    expected = decode_token(token).fingerprint
-    store = remote_store.load()
-    if name in store.remotes:
-        raise UsageError(f"remote '{name}' exists already ({store.remotes[name].url}): remove it first")
-    try:
-        with anyio.fail_after(ADD_WITHIN_S):
-            der = await fetch_server_certificate(url)
-            fingerprint = fingerprint_of_der(der)
-            click.echo(f"Certificate fingerprint: {fingerprint}")
-            if expected and expected != fingerprint:
-                raise IncusUnavailableError(
-                    f"the server at {url} presented certificate {fingerprint}, but the token is for "
-                    f"{expected}: refusing to add remote '{name}'",
-                    hint="is the URL right? someone between here and there may be answering instead",
-                )
-            remote_store.save_server_cert(name, ssl.DER_cert_to_PEM_cert(der))
-            try:
-                remote_store.client_certificate()
-                endpoint = remote_store.endpoint(name, Remote(url=url, fingerprint=fingerprint))
-                project = app.project or os.environ.get("INCUS_PROJECT") or None
-                async with IncusClient.connect(endpoint, project=project) as client:
-                    if (await client.server_info()).auth != "trusted":
-                        try:
-                            await client.trust_with_token(token)
-                        except IncusApiError as exc:
-                            raise CoiError(
-                                f"{url} refused the token for remote '{name}': {exc}",
-                                hint="tokens work once and expire: ask for a new one",
-                            ) from exc
-                    if (await client.server_info()).auth != "trusted":
-                        raise CoiError(f"{url} took the token but does not trust coi's certificate")
-            except BaseException:
-                remote_store.forget_server_cert(name)
-                raise
-    except TimeoutError:
-        raise IncusUnavailableError(
-            f"remote '{name}' at {url} did not answer within {ADD_WITHIN_S:g}s: not added"
-        ) from None
-    # A project given to `add` is the remote's own: a token is often for that project only.
-    remotes = {**store.remotes, name: Remote(url=url, fingerprint=fingerprint, project=app.project or "")}
-    remote_store.save(msgspec.structs.replace(store, remotes=remotes))
-    click.echo(f"Remote '{name}' added: {url} (use it with 'coi --remote {name} ...')")
+    added = await add_remote(name, url, token, project=app.project or "", emit=show)
+    click.echo(f"Remote '{name}' added: {added.url} (use it with 'coi --remote {name} ...')")
 
 
 @remote.command("list")
@@ -99,9 +49,9 @@ async def list_(app: App, *, fmt: str) -> None:
 
     import msgspec
 
-    from coi_async.cli import remote_store
     from coi_async.errors import ConfigError
     from coi_async.incus.endpoint import resolve_socket
+    from coi_async.orchestration.remotes import store as remote_store
     from coi_async.remotes import LOCAL
 
     store = remote_store.load()
@@ -141,7 +91,7 @@ async def remove(*, name: str) -> None:
     """Forget the remote NAME (the server keeps trusting coi's certificate until told otherwise)."""
     import msgspec
 
-    from coi_async.cli import remote_store
+    from coi_async.orchestration.remotes import store as remote_store
     from coi_async.remotes import LOCAL
 
     if name == LOCAL:
@@ -165,7 +115,7 @@ async def switch(app: App, *, name: str) -> None:
     """Make NAME the remote commands use when neither --remote nor [incus] remote says."""
     import msgspec
 
-    from coi_async.cli import remote_store
+    from coi_async.orchestration.remotes import store as remote_store
     from coi_async.remotes import LOCAL
 
     store = remote_store.load()

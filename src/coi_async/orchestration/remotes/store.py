@@ -1,4 +1,4 @@
-"""What `coi remote` keeps in the user's config dir (`$XDG_CONFIG_HOME/coi`, ~/.config/coi):
+"""What coi keeps of its remotes in the user's config dir (`$XDG_CONFIG_HOME/coi`, ~/.config/coi):
 
 - `remotes.json`: each remote's URL and pinned server fingerprint, and the `switch`ed default;
 - `servercerts/NAME.crt`: each remote's server certificate, the only trust anchor for it;
