@@ -83,7 +83,14 @@ async def ensure_daemon(paths: EgressPaths) -> None:
                 if _try_lock(fd):
                     break
                 await anyio.sleep(_POLL_S)
-            if await ping(paths) is not None:
+            # A daemon that holds its lock is starting, busy or on its way out: one that does not
+            # answer a ping at once is waited for, never doubled (a second one would take over
+            # the moment the first stops).
+            while await ping(paths) is None:
+                if not _daemon_lock_held(paths):
+                    break
+                await anyio.sleep(_POLL_S)
+            else:
                 return
             _spawn(paths)
             while True:
@@ -94,6 +101,18 @@ async def ensure_daemon(paths: EgressPaths) -> None:
         raise EgressError(
             f"the egress daemon did not start within {_START_S:g}s", hint=f"see {paths.daemon_log}"
         ) from None
+    finally:
+        os.close(fd)
+
+
+def _daemon_lock_held(paths: EgressPaths) -> bool:
+    """Whether a daemon process holds the daemon lock now."""
+    try:
+        fd = os.open(paths.daemon_lock, os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return False
+    try:
+        return not _try_lock(fd)  # taken here only for this look: closing releases it
     finally:
         os.close(fd)
 
