@@ -183,8 +183,9 @@ CODEX = Tool(
 
 # Google Gemini CLI (geminicli.com/docs): state in ~/.gemini, conversations in
 # ~/.gemini/tmp/<project hash>/chats/, Google sign-in in oauth_creds.json, preferences in
-# settings.json (merged like Claude's). `--resume` alone continues the latest conversation of the
-# project, `--resume <uuid|index>` a given one; `--yolo` approves every action.
+# settings.json (merged like Claude's). A new conversation gets coi's session id
+# (`--session-id`), `--resume <uuid>` continues it (`--resume latest` the project's newest);
+# `--yolo` approves every action, `--skip-trust` trusts /workspace without asking.
 GEMINI = Tool(
     name="gemini",
     binary="gemini",
@@ -195,8 +196,10 @@ GEMINI = Tool(
     secret_files=("oauth_creds.json", "google_accounts.json"),
     credentials_file="oauth_creds.json",
     settings_file="settings.json",
-    base_args=("--yolo",),
+    base_args=("--yolo", "--skip-trust"),
+    session_id_flag="--session-id",
     resume_flag="--resume",
+    resume_latest=("--resume", "latest"),
     api_hosts=(
         "generativelanguage.googleapis.com",
         "cloudcode-pa.googleapis.com",

@@ -93,13 +93,15 @@ def test_registry_entries() -> None:
 
 def test_other_tools_command_lines() -> None:
     yolo = "--dangerously-bypass-approvals-and-sandbox"
-    # None of them takes an id of coi's: a new session is the bare command.
+    # Codex and opencode take no id of coi's: a new session is the bare command.
     assert CODEX.new_session_command("u-1") == ["codex", yolo]
     assert CODEX.resume_command("019a") == ["codex", yolo, "resume", "019a"]
     assert CODEX.resume_command(None) == ["codex", yolo, "resume", "--last"]
-    assert GEMINI.new_session_command("u-1") == ["gemini", "--yolo"]
-    assert GEMINI.resume_command(None) == ["gemini", "--yolo", "--resume"]
-    assert GEMINI.resume_command("abc") == ["gemini", "--yolo", "--resume", "abc"]
+    # Gemini CLI does (--session-id), and resumes it by that id.
+    gemini = ["gemini", "--yolo", "--skip-trust"]
+    assert GEMINI.new_session_command("u-1") == [*gemini, "--session-id", "u-1"]
+    assert GEMINI.resume_command(None) == [*gemini, "--resume", "latest"]
+    assert GEMINI.resume_command("u-1") == [*gemini, "--resume", "u-1"]
     assert OPENCODE.new_session_command("u-1") == ["opencode"]
     assert OPENCODE.resume_command(None) == ["opencode", "--continue"]
     assert OPENCODE.resume_command("ses_1") == ["opencode", "--session", "ses_1"]

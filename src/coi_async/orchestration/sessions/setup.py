@@ -91,7 +91,9 @@ async def setup_session(
         tool=state.tool.name,
         image=config.defaults.image,
         network=egress.mode,
-        cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else ""),
+        # A tool that takes coi's session id for a new conversation resumes it by that id.
+        cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else "")
+        or (session.session_id if resumed is None and state.tool.session_id_flag else ""),
     )
 
     restore = resumed is not None and state.created
