@@ -12,7 +12,7 @@ from typing import NoReturn
 import anyio
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
+from coi_async.errors import CoiError, IncusApiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
 
@@ -79,10 +79,6 @@ async def delete_project_fully(client: IncusClient, name: str) -> None:
     when the project shares it (features.profiles=false).
     """
     scoped = client.in_project(name)
-    try:
-        instances = await scoped.list_instances()
-    except NotFoundError:
-        return
 
     async def remove(instance_name: str, running: bool) -> None:
         try:
@@ -92,10 +88,23 @@ async def delete_project_fully(client: IncusClient, name: str) -> None:
         except CoiError:
             pass
 
-    async with anyio.create_task_group() as tg:
-        for instance in instances:
-            tg.start_soon(remove, instance.name, instance.running)
-    await client.delete_project(name)
+    # An Incus-ephemeral container a `coi run` left powering itself off is deleted by incusd
+    # a moment later: until then the project is not empty, so the round is tried again.
+    for attempt in range(20):
+        try:
+            instances = await scoped.list_instances()
+        except NotFoundError:
+            return
+        async with anyio.create_task_group() as tg:
+            for instance in instances:
+                tg.start_soon(remove, instance.name, instance.running)
+        try:
+            await client.delete_project(name)
+            return
+        except IncusApiError as exc:
+            if "Only empty projects" not in str(exc) or attempt == 19:
+                raise
+        await anyio.sleep(0.5)
 
 
 @contextlib.asynccontextmanager

@@ -19,6 +19,7 @@ from coi_async.errors import EgressError
 
 MAX_LINE = 64 * 1024
 _REQUEST_S = 5.0
+_REPLY_S = 1.0
 
 Reply = dict[str, Any]
 Dispatch = Callable[[str], Awaitable[Reply]]
@@ -50,10 +51,12 @@ async def serve_control(listener: anyio.abc.Listener[anyio.abc.ByteStream], disp
                     reply = {"ok": False, "error": "malformed request"}
                 else:
                     reply = await dispatch(request.command)
-                try:
-                    await stream.send(msgspec.json.encode(reply) + b"\n")
-                except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    pass
+                # Shielded: a `stop` ends the daemon at once, and its reply must still go out.
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_REPLY_S):
+                    try:
+                        await stream.send(msgspec.json.encode(reply) + b"\n")
+                    except (OSError, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        pass
 
     await listener.serve(one)
 

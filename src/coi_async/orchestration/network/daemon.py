@@ -144,14 +144,18 @@ async def stop_daemon(paths: EgressPaths, *, within_s: float = 10.0) -> bool:
     """Stop the daemon: asked politely over its socket, else SIGTERM by its pid file. Whether one
     was running."""
     pid = read_pid(paths)
-    answered = False
+    answered = asked = False
     with contextlib.suppress(EgressError):
         if paths.control.exists():
+            asked = True
             await control.call(str(paths.control), "stop", within_s=2.0)
             answered = True
     if not answered:
-        if pid is None or not _is_our_daemon(pid):
+        if pid is None:
             return False
+        if not _is_our_daemon(pid):
+            # Gone while it was asked (its answer lost to its exit), or never ours.
+            return asked and not _alive(pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
     if pid is not None:
