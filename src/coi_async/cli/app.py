@@ -49,8 +49,10 @@ class App:
 
         None leaves the choice to the client (incus-user's own project, else default).
         """
+        return self._project_of(self._chosen()[1])
+
+    def _project_of(self, remote: Remote | None) -> str | None:
         configured = self.config().incus.project
-        remote = self._chosen()[1]
         return (
             self.project
             or os.environ.get("INCUS_PROJECT")
@@ -90,25 +92,50 @@ class App:
         settings = self.config().remotes.get(self.remote_name())
         return settings.workspace_root if settings else ""
 
+    def remote_names(self) -> list[str]:
+        """`local` and every remote `coi remote add` added (sorted), as the store has them now."""
+        from coi_async.orchestration.remotes import store as remote_store
+        from coi_async.remotes import LOCAL
+
+        return [LOCAL, *sorted(remote_store.load().remotes)]
+
     @asynccontextmanager
     async def incus(self) -> AsyncIterator[IncusClient]:
-        # Imported here: aiohttp alone costs ~150 ms, which `coi version` should not pay.
-        from coi_async.incus import IncusClient
-
-        endpoint = self.endpoint()
-        async with IncusClient.connect(endpoint, project=self.incus_project()) as client:
-            if endpoint is not None:
-                await self._check_remote(client, endpoint.url)
+        name, remote = self._chosen()
+        async with self._connect(name, remote) as client:
             yield client
 
-    async def _check_remote(self, client: IncusClient, url: str) -> None:
+    @asynccontextmanager
+    async def incus_of(self, name: str) -> AsyncIterator[IncusClient]:
+        """A client of the remote `name` (or local) as the store has it now, in the project a
+        command given `--remote NAME` would use; ConfigError for a remote that is not (or no
+        longer) there."""
+        from coi_async.orchestration.remotes import store as remote_store
+        from coi_async.remotes import LOCAL, choose
+
+        chosen = (LOCAL, None) if name == LOCAL else choose(name, {}, "", remote_store.load())
+        async with self._connect(*chosen) as client:
+            yield client
+
+    @asynccontextmanager
+    async def _connect(self, name: str, remote: Remote | None) -> AsyncIterator[IncusClient]:
+        # Imported here: aiohttp alone costs ~150 ms, which `coi version` should not pay.
+        from coi_async.incus import IncusClient
+        from coi_async.orchestration.remotes import store as remote_store
+
+        endpoint = None if remote is None else remote_store.endpoint(name, remote)
+        async with IncusClient.connect(endpoint, project=self._project_of(remote)) as client:
+            if endpoint is not None:
+                await self._check_remote(client, name, endpoint.url)
+            yield client
+
+    async def _check_remote(self, client: IncusClient, name: str, url: str) -> None:
         """A remote answers, and trusts coi, within a deadline: past the connect and the TLS
         handshake (which have their own), a server that never answers is an error, not a hang."""
         import anyio
 
         from coi_async.errors import IncusError, IncusUnavailableError
 
-        name = self.remote_name()
         try:
             with anyio.fail_after(REMOTE_ANSWER_S):
                 info = await client.server_info()

@@ -110,7 +110,11 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "top": ("coi top", "coi top --once --sort cpu", "coi top --format json"),
     "limit": ("coi limit coi-1a2b3c4d-1 --cpu 2 --memory 4GiB", "coi limit --all --memory none"),
-    "events": ("coi events", "coi events --format json | jq -c 'select(.type != \"resync\")'"),
+    "events": (
+        "coi events",
+        "coi events --format json | jq -c 'select(.type != \"resync\")'",
+        "coi events --all-remotes       # local and every remote at once",
+    ),
     "wait": (
         "coi wait coi-1a2b3c4d-1 --state waiting",
         "coi wait coi-1a2b3c4d-1 coi-1a2b3c4d-2 --state idle --timeout 600",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 import anyio
@@ -13,10 +14,12 @@ import msgspec
 from coi_async.cli.app import App
 from coi_async.cli.commands._options import format_option
 from coi_async.errors import UsageError
+from coi_async.remotes import LOCAL
 
 if TYPE_CHECKING:
     from coi_async.config import Config
     from coi_async.incus import IncusClient
+    from coi_async.orchestration.fleet.events import FleetEvent
     from coi_async.orchestration.fleet.snapshot import FleetRow, Sample
 
 _REFRESH_S = 1.0
@@ -110,16 +113,22 @@ async def top(app: App, *, once: bool, fmt: str, sort_key: str, workspace: str) 
             await anyio.sleep(_ONCE_SAMPLE_GAP_S)
             sample = await take_sample(incus, config.container_prefix)
             agents = await sample_agents(incus, sample, config)
-            found = ordered(rows(sample, previous, config, agents), sort_key, workspace=workspace)
+            found = ordered(
+                rows(sample, previous, config, agents, remote=app.remote_name()),
+                sort_key,
+                workspace=workspace,
+            )
             if fmt == "json":
                 click.echo(msgspec.json.encode(found).decode())
             else:
                 click.echo(_plain(found) if found else "No sessions")
             return
-        await _live(incus, config, previous, sort_key, workspace)
+        await _live(incus, config, previous, sort_key, workspace, app.remote_name())
 
 
-async def _live(incus: IncusClient, config: Config, previous: Sample, sort_key: str, workspace: str) -> None:
+async def _live(
+    incus: IncusClient, config: Config, previous: Sample, sort_key: str, workspace: str, remote: str
+) -> None:
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
@@ -151,7 +160,9 @@ async def _live(incus: IncusClient, config: Config, previous: Sample, sort_key: 
                 await anyio.sleep(_REFRESH_S)
                 sample = await take_sample(incus, config.container_prefix)
                 agents = await sample_agents(incus, sample, config)
-                found = ordered(rows(sample, previous, config, agents), sort_key, workspace=workspace)
+                found = ordered(
+                    rows(sample, previous, config, agents, remote=remote), sort_key, workspace=workspace
+                )
                 previous = sample
                 view.update(render(found), refresh=True)
 
@@ -206,44 +217,68 @@ async def limit(
         raise SystemExit(1)
 
 
+def event_line(event: FleetEvent) -> str:
+    """One readable line for an event of `coi events`; where it happened is shown when it is not
+    this machine's incusd."""
+    where = f" [{event.remote}]" if event.remote != LOCAL else ""
+    if event.type == "resync":
+        sessions = event.sessions or []
+        listed = (
+            ", ".join(
+                f"{s.container} ({s.status}{', ' + s.agent_state if s.agent_state else ''})" for s in sessions
+            )
+            or "none"
+        )
+        said = f"resync: {len(sessions)} sessions: {listed}"
+    elif event.type == "egress-refused":
+        said = f"egress refused {event.container}: {event.host}:{event.port} ({event.detail})"
+    elif event.type == "agent-state":
+        message = f": {event.message}" if event.message else ""
+        said = f"agent {event.container}: {event.previous or '-'} -> {event.state}{message}"
+    elif event.type == "disconnected":
+        what = "incusd" if event.remote == LOCAL else f"remote '{event.remote}'"
+        said = f"disconnected from {what} ({event.detail}); reconnecting"
+    else:
+        said = f"{event.type} {event.container} ({_short(event.workspace)})"
+    return f"{event.time}{where} {said}"
+
+
 @click.command()
 @format_option("text", "json", description="Output format: a line per event, or NDJSON.")
-@click.pass_obj
-async def events(app: App, *, fmt: str) -> None:
+@click.option(
+    "--all-remotes",
+    is_flag=True,
+    help="Follow local and every remote added with 'coi remote add', all at once.",
+)
+@click.pass_context
+async def events(ctx: click.Context, *, fmt: str, all_remotes: bool) -> None:
     """Follow what happens to the sessions (starts, stops, ...), until Ctrl-C.
 
-    Every (re)connection to incusd starts with a `resync` event holding every session as it is.
+    Every (re)connection to an incusd starts with a `resync` event holding every session there as
+    it is; each event names the remote it came from.
     """
-    from coi_async.orchestration.fleet.events import fleet_events
+    from coi_async.cli.app import REMOTE_ANSWER_S
+    from coi_async.orchestration.fleet.follow import Source, fleet_events
 
+    app: App = ctx.obj
+    # $COI_REMOTE (a default) gives way to --all-remotes; `--remote` said with it contradicts it.
+    given = ctx.find_root().get_parameter_source("remote")
+    if all_remotes and given == click.core.ParameterSource.COMMANDLINE:
+        raise UsageError("--all-remotes follows every remote: it cannot be combined with --remote")
     config = app.config()
-    async with app.incus() as incus, fleet_events(incus, config) as stream:
+    names = app.remote_names() if all_remotes else [app.remote_name()]
+    sources = [
+        Source(
+            remote=name,
+            connect=partial(app.incus_of, name),
+            egress=name == LOCAL,  # the egress daemon runs beside coi, for local sessions only
+            answer_s=None if name == LOCAL else REMOTE_ANSWER_S,
+        )
+        for name in names
+    ]
+    async with fleet_events(sources, config) as stream:
         async for event in stream:
-            if fmt == "json":
-                click.echo(msgspec.json.encode(event).decode())
-            elif event.type == "resync":
-                sessions = event.sessions or []
-                listed = (
-                    ", ".join(
-                        f"{s.container} ({s.status}{', ' + s.agent_state if s.agent_state else ''})"
-                        for s in sessions
-                    )
-                    or "none"
-                )
-                click.echo(f"{event.time} resync: {len(sessions)} sessions: {listed}")
-            elif event.type == "egress-refused":
-                click.echo(
-                    f"{event.time} egress refused {event.container}: {event.host}:{event.port} ({event.detail})"
-                )
-            elif event.type == "agent-state":
-                said = f": {event.message}" if event.message else ""
-                click.echo(
-                    f"{event.time} agent {event.container}: {event.previous or '-'} -> {event.state}{said}"
-                )
-            elif event.type == "disconnected":
-                click.echo(f"{event.time} disconnected from incusd ({event.detail}); reconnecting")
-            else:
-                click.echo(f"{event.time} {event.type} {event.container} ({_short(event.workspace)})")
+            click.echo(msgspec.json.encode(event).decode() if fmt == "json" else event_line(event))
 
 
 @click.command()

@@ -77,9 +77,11 @@ def rows(
     previous: Sample | None,
     config: Config,
     agents: Mapping[str, AgentState] | None = None,
+    *,
+    remote: str = "local",
 ) -> list[FleetRow]:
-    """The sessions of `sample`; CPU from the CPU time used since `previous`, agent states from
-    `agents` (without one: `unknown`, or `exited` when not running)."""
+    """The sessions of `sample` (on `remote`); CPU from the CPU time used since `previous`, agent
+    states from `agents` (without one: `unknown`, or `exited` when not running)."""
     before: dict[str, int] = {}
     if previous is not None:
         before = {i.name: i.state.cpu.usage for i in previous.instances if i.state and i.state.cpu}
@@ -114,6 +116,7 @@ def rows(
                 uptime_s=_uptime(state.started_at, now) if state and running else None,
                 network=inst.config.get(KEY_NETWORK, ""),
                 location=inst.location,
+                remote=remote,
             )
         )
     return found
