@@ -89,6 +89,9 @@ async def test_limit_applies_live_and_top_shows_it(
         (["limit", "--all", "--memory", "lots"], "invalid --memory 'lots'"),
         (["limit", "--cpu", "1"], "no container names provided"),
         (["top", "--sort", "colour"], "Invalid value for '--sort'"),
+        (["wait", "h14-nope-1", "--state", "idle", "--timeout", "0"], "invalid --timeout 0"),
+        (["wait", "h14-nope-1", "--state", "asleep"], "Invalid value for '--state'"),
+        (["wait", "h14-nope-1", "--state", "idle"], "unknown container 'h14-nope-1'"),
     ],
 )
 async def test_bad_input_is_one_line_and_changes_nothing(

@@ -300,8 +300,8 @@ async def wait(app: App, *, containers: tuple[str, ...], state: str | None, time
 
     if state is None:
         raise click.UsageError("Missing option '--state' (waiting, idle or exited).")
-    if timeout_s is not None and timeout_s < 0:
-        raise UsageError(f"invalid --timeout {timeout_s:g}: seconds, 0 or more")
+    if timeout_s is not None and not timeout_s > 0:  # NaN too
+        raise UsageError(f"invalid --timeout {timeout_s:g}: seconds, more than 0")
     config = app.config()
     names = list(dict.fromkeys(containers))
     async with app.incus() as incus:
