@@ -6,18 +6,17 @@ proxy); scripts/bootstrap usually built it already, and then this only checks th
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import anyio
 import msgspec
 import pytest
 
-from coi_async.errors import CoiError, NotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstanceSource, InstancesPost
 from coi_async.orchestration.images.build import build_image
 from coi_async.orchestration.images.request import coi_request
+from tests.helpers import remove_instance
 
 pytestmark = pytest.mark.incus
 
@@ -94,11 +93,7 @@ async def test_coi_image_has_the_tools_and_runs_docker(incus: IncusClient, uniqu
         out = await run_ok(incus, name, ["su", "code", "-c", run])
         assert out == "hello from docker\n"
     finally:
-        with anyio.move_on_after(60, shield=True):
-            with contextlib.suppress(CoiError):
-                await incus.stop_instance(name, force=True)
-            with contextlib.suppress(NotFoundError):
-                await incus.delete_instance(name)
+        await remove_instance(incus, name)
 
 
 @pytest.mark.timeout(3600)
@@ -126,8 +121,4 @@ async def test_an_image_with_every_tool_has_each_answering_its_version(
         for tool in ("claude", "codex", "gemini", "opencode"):
             assert (await run_ok(incus, name, [tool, "--version"], as_code=True)).strip(), tool
     finally:
-        with anyio.move_on_after(60, shield=True):
-            with contextlib.suppress(CoiError):
-                await incus.stop_instance(name, force=True)
-            with contextlib.suppress(NotFoundError):
-                await incus.delete_instance(name)
+        await remove_instance(incus, name)

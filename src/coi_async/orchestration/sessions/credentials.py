@@ -134,14 +134,7 @@ async def inject_credentials(
         try:
             remote[key] = await _read_container(incus, container, path)
         except ReadLimitError as exc:
-            note(
-                emit,
-                "credentials.session-too-large",
-                container,
-                level="warning",
-                file=shown,
-                limit=str(exc.limit),
-            )
+            _too_large(emit, container, shown, exc)
             too_large.add(key)
 
     settings_remote = posixpath.join(remote_dir, tool.settings_file) if tool.settings_file else ""
@@ -202,14 +195,7 @@ async def inject_agent_hooks(
     try:
         existing = await _read_container(incus, container, path)
     except ReadLimitError as exc:
-        note(
-            emit,
-            "credentials.session-too-large",
-            container,
-            level="warning",
-            file=shown,
-            limit=str(exc.limit),
-        )
+        _too_large(emit, container, shown, exc)
         return
     data, skipped = merge_settings(existing, None, {}, agent_hooks(home))
     if skipped:
@@ -228,3 +214,7 @@ def _warn(emit: Emit, container: str, skipped: list[str], what: str) -> None:
         note(emit, "credentials.host-not-json", container, level="warning", file=what)
     elif "existing" in skipped:
         note(emit, "credentials.session-not-json", container, level="warning", file=what)
+
+
+def _too_large(emit: Emit, container: str, shown: str, exc: ReadLimitError) -> None:
+    note(emit, "credentials.session-too-large", container, level="warning", file=shown, limit=str(exc.limit))
