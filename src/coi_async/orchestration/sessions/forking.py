@@ -26,9 +26,10 @@ lists, untracked files included) is refused: the forks would not have them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -205,7 +206,10 @@ async def add_worktree(repository: Repository, root: Path, fork_id: str) -> Work
     branch = f"{BRANCH_PREFIX}{short}"
     path = root / short
     await anyio.to_thread.run_sync(make_private_dir, root)
-    code, _, err = await _git(repository.top, "worktree", "add", "--quiet", "-b", branch, str(path), "HEAD")
+    async with _one_git_at_a_time(root):
+        code, _, err = await _git(
+            repository.top, "worktree", "add", "--quiet", "-b", branch, str(path), "HEAD"
+        )
     if code != 0:
         raise WorktreeError(f"git worktree add {path} failed: {_last_line(err)}")
     workspace = os.path.join(path, repository.prefix).rstrip("/") if repository.prefix else str(path)
@@ -215,9 +219,29 @@ async def add_worktree(repository: Repository, root: Path, fork_id: str) -> Work
 async def remove_worktree(repository: Repository, worktree: Worktree) -> None:
     """Undo `add_worktree` (for a fork that failed): the worktree and its branch go. Shielded,
     bounded, and quiet: what cannot be removed stays, for git to tell about."""
+    root = Path(worktree.path).parent
     with anyio.move_on_after(_REMOVE_S, shield=True), contextlib.suppress(CoiError):
-        await _git(repository.top, "worktree", "remove", "--force", worktree.path)
-        await _git(repository.top, "branch", "-D", worktree.branch)
+        async with _one_git_at_a_time(root):
+            await _git(repository.top, "worktree", "remove", "--force", worktree.path)
+            await _git(repository.top, "branch", "-D", worktree.branch)
+
+
+@contextlib.asynccontextmanager
+async def _one_git_at_a_time(root: Path) -> AsyncIterator[None]:
+    """Hold the lock of a repository's worktrees (a file under `root`, coi's own directory for
+    them), across processes: two `git worktree add` at once in one repository can fail
+    ("failed to read .git/worktrees/<id>/commondir"), and forks make theirs at once."""
+    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                await anyio.sleep(0.02)
+        yield
+    finally:
+        os.close(fd)
 
 
 async def make_fork(
