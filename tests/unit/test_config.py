@@ -287,3 +287,15 @@ def test_build_tools() -> None:
     assert resolve((USER, '[build]\ntools = ["claude", "codex"]\n')).build.tools == ("claude", "codex")
     with pytest.raises(ConfigError, match=r"~/\.config/coi/config\.toml: unknown tool: aider"):
         resolve((USER, '[build]\ntools = ["aider"]\n'))
+
+
+def test_placement_policy() -> None:
+    assert resolve().placement.policy == "spread"
+    for policy in ("pack", "spread", "member:m2"):
+        assert resolve((USER, f'[placement]\npolicy = "{policy}"\n')).placement.policy == policy
+    for bad in ("fill", "member:", ""):
+        with pytest.raises(ConfigError) as caught:
+            resolve((USER, f'[placement]\npolicy = "{bad}"\n'))
+        assert str(caught.value).startswith(
+            "~/.config/coi/config.toml: 'placement.policy': expected spread, pack or member:NAME"
+        )

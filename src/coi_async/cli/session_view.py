@@ -53,6 +53,7 @@ SENTENCES: dict[str, str] = {
     "launch.slot-occupied": "Slot {slot} is occupied, using slot {instead} instead",
     "launch.reusing-running": "Container already running, reusing...",
     "launch.restarting": "Restarting existing persistent container...",
+    "launch.placed": "Container {item} is on cluster member {member}",
     # start.py
     "attach.restarted": "Its tmux session had ended: the tool is started again, resuming the conversation",
     "session.dummy": "Using dummy (test stub) for faster testing",

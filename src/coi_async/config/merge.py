@@ -29,6 +29,7 @@ from coi_async.config.model import (
     Network,
     NetworkLogging,
     Paths,
+    Placement,
     Profile,
     ProfileNetwork,
     RemoteSettings,
@@ -40,6 +41,7 @@ from coi_async.config.schema import FileSettings, MountEntry, ProfileNetworkLaye
 from coi_async.config.trust import restrict_untrusted
 from coi_async.errors import ConfigError, UsageError
 from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
+from coi_async.placement import DEFAULT_POLICY, check_policy
 from coi_async.tools import DEFAULT_TOOL, get_tool
 
 SYSTEM_CONFIG = "/etc/coi/config.toml"
@@ -196,6 +198,11 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
     prefix = env.get(PREFIX_ENV) or DEFAULT_PREFIX
     check_prefix(prefix, source=PREFIX_ENV)
     logs_dir = path("paths.logs_dir", os.path.join(coi_dir, "logs"))
+    policy = str(b.get("placement.policy", DEFAULT_POLICY))
+    try:
+        check_policy(policy)
+    except ValueError as exc:
+        raise ConfigError(f"{b.where('placement.policy')}: 'placement.policy': {exc}") from None
 
     profiles = {
         name: Profile(
@@ -257,6 +264,7 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
             max_save_bytes=_positive(b, "limits.max_save_bytes", Limits().max_save_bytes),
         ),
         remotes=_remotes(b),
+        placement=Placement(policy=policy),
     )
 
 

@@ -7,6 +7,7 @@ import os.path
 import msgspec
 
 from coi_async.naming import DEFAULT_PREFIX
+from coi_async.placement import DEFAULT_POLICY
 from coi_async.tools import DEFAULT_TOOL, get_tool
 
 NETWORK_MODES = ("restricted", "open", "allowlist")
@@ -112,6 +113,12 @@ class Build(msgspec.Struct, frozen=True, kw_only=True):
     tools: tuple[str, ...] = (DEFAULT_TOOL,)  # the AI tools `coi build` installs
 
 
+class Placement(msgspec.Struct, frozen=True, kw_only=True):
+    """`[placement]`: which member of a cluster new sessions go to (`coi_async.placement`)."""
+
+    policy: str = DEFAULT_POLICY  # spread, pack or member:NAME
+
+
 class UntrustedFile(msgspec.Struct, frozen=True, kw_only=True):
     """A config file read without trust (see `config.trust`) and the keys of it left out."""
 
@@ -148,6 +155,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     untrusted: tuple[UntrustedFile, ...] = ()
     limits: Limits = msgspec.field(default_factory=Limits)
     remotes: dict[str, RemoteSettings] = msgspec.field(default_factory=dict)
+    placement: Placement = msgspec.field(default_factory=Placement)
 
     @property
     def sessions_dir(self) -> str:

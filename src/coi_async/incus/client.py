@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 from coi_async.incus.certificates import CertificatesApi
+from coi_async.incus.cluster import ClusterApi
 from coi_async.incus.endpoint import Endpoint, UnixEndpoint, resolve_socket
 from coi_async.incus.events import EventsApi
 from coi_async.incus.files import FilesApi
@@ -23,7 +24,15 @@ from coi_async.incus.transport import Transport
 
 
 class IncusClient(
-    InstancesApi, SnapshotsApi, FilesApi, ImagesApi, ProjectsApi, ProfilesApi, EventsApi, CertificatesApi
+    InstancesApi,
+    SnapshotsApi,
+    FilesApi,
+    ImagesApi,
+    ProjectsApi,
+    ProfilesApi,
+    EventsApi,
+    CertificatesApi,
+    ClusterApi,
 ):
     @classmethod
     @asynccontextmanager

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-from coi_async.errors import NotFoundError
+import msgspec
+
+from coi_async.errors import IncusError, NotFoundError
 from coi_async.incus.base import ApiBase
 from coi_async.incus.models import (
     Instance,
@@ -31,6 +34,39 @@ def config_filter(keys: Mapping[str, str]) -> str:
     return " and ".join(parts)
 
 
+# incusd lists an instance of an offline cluster member with these null (and status Error).
+_NULLABLE: dict[str, type[dict[str, Any] | list[Any]]] = {
+    "config": dict,
+    "devices": dict,
+    "expanded_config": dict,
+    "expanded_devices": dict,
+    "profiles": list,
+}
+
+
+def _filled(item: object) -> object:
+    if isinstance(item, dict):
+        for key, empty in _NULLABLE.items():
+            if key in item and item[key] is None:
+                item[key] = empty()
+    return item
+
+
+def decode_instances(raw: msgspec.Raw | bytes) -> list[Instance]:
+    """An instance listing; one of an offline member's instances has null fields, read as empty."""
+    try:
+        return msgspec.json.decode(raw, type=list[Instance])
+    except msgspec.DecodeError:
+        pass
+    try:
+        items = msgspec.json.decode(raw)
+        if not isinstance(items, list):
+            raise msgspec.ValidationError("expected a list")
+        return msgspec.convert([_filled(i) for i in items], list[Instance])
+    except msgspec.DecodeError as exc:
+        raise IncusError(f"unexpected instance list from incusd: {exc}") from exc
+
+
 class InstancesApi(ApiBase):
     async def list_instances(
         self,
@@ -45,7 +81,8 @@ class InstancesApi(ApiBase):
             params["filter"] = filter_expr
         if all_projects:
             params["all-projects"] = "true"
-        return await self._get("/1.0/instances", list[Instance], params=params, what="instance list")
+        envelope = await self._call("GET", "/1.0/instances", params=params)
+        return decode_instances(envelope.metadata)
 
     async def get_instance(self, name: str) -> Instance:
         return await self._get(instance_path(name), Instance, what="instance")

@@ -68,6 +68,8 @@ class ServerEnvironment(msgspec.Struct, kw_only=True):
     project: str = ""
     driver: str = ""
     storage: str = ""
+    server_name: str = ""
+    server_clustered: bool = False
 
 
 class ServerInfo(msgspec.Struct, kw_only=True):
@@ -148,6 +150,12 @@ class Instance(msgspec.Struct, kw_only=True):
     @property
     def running(self) -> bool:
         return self.status == "Running"
+
+    @property
+    def on_offline_member(self) -> bool:
+        """Whether it is on a cluster member incusd cannot reach: listed with status Error, a
+        location and nothing else (no config)."""
+        return self.status == "Error" and self.location not in ("", "none") and not self.config
 
 
 class InstanceSource(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -298,3 +306,25 @@ class LifecycleEvent(msgspec.Struct, kw_only=True):
     project: str = ""
     requestor: dict[str, Any] | None = None
     context: dict[str, Any] | None = None
+
+
+# --- cluster ---------------------------------------------------------------------------------
+
+
+class ClusterMember(msgspec.Struct, kw_only=True):
+    server_name: str
+    url: str = ""
+    status: str = ""  # Online, Offline, Evacuated, Blocked
+    message: str = ""
+    roles: list[str] = []
+
+
+class MemberSysInfo(msgspec.Struct, kw_only=True):
+    total_ram: int = 0
+    free_ram: int = 0
+    buffered_ram: int = 0
+    processes: int = 0
+
+
+class ClusterMemberState(msgspec.Struct, kw_only=True):
+    sysinfo: MemberSysInfo = msgspec.field(default_factory=MemberSysInfo)

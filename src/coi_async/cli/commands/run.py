@@ -57,6 +57,9 @@ async def _write(stream: int, data: bytes) -> None:
 @click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
 @click.option("-e", "--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment variable.")
 @click.option("--mount", "mounts", multiple=True, metavar="HOST:CONTAINER", help="Extra mount (repeatable).")
+@click.option(
+    "--target", default="", metavar="MEMBER", help="On a cluster: the member the container goes to."
+)
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Give up after this many seconds.")
 @tool_option("AI tool of the session: claude, codex, gemini or opencode (default: tool.name).")
 @network_option()
@@ -75,6 +78,7 @@ async def run(
     persistent: bool | None,
     network: str | None,
     tool: str | None,
+    target: str,
 ) -> None:
     """Run COMMAND in a fresh container as the code user in /workspace; exit with its code.
 
@@ -103,6 +107,7 @@ async def run(
         mounts=extra,
         host_uid=os.getuid(),
         host_gid=os.getgid(),
+        target=target,
     )
 
     async def out(data: bytes) -> None:
@@ -112,7 +117,10 @@ async def run(
         await _write(2, data)
 
     code: int | None = None
+    from coi_async.orchestration.sessions.placement import check_placement
+
     async with app.incus() as incus, interruptible() as interrupt:
+        await check_placement(incus, policy=config.placement.policy, target=target)
         with interrupt.scope:
             try:
                 with anyio.fail_after(timeout_s) if timeout_s else contextlib.nullcontext():

@@ -76,6 +76,8 @@ def list_json(active: list[ActiveContainer], saved: list[SavedSession] | None) -
             item["network"] = c.network
         if c.forked_from:
             item["forked_from"] = c.forked_from
+        if c.location:
+            item["location"] = c.location
         item["tool"] = c.tool
         containers.append(item)
     doc: dict[str, Any] = {"active_containers": containers}
@@ -102,6 +104,8 @@ def list_text(active: list[ActiveContainer], saved: list[SavedSession] | None) -
     for c in active:
         lines.append(f"  {c.name} ({'persistent' if c.persistent else 'ephemeral'})")
         lines.append(f"    Status: {c.status}")
+        if c.location:
+            lines.append(f"    Location: {c.location}")
         if c.ipv4:
             lines.append(f"    IPv4: {c.ipv4}")
         lines.append(f"    Created: {_created(c.created_at)}")
@@ -221,6 +225,8 @@ async def info(app: App, *, session_id: str | None, tool: str | None) -> None:
         lines.append(f"Mode:           {'persistent' if meta.persistent else 'ephemeral'}")
     if meta and meta.network:
         lines.append(f"Network:        {meta.network}")
+    if meta and meta.location:
+        lines.append(f"Location:       {meta.location}")
     lines.append(
         f"Session Data:   ✓ Present ({config_dir} directory)" if present else "Session Data:   ✗ Missing"
     )

@@ -49,6 +49,9 @@ def _prepare(
 @click.option("--profile", default=None, help="Apply [profiles.NAME] from config.")
 @tool_option("AI tool of the session: claude, codex, gemini or opencode (default: tool.name).")
 @network_option()
+@click.option(
+    "--target", default="", metavar="MEMBER", help="On a cluster: the member a new container goes to."
+)
 @click.option("--background", is_flag=True, help="Start the tool in a detached tmux session and return.")
 @click.option("--debug", is_flag=True, help="Run bash instead of the tool.")
 @click.option(
@@ -77,6 +80,7 @@ async def shell(
     profile: str | None,
     network: str | None,
     tool: str | None,
+    target: str,
     background: bool,
     debug: bool,
     use_tmux: bool,
@@ -121,8 +125,12 @@ async def shell(
         host_gid=os.getgid(),
         host_home=home,
         use_dummy=os.environ.get("COI_USE_DUMMY") == "1",
+        target=target,
     )
+    from coi_async.orchestration.sessions.placement import check_placement
+
     async with app.incus() as incus:
+        await check_placement(incus, policy=config.placement.policy, target=target)
         code = await run_shell(incus, config, request, emit=session_view.show, terminal=LocalTerminal())
     if code:
         raise click.exceptions.Exit(code)

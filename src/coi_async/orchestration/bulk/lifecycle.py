@@ -7,6 +7,10 @@ leaves each container either untouched or gone with its data saved. On interrupt
 stop still waiting on the guest turns into a forced one, so Ctrl-C never waits out a timeout.
 
 Re-running is always safe: "already stopped" is success for a stop and "not found" for a delete.
+
+On a cluster the listing covers every member, so `--all` works on all of them at once. A
+container on a member incusd cannot reach (offline) is reported as such and left alone, without
+a try: its data cannot be saved; the others go on.
 """
 
 from __future__ import annotations
@@ -69,7 +73,8 @@ async def select(
     if all_:
         chosen = sorted(ours, key=lambda i: i.name)
         if stopped_only:
-            chosen = [i for i in chosen if i.status.lower() == "stopped"]
+            # An offline member's containers may be stopped too: listed, to be reported.
+            chosen = [i for i in chosen if i.status.lower() == "stopped" or i.on_offline_member]
         return Selection(found=chosen, unknown=[], whole_project=whole)
     by_name = {i.name: i for i in instances}
     seen: set[str] = set()
@@ -132,7 +137,14 @@ class SessionSaver:
 # --- the per-container actions -----------------------------------------------------------------
 
 
+def check_reachable(inst: Instance) -> None:
+    """CoiError for a container on an offline cluster member: nothing can be done to it now."""
+    if inst.on_offline_member:
+        raise CoiError(f"cluster member {inst.location} is offline; left as it is")
+
+
 async def _save(ctx: ItemContext, incus: IncusClient, inst: Instance, saver: SessionSaver) -> None:
+    check_reachable(inst)
     ctx.step(SAVING)
     saved = await saver.save(incus, inst)
     if saved.session_dir is None:

@@ -25,6 +25,7 @@ from coi_async.config import Config, Mount
 from coi_async.orchestration.containers.config import DOCKER_CONFIG
 from coi_async.orchestration.network.plan import EgressPlan
 from coi_async.orchestration.sessions.model import home_of, user_of_uid
+from coi_async.placement import DEFAULT_POLICY
 
 WORKSPACE_PATH = "/workspace"
 # Where tmux keeps its server sockets in a session, for every exec (instance env key): in the
@@ -63,6 +64,9 @@ class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
     code_user: str = "code"
     # The session's network; None: the instance gets nothing for it (low-level callers, tests).
     egress: EgressPlan | None = None
+    # On a cluster: the member it must go to (`--target`), else `[placement] policy` chooses.
+    target: str = ""
+    placement: str = DEFAULT_POLICY
 
 
 class IdmapPlan(msgspec.Struct, frozen=True):
@@ -161,6 +165,7 @@ class LaunchChoices(TypedDict, total=False):
     next_if_busy: bool
     prefer_slot: int
     egress: EgressPlan | None
+    target: str
 
 
 def spec_from_config(config: Config, *, workspace: str, **choices: Unpack[LaunchChoices]) -> LaunchSpec:
@@ -174,5 +179,6 @@ def spec_from_config(config: Config, *, workspace: str, **choices: Unpack[Launch
         code_uid=config.incus.code_uid,
         code_user=config.incus.code_user,
         disable_shift=config.incus.disable_shift,
+        placement=config.placement.policy,
         **choices,
     )

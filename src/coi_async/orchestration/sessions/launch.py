@@ -39,6 +39,8 @@ from coi_async.orchestration.sessions.instance_spec import (
     remember_plan,
 )
 from coi_async.orchestration.sessions.model import home_of, user_of_uid
+from coi_async.orchestration.sessions.placement import Placement, survey_cluster
+from coi_async.placement import choose
 from coi_async.slots import Candidate, Occupant, candidates, validate_slot
 
 # How often a launch re-lists and tries again when every candidate slot was taken under it.
@@ -58,6 +60,7 @@ class Launched(msgspec.Struct, frozen=True, kw_only=True):
     uid: int  # the code user's uid (and gid) inside
     user: str
     home: str
+    location: str = ""  # the cluster member it was placed on ("": standalone, or reused)
 
     @property
     def created(self) -> bool:
@@ -89,7 +92,9 @@ async def _start_again(incus: IncusClient, name: str) -> None:
         await anyio.sleep(0.1)
 
 
-async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, emit: Emit) -> str:
+async def _create(
+    incus: IncusClient, spec: LaunchSpec, name: str, slot: int, emit: Emit, *, target: str = ""
+) -> str:
     """Create and start `name`; the idmap plan used. ConflictError when the name is taken.
 
     The instance carries a random launch token, so after a failure we know whether the
@@ -107,7 +112,7 @@ async def _create(incus: IncusClient, spec: LaunchSpec, name: str, slot: int, em
             devices=instance_devices(spec, shift=plan.shift, name=name),
         )
         try:
-            await incus.create_instance(request)
+            await incus.create_instance(request, target=target or None)
         except ConflictError:
             raise
         except IncusApiError as exc:
@@ -170,17 +175,36 @@ async def _check_image(incus: IncusClient, image: str, tool: str) -> None:
         )
 
 
-async def _survey(incus: IncusClient, spec: LaunchSpec, *, check_image: bool = True) -> dict[int, Occupant]:
+async def _survey(
+    incus: IncusClient, spec: LaunchSpec, *, check_image: bool = True
+) -> tuple[dict[int, Occupant], Placement]:
+    """The workspace's slots and, on a cluster, where a new container may go (one listing)."""
     found: list[Instance] = []
+    clustered: list[bool] = []
 
     async def listing() -> None:
         found.extend(await incus.list_instances())
+
+    async def server() -> None:
+        clustered.append((await incus.server_info()).environment.server_clustered)
 
     async with anyio.create_task_group() as tg:
         if check_image:
             tg.start_soon(_check_image, incus, spec.image, spec.tool)
         tg.start_soon(listing)
-    return occupants(found, prefix=spec.prefix, workspace=spec.workspace)
+        # Placed only when made from the image: another way to make it (a fork's copy) goes
+        # where incusd puts it.
+        if check_image:
+            tg.start_soon(server)
+    placement = await survey_cluster(
+        incus,
+        found,
+        clustered=bool(clustered and clustered[0]),
+        policy=spec.placement,
+        target=spec.target,
+        prefix=spec.prefix,
+    )
+    return occupants(found, prefix=spec.prefix, workspace=spec.workspace), placement
 
 
 async def launch(
@@ -201,14 +225,21 @@ async def launch(
     user = user_of_uid(spec.code_user, spec.code_uid)
     home = home_of(user, spec.code_uid)
 
-    def done(slot: int, *, reused: bool, idmap: str = "") -> Launched:
+    def done(slot: int, *, reused: bool, idmap: str = "", location: str = "") -> Launched:
         name = str(prefix_name.with_slot(slot))
         return Launched(
-            name=name, slot=slot, reused=reused, idmap=idmap, uid=spec.code_uid, user=user, home=home
+            name=name,
+            slot=slot,
+            reused=reused,
+            idmap=idmap,
+            uid=spec.code_uid,
+            user=user,
+            home=home,
+            location=location,
         )
 
     for _ in range(_ROUNDS):
-        taken = await _survey(incus, spec, check_image=create is None)
+        taken, placement = await _survey(incus, spec, check_image=create is None)
         order: list[Candidate]
         preferred = taken.get(spec.prefer_slot) if spec.prefer_slot and not spec.slot else None
         if spec.slot:
@@ -253,14 +284,21 @@ async def launch(
                     continue
                 note(emit, "launch.restarting", name)
                 return done(choice.slot, reused=True)
+            target = ""
+            if placement.clustered:
+                target = choose(
+                    placement.policy, placement.members, slot=choice.slot, target=placement.target
+                )
             try:
                 if create is None:
-                    kind = await _create(incus, spec, name, choice.slot, emit)
+                    kind = await _create(incus, spec, name, choice.slot, emit, target=target)
                 else:
                     kind = await create(name, choice.slot)
             except ConflictError:
                 continue
-            return done(choice.slot, reused=False, idmap=kind)
+            if target:
+                note(emit, "launch.placed", name, member=target)
+            return done(choice.slot, reused=False, idmap=kind, location=target)
         if spec.slot and not spec.next_if_busy:
             raise SessionError(f"slot {spec.slot} was taken by another session just now")
     raise NoFreeSlotError(spec.max_slots)

@@ -43,6 +43,7 @@ class LaunchRequest(msgspec.Struct, frozen=True, kw_only=True):
     host_uid: int = -1  # -1: this process's
     host_gid: int = -1
     egress: EgressPlan | None = None  # the session's network (network.session.plan_egress)
+    target: str = ""  # the cluster member it must go to ("": [placement] policy chooses)
 
 
 async def launch_session(
@@ -68,6 +69,7 @@ async def launch_session(
         next_if_busy=True,
         prefer_slot=preferred.slot if preferred and preferred.belongs_to(request.workspace) else 0,
         egress=request.egress,
+        target=request.target,
     )
     return await launch(incus, spec, emit=emit)
 

@@ -33,6 +33,7 @@ class ActiveContainer(msgspec.Struct, frozen=True, kw_only=True):
     network: str = ""  # the session's network mode; "" when the instance does not say
     forked_from: str = ""  # `coi fork`: the container this one is a copy of
     tool: str = DEFAULT_TOOL  # the AI tool the session runs
+    location: str = ""  # the cluster member it is on ("" on a standalone server)
 
 
 def _latest_metadata(stores: Sequence[SessionStore]) -> dict[str, SessionMetadata]:
@@ -68,6 +69,8 @@ def to_active(
         network=inst.config.get(KEY_NETWORK, ""),
         forked_from=inst.config.get(KEY_FORKED_FROM, ""),
         tool=inst.config.get(KEY_TOOL, "") or (meta.tool if meta else DEFAULT_TOOL),
+        # A standalone server says "none".
+        location="" if inst.location in ("", "none") else inst.location,
     )
 
 

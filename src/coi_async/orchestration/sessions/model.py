@@ -104,7 +104,7 @@ def _int(text: str, default: int) -> int:
 
 
 def started_metadata(
-    session: Session, *, tool: str, image: str, network: str, cli_session_id: str = ""
+    session: Session, *, tool: str, image: str, network: str, cli_session_id: str = "", location: str = ""
 ) -> SessionMetadata:
     """The store's record of a session that starts now."""
     now = now_rfc3339()
@@ -120,4 +120,5 @@ def started_metadata(
         created_at=now,
         cli_session_id=cli_session_id,
         network=network,
+        location=location,
     )

@@ -26,6 +26,7 @@ class ShellRequest(msgspec.Struct, frozen=True, kw_only=True):
     host_home: str = ""
     # COI_USE_DUMMY=1 in the host's environment: the tool is the `dummy` test stub.
     use_dummy: bool = False
+    target: str = ""  # the cluster member a new container goes to ("": [placement] policy)
 
     @property
     def dummy(self) -> bool:

@@ -44,6 +44,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True):
     mounts: tuple[Mount, ...] = ()  # config and command line, combined and validated
     host_uid: int = 1000
     host_gid: int = 1000
+    target: str = ""  # the cluster member it goes to ("": [placement] policy)
 
 
 async def run_command(
@@ -68,6 +69,7 @@ async def run_command(
         host_gid=request.host_gid,
         mounts=request.mounts,
         egress=egress,
+        target=request.target,
     )
     launched: Launched | None = None
     try:

@@ -48,6 +48,7 @@ async def setup_session(
         prefer = resumed.metadata.container_name
         await _resume_container(incus, config, state, prefer, emit)
     egress = await plan_egress(incus, config)
+    location = ""
     if not state.session.container:
         # The egress daemon starts while the container is made.
         async with start_daemon_early(egress):
@@ -64,6 +65,7 @@ async def setup_session(
                     host_uid=request.host_uid,
                     host_gid=request.host_gid,
                     egress=egress,
+                    target=request.target,
                 ),
                 emit=emit,
             )
@@ -74,6 +76,7 @@ async def setup_session(
             state.created = not launched.reused
             # A reused persistent container holds the session's own state already.
             state.has_state = launched.reused
+            location = launched.location
         if request.slot == 0 and not launched.reused:
             note(emit, "setup.slot-allocated", launched.name, slot=str(launched.slot))
     session = state.session
@@ -94,6 +97,7 @@ async def setup_session(
         # A tool that takes coi's session id for a new conversation resumes it by that id.
         cli_session_id=(resumed.metadata.cli_session_id if resumed and resumed.metadata else "")
         or (session.session_id if resumed is None and state.tool.session_id_flag else ""),
+        location=location,
     )
 
     restore = resumed is not None and state.created

@@ -51,6 +51,7 @@ class SessionMetadata(msgspec.Struct, kw_only=True, omit_defaults=False):
     # The tool's own conversation id, when known (claude's --resume argument).
     cli_session_id: str = ""
     network: str = ""  # the network mode the session ran in ("" in files from before modes)
+    location: str = ""  # the cluster member its container was placed on ("": not on a cluster)
 
 
 class SavedSession(msgspec.Struct, frozen=True, kw_only=True):
