@@ -36,3 +36,14 @@ def network_option() -> Callable[[F], F]:
         metavar="MODE",
         help="Network mode: restricted (public hosts only), open, or allowlist (default: network.mode).",
     )
+
+
+def workspace_option() -> Callable[[F], F]:
+    """`-w/--workspace PATH` into `workspace`: the directory a new session mounts."""
+    return click.option(
+        "-w",
+        "--workspace",
+        default=".",
+        show_default=True,
+        help="Workspace directory to mount (over a remote: remote:PATH, its path on that server).",
+    )

@@ -10,7 +10,7 @@ import anyio
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._options import network_option, tool_option
+from coi_async.cli.commands._options import network_option, tool_option, workspace_option
 from coi_async.errors import CoiError, UsageError
 
 
@@ -42,13 +42,7 @@ async def _write(stream: int, data: bytes) -> None:
 
 @click.command(context_settings={"allow_interspersed_args": False, "ignore_unknown_options": True})
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option(
-    "-w",
-    "--workspace",
-    default=".",
-    show_default=True,
-    help="Workspace directory to mount (over a remote: remote:PATH, its path on that server).",
-)
+@workspace_option()
 @click.option(
     "--slot", type=int, default=None, help="Slot to use, 1..defaults.max_slots (default: first free)."
 )

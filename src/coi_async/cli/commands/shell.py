@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import asyncclick as click
 
 from coi_async.cli.app import App
-from coi_async.cli.commands._options import network_option, tool_option
+from coi_async.cli.commands._options import network_option, tool_option, workspace_option
 from coi_async.errors import CoiError, UsageError
 
 if TYPE_CHECKING:
@@ -30,13 +30,7 @@ def _prepare(
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("args", nargs=-1, required=False)
-@click.option(
-    "-w",
-    "--workspace",
-    default=".",
-    show_default=True,
-    help="Workspace directory to mount (over a remote: remote:PATH, its path on that server).",
-)
+@workspace_option()
 @click.option("--slot", type=int, default=0, show_default=True, help="Slot for parallel sessions (0 = auto).")
 @click.option("--persistent", is_flag=True, default=None, help="Keep the container between sessions.")
 @click.option("--resume", is_flag=False, flag_value="auto", default=None, help=_RESUME_HELP)

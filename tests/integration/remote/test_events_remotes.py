@@ -1,5 +1,5 @@
 """`coi events --all-remotes`: local and every remote at once, in one stream. The remote is this
-machine's incusd over loopback HTTPS (remote_harness.py) in a project of its own, so what local
+machine's incusd over loopback HTTPS (harness.py) in a project of its own, so what local
 and the remote tell differs; beside it a remote pointed at a closed port and one whose pinned
 certificate is not the server's, each told as `disconnected` once while the others go on."""
 
@@ -24,7 +24,7 @@ from coi_async.incus.certificates import fingerprint_of
 from coi_async.naming import KEY_WORKSPACE
 from tests.coi_cli import COI, coi
 from tests.helpers import busybox, throwaway_project
-from tests.integration.remote_harness import Remotes, loopback_url, server_certificate
+from tests.integration.remote.harness import Remotes, server_certificate
 from tests.integration.shell_harness import ShellWorld
 
 pytestmark = pytest.mark.incus
@@ -44,15 +44,6 @@ def shell_prefix() -> str:
 def shell_config(incus_project: str) -> str:
     # Local's project from the config, not $INCUS_PROJECT, which would be every remote's too.
     return f'[incus]\nproject = "{incus_project}"\n'
-
-
-@pytest.fixture
-async def remotes(world: ShellWorld) -> AsyncIterator[Remotes]:
-    r = Remotes(world, await loopback_url(world.incus))
-    try:
-        yield r
-    finally:
-        await r.clean()
 
 
 @pytest.fixture

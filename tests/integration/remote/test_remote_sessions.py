@@ -1,37 +1,22 @@
 """Sessions and the other commands over `--remote`: run, shell (background and attached), attach,
 list, info, tmux, file, image, snapshot, shutdown, kill, clean, a resume, a build; and what a
 remote cannot do (see a local workspace or mount, have coi's egress), refused before anything is
-made. Against this machine's incusd on loopback HTTPS (remote_harness.py)."""
+made. Against this machine's incusd on loopback HTTPS (harness.py)."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import BUSYBOX_IMAGE
-from tests.integration.remote_harness import PREFIX, REMOTE, Remotes, loopback_url
-from tests.integration.shell_harness import ShellWorld, detach, killing, talk
+from tests.integration.remote.harness import REMOTE, Remotes
+from tests.integration.shell_harness import detach, killing, talk
 
 pytestmark = pytest.mark.incus
-
-
-@pytest.fixture
-def shell_prefix() -> str:
-    return PREFIX
-
-
-@pytest.fixture
-async def remotes(world: ShellWorld) -> AsyncIterator[Remotes]:
-    r = Remotes(world, await loopback_url(world.incus))
-    try:
-        yield r
-    finally:
-        await r.clean()
 
 
 async def test_run_shell_info_shutdown_over_the_remote(remotes: Remotes) -> None:

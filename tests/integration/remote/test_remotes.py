@@ -1,6 +1,6 @@
 """`coi remote add|list|switch|remove`, and what a wrong token, a changed server certificate, a
 remote that no longer trusts coi or one that does not answer come to: one line, within a
-deadline, nothing kept. Against this machine's incusd on loopback HTTPS (remote_harness.py)."""
+deadline, nothing kept. Against this machine's incusd on loopback HTTPS (harness.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import hashlib
 import json
 import ssl
 import stat
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -18,32 +17,15 @@ import pytest
 
 from coi_async.incus.certificates import fingerprint_of
 from tests.coi_cli import coi
-from tests.integration.remote_harness import (
-    PREFIX,
+from tests.integration.remote.harness import (
     REMOTE,
     Remotes,
-    loopback_url,
     server_certificate,
     server_fingerprint,
 )
-from tests.integration.shell_harness import ShellWorld
 from tests.integration.test_https import SERVER_CERT
 
 pytestmark = pytest.mark.incus
-
-
-@pytest.fixture
-def shell_prefix() -> str:
-    return PREFIX
-
-
-@pytest.fixture
-async def remotes(world: ShellWorld) -> AsyncIterator[Remotes]:
-    r = Remotes(world, await loopback_url(world.incus))
-    try:
-        yield r
-    finally:
-        await r.clean()
 
 
 async def test_add_list_switch_remove(remotes: Remotes) -> None:
