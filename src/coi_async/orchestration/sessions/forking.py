@@ -228,10 +228,11 @@ async def remove_worktree(repository: Repository, worktree: Worktree) -> None:
 
 @contextlib.asynccontextmanager
 async def _one_git_at_a_time(root: Path) -> AsyncIterator[None]:
-    """Hold the lock of a repository's worktrees (a file under `root`, coi's own directory for
-    them), across processes: two `git worktree add` at once in one repository can fail
-    ("failed to read .git/worktrees/<id>/commondir"), and forks make theirs at once."""
-    fd = os.open(root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    """Hold the lock of a repository's worktrees (`root`, coi's own directory for them, is the
+    lock: nothing is left there), across processes: two `git worktree add` at once in one
+    repository can fail ("failed to read .git/worktrees/<id>/commondir"), and forks make
+    theirs at once."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
         while True:
             try:
