@@ -264,6 +264,25 @@ async def test_events_report_create_and_delete(incus: IncusClient, unique: str) 
     assert seen[-1] == "instance-deleted"
 
 
+async def test_the_event_stream_stays_open_past_incusds_keepalive(incus: IncusClient, unique: str) -> None:
+    # incusd pings the stream every 10 s and drops it after three pings with no answer.
+    name = f"{unique}-quiet"
+
+    async def create_later() -> None:
+        await anyio.sleep(35)
+        await incus.create_instance(busybox(name, start=False))
+
+    try:
+        async with incus.events(("lifecycle",)) as stream, anyio.create_task_group() as tg:
+            tg.start_soon(create_later)
+            with anyio.fail_after(50):
+                async for event in stream:
+                    if msgspec.json.decode(event.metadata, type=LifecycleEvent).name == name:
+                        break
+    finally:
+        await remove_instance(incus, name)
+
+
 async def test_missing_socket_is_one_clear_error(tmp_path: Path) -> None:
     endpoint = UnixEndpoint(tmp_path / "nope.socket")
     with pytest.raises(IncusUnavailableError) as caught:

@@ -27,7 +27,9 @@ class EventsApi(ApiBase):
         params = {"type": ",".join(types)}
         if all_projects:
             params["all-projects"] = "true"
-        async with self._transport.websocket("/1.0/events", params=self._params(params)) as ws:
+        async with self._transport.websocket(
+            "/1.0/events", params=self._params(params), answer_pings=True
+        ) as ws:
 
             async def stream() -> AsyncIterator[Event]:
                 while True:

@@ -282,13 +282,18 @@ class Transport:
 
             yield dict(resp.headers), chunks()
 
-    async def connect_websocket(self, path: str, *, params: Params | None = None) -> WebSocket:
-        """Open a websocket; the caller closes it."""
+    async def connect_websocket(
+        self, path: str, *, params: Params | None = None, answer_pings: bool = False
+    ) -> WebSocket:
+        """Open a websocket; the caller closes it.
+
+        An exec's streams answer no pings: incusd's pings there need no answer, and a pong
+        written after incusd closed its end makes asyncio abort the connection, dropping output
+        not yet read. The event stream must (`answer_pings`): incusd pings it every 10 s and
+        drops it after three unanswered pings."""
         try:
             # No Origin header: incusd refuses foreign origins, and aiohttp sends none unless asked.
-            # No pongs: incusd's keepalive pings need no answer, and a pong written after incusd
-            # closed its end makes asyncio abort the connection, dropping output not yet read.
-            ws = await self._session.ws_connect(path, params=params, autoping=False, max_msg_size=0)
+            ws = await self._session.ws_connect(path, params=params, autoping=answer_pings, max_msg_size=0)
         except aiohttp.WSServerHandshakeError as exc:
             raise classify(exc.status, f"websocket {path} refused: {exc.message}") from exc
         except aiohttp.ClientConnectorCertificateError as exc:
@@ -300,8 +305,10 @@ class Transport:
         return WebSocket(ws)
 
     @asynccontextmanager
-    async def websocket(self, path: str, *, params: Params | None = None) -> AsyncIterator[WebSocket]:
-        ws = await self.connect_websocket(path, params=params)
+    async def websocket(
+        self, path: str, *, params: Params | None = None, answer_pings: bool = False
+    ) -> AsyncIterator[WebSocket]:
+        ws = await self.connect_websocket(path, params=params, answer_pings=answer_pings)
         try:
             yield ws
         finally:
