@@ -43,22 +43,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE
-from tests.private_incusd import INCUSD
+from tests.private_incusd import INCUSD, START_SCRIPT
 
 PORT = 8443
 MEMBERS = 3
 WAIT_S = 60.0
 STOP_WAIT_S = 5.0
 
-_START = """
-mkdir -p "$SYSMOVE"
-mount --move /sys "$SYSMOVE"
-mount -t sysfs sysfs /sys
-mount --move "$SYSMOVE/fs/cgroup" /sys/fs/cgroup
-umount -l "$SYSMOVE"
-ulimit -n "$(ulimit -Hn)"
-exec "$INCUSD" --group root --logfile "$INCUS_DIR/incusd.log"
-"""
 _NO_IPV6 = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
 
 
@@ -143,7 +134,7 @@ class Member:
         # The daemon's own stderr (a panic) beside its log; the child keeps its copy of the fd.
         with (self.directory / "incusd.err").open("ab") as err:
             self.process = subprocess.Popen(
-                [*argv, "/bin/sh", "-ec", _START],
+                [*argv, "/bin/sh", "-ec", START_SCRIPT],
                 env=env,
                 start_new_session=True,
                 stdout=subprocess.DEVNULL,

@@ -36,7 +36,7 @@ profiles: [{name: default, devices: {root: {path: /, pool: default, type: disk}}
 """
 # The daemon in its namespaces: the host's sysfs moved aside for this netns's own, the host's
 # cgroup tree put back, as many files as the hard limit allows.
-_START = """
+START_SCRIPT = """
 mkdir -p "$SYSMOVE"
 mount --move /sys "$SYSMOVE"
 mount -t sysfs sysfs /sys
@@ -79,7 +79,7 @@ class PrivateIncusd:
         }
         argv = ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "slave"]
         self.process = subprocess.Popen(  # noqa: ASYNC220 - a daemon, waited for below
-            [*argv, "/bin/sh", "-ec", _START], env=env, start_new_session=True,
+            [*argv, "/bin/sh", "-ec", START_SCRIPT], env=env, start_new_session=True,
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         await _run("incus", "admin", "waitready", "--timeout", "60", env=self.cli_env)

@@ -33,24 +33,28 @@ def make_client_cert(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture
-async def https_endpoint(incus: IncusClient, tmp_path: Path) -> AsyncIterator[HttpsEndpoint]:
-    info = await incus.server_info()
-    address = str(info.config.get("core.https_address", ""))
+async def loopback_url(incus: IncusClient) -> str:
+    """This machine's incusd over HTTPS on loopback (listening there from now on if it did not)."""
+    address = str((await incus.server_info()).config.get("core.https_address", ""))
     if not address:
         await incus.update_server_config({"core.https_address": LOOPBACK_ADDRESS})
         address = LOOPBACK_ADDRESS
     host, _, port = address.rpartition(":")
     if host in ("", "[::]", "0.0.0.0"):
         host = "127.0.0.1"
+    assert host in ("127.0.0.1", "[::1]", "localhost"), f"only loopback is a test target: {address}"
+    return f"https://{host}:{port}"
+
+
+@pytest.fixture
+async def https_endpoint(incus: IncusClient, tmp_path: Path) -> AsyncIterator[HttpsEndpoint]:
+    url = await loopback_url(incus)
     cert, key = make_client_cert(tmp_path)
     fingerprint = await incus.add_trusted_certificate(
         cert.read_text(), name=f"coi-test-{secrets.token_hex(3)}", projects=[incus.project]
     )
     try:
-        yield HttpsEndpoint(
-            f"https://{host}:{port}", client_cert=cert, client_key=key, server_cert=SERVER_CERT
-        )
+        yield HttpsEndpoint(url, client_cert=cert, client_key=key, server_cert=SERVER_CERT)
     finally:
         await incus.delete_certificate(fingerprint)
 

@@ -7,8 +7,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from tests.integration.remote.harness import PREFIX, Remotes, loopback_url
+from tests.integration.remote.harness import PREFIX, Remotes
 from tests.integration.shell_harness import ShellWorld
+from tests.integration.test_https import loopback_url
 
 
 @pytest.fixture

@@ -13,28 +13,14 @@ from pathlib import Path
 import anyio
 
 from coi_async.errors import CoiError
-from coi_async.incus import IncusClient
 from coi_async.incus.certificates import fingerprint_of
 from tests.coi_cli import Run
 from tests.integration.shell_harness import ShellWorld
-from tests.integration.test_https import LOOPBACK_ADDRESS, SERVER_CERT
+from tests.integration.test_https import SERVER_CERT
 
 PREFIX = "h13r-"
 
 REMOTE = "test"
-
-
-async def loopback_url(incus: IncusClient) -> str:
-    """This machine's incusd over HTTPS on loopback (listening there from now on if it did not)."""
-    address = str((await incus.server_info()).config.get("core.https_address", ""))
-    if not address:
-        await incus.update_server_config({"core.https_address": LOOPBACK_ADDRESS})
-        address = LOOPBACK_ADDRESS
-    host, _, port = address.rpartition(":")
-    if host in ("", "[::]", "0.0.0.0"):
-        host = "127.0.0.1"
-    assert host in ("127.0.0.1", "[::1]", "localhost"), f"only loopback is a test target: {address}"
-    return f"https://{host}:{port}"
 
 
 def server_fingerprint() -> str:
