@@ -39,15 +39,19 @@ class Remotes:
     def config_dir(self) -> Path:
         return self.world.home / ".config" / "coi"
 
-    async def token(self) -> str:
+    async def token(self, project: str = "") -> str:
+        """A trust token for `project` (default: the world's), revoked by `clean` if unused."""
         token, operation = await self.world.incus.create_trust_token(
-            f"coi-test-{self.world.prefix}{os.getpid()}", projects=[self.world.project]
+            f"coi-test-{self.world.prefix}{os.getpid()}", projects=[project or self.world.project]
         )
         self.operations.append(operation)
         return token
 
-    async def add(self, name: str = REMOTE) -> Run:
-        return await self.world.run("remote", "add", name, self.url, "--token", await self.token())
+    async def add(self, name: str = REMOTE, *, project: str = "") -> Run:
+        """`coi remote add NAME`, with `project` as the remote's own when given."""
+        chosen = ("--project", project) if project else ()
+        token = await self.token(project)
+        return await self.world.run(*chosen, "remote", "add", name, self.url, "--token", token)
 
     async def clean(self) -> None:
         with anyio.CancelScope(shield=True):

@@ -135,11 +135,7 @@ async def test_local_and_every_remote_at_once_each_with_its_resync_and_its_name(
     remotes: Remotes, lab_project: str, tmp_path: Path
 ) -> None:
     world = remotes.world
-    token, operation = await world.incus.create_trust_token(
-        f"coi-test-{PREFIX}{secrets.token_hex(3)}", projects=[lab_project]
-    )
-    remotes.operations.append(operation)
-    added = await world.run("--project", lab_project, "remote", "add", LAB, remotes.url, "--token", token)
+    added = await remotes.add(LAB, project=lab_project)
     assert added.code == 0, added.stderr
     dead_url = f"https://127.0.0.1:{_closed_port()}"
     _copy_remote(remotes.config_dir, DEAD, url=dead_url)
@@ -191,11 +187,7 @@ async def test_text_lines_name_the_remote_and_all_remotes_excludes_remote(
     remotes: Remotes, lab_project: str
 ) -> None:
     world = remotes.world
-    token, operation = await world.incus.create_trust_token(
-        f"coi-test-{PREFIX}{secrets.token_hex(3)}", projects=[lab_project]
-    )
-    remotes.operations.append(operation)
-    added = await world.run("--project", lab_project, "remote", "add", LAB, remotes.url, "--token", token)
+    added = await remotes.add(LAB, project=lab_project)
     assert added.code == 0, added.stderr
     async with _events(world, "--all-remotes") as process:
         stream = Stream(process, json_lines=False)
