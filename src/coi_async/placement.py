@@ -7,7 +7,9 @@
   ((S-1) mod N)-th on for slot S, and the first tied one wins. Launches that all see the same
   counts at once (ten `coi shell --background` started together) so go round the members by
   slot instead of piling onto one, and one that sees some of the others already placed mostly
-  still picks the member the round gives it.
+  still picks the member the round gives it. A launch that loses a slot to another one counts
+  that slot on the member it would have chosen for it (`with_placed`) before choosing for the
+  next slot: every launch that saw the same counts so agrees on where each slot went.
 - `pack`: the online member with the most coi sessions among those with room (free memory at
   least a tenth of its total), ties broken as for spread; when none has room, spread's choice.
 - `member:NAME`: always NAME, as `--target NAME` is.
@@ -18,11 +20,11 @@ standalone one `--target` is an error and the policy does nothing.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import msgspec
 
-from coi_async.errors import UsageError
+from coi_async.errors import EgressError, UsageError
 
 SPREAD = "spread"
 PACK = "pack"
@@ -79,18 +81,47 @@ def check_member(name: str, members: Sequence[MemberLoad]) -> str:
     return name
 
 
-def choose(policy: str, members: Sequence[MemberLoad], *, slot: int, target: str = "") -> str:
-    """The member for a new session in `slot` (see the module docstring)."""
+def choose(
+    policy: str,
+    members: Sequence[MemberLoad],
+    *,
+    slot: int,
+    target: str = "",
+    only: Collection[str] | None = None,
+) -> str:
+    """The member for a new session in `slot` (see the module docstring), one of `only` if
+    given (the members whose egress daemon can serve it): EgressError when it cannot be."""
     if fixed := fixed_member(policy, target):
-        return check_member(fixed, members)
+        check_member(fixed, members)
+        if only is not None and fixed not in only:
+            raise EgressError(
+                f"cluster member '{fixed}' runs no coi egress daemon, so this session cannot go "
+                f"there: start `coi egress serve` on it, or pick one of: {', '.join(sorted(only)) or 'none'}"
+            )
+        return fixed
     online = sorted((m for m in members if m.online), key=lambda m: m.name)
     if not online:
         raise UsageError("no cluster member is online")
+    if only is not None:
+        online = [m for m in online if m.name in only]
+        if not online:
+            raise EgressError(
+                "no online cluster member runs a coi egress daemon, which this session needs: "
+                "start `coi egress serve` on them, or use --network open"
+            )
     if policy == PACK:
         roomy = [m for m in online if m.free_memory >= ROOM_SHARE * m.total_memory]
         if roomy:
             return _pick(roomy, slot, busiest=True)
     return _pick(online, slot, busiest=False)
+
+
+def with_placed(members: Sequence[MemberLoad], name: str) -> tuple[MemberLoad, ...]:
+    """`members` with one more session on `name`: a slot lost to a racing launch, counted where
+    that launch will have put it."""
+    return tuple(
+        msgspec.structs.replace(m, sessions=m.sessions + 1) if m.name == name else m for m in members
+    )
 
 
 def _pick(members: list[MemberLoad], slot: int, *, busiest: bool) -> str:

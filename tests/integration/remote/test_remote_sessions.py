@@ -65,14 +65,16 @@ async def test_what_a_remote_cannot_see_is_refused_before_anything_is_made(remot
         2, f"remote '{REMOTE}' cannot see"
     )
     ws = f"remote:{world.workspace}"
-    (await world.run(*over, "run", "-w", ws, "--", "true")).one_error(2, "network mode 'restricted'")
+    (await world.run(*over, "run", "-w", ws, "--", "true")).one_error(
+        1, "network mode 'restricted' needs coi's egress daemon beside the server's incusd"
+    )
     mounted = await world.run(*over, "run", "--network", "open", "-w", ws, "--mount", "/tmp:/x", "--", "true")
     mounted.one_error(2, "mount /tmp:/x is a directory of this machine")
     (await world.run(*over, "run", "-w", "remote:rel", "--", "true")).one_error(2, "must be absolute")
     (await world.run("run", "-w", ws, "--", "true")).one_error(2, "give the remote too")
     (await world.run(*over, "fork", "x", "--worktree")).one_error(2, "--worktree makes each fork's worktree")
     (await world.run(*over, "network", "log")).one_error(2, f"sessions on remote '{REMOTE}'")
-    (await world.run(*over, "network", "allow", "x", "example.com")).one_error(2, "egress daemon")
+    (await world.run(*over, "network", "allow", "x", "example.com")).one_error(2, "unknown container 'x'")
     assert await world.ours() == []
 
 

@@ -25,6 +25,7 @@ _DAEMON_LINES = {
     "egress.idle-exit": "no sessions for {seconds}s; exiting",
     "egress.signal": "signal {signal}; exiting",
     "egress.stopped": "egress daemon stopped",
+    "egress.advertised": "serving the sessions launched over a remote onto {member}",
 }
 
 
@@ -71,6 +72,7 @@ async def serve(*, on_demand: bool, idle_exit_s: float | None) -> None:
     """Run the egress daemon in the foreground (coi starts it by itself when needed)."""
     from coi_async.incus import IncusClient
     from coi_async.orchestration.network.paths import EgressPaths
+    from coi_async.orchestration.network.plan import may_listen_inside
     from coi_async.orchestration.network.serve import serve_daemon
 
     paths = EgressPaths.for_environment()
@@ -84,6 +86,9 @@ async def serve(*, on_demand: bool, idle_exit_s: float | None) -> None:
                 _session_config,
                 idle_exit_s=idle,
                 lock_wait_s=5.0 if on_demand else 0.0,
+                # One an operator started also serves what other coi processes launch here.
+                serve_members=not on_demand,
+                inside=may_listen_inside(),
                 emit=_daemon_view,
             )
     except EgressDaemonRunningError:

@@ -30,14 +30,24 @@ async def add(app: App, *, name: str, url: str, token: str) -> None:
     With `coi --project P remote add ...`, P is the project commands use on that remote unless
     told otherwise (a token restricted to projects admits only those)."""
     from coi_async.orchestration.events import Event, Note
-    from coi_async.orchestration.remotes.add import NOTE_CERTIFICATE, add_remote
+    from coi_async.orchestration.remotes.add import NOTE_CERTIFICATE, NOTE_EGRESS, add_remote
+
+    lines: list[str] = []
 
     def show(event: Event) -> None:
         if isinstance(event, Note) and event.kind == NOTE_CERTIFICATE:
             click.echo(f"Certificate fingerprint: {event.values['fingerprint']}")
+        elif isinstance(event, Note) and event.kind == NOTE_EGRESS and event.values["missing"]:
+            missing = event.values["missing"].replace(",", ", ")
+            lines.append(
+                f"No coi egress daemon on: {missing} (restricted and allowlist sessions are refused "
+                "there until `coi egress serve` runs beside its incusd)"
+            )
 
     added = await add_remote(name, url, token, project=app.project or "", emit=show)
     click.echo(f"Remote '{name}' added: {added.url} (use it with 'coi --remote {name} ...')")
+    for line in lines:
+        click.echo(line)
 
 
 @remote.command("list")

@@ -24,6 +24,7 @@ from coi_async.errors import NotFoundError, UsageError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.network import registry
 from coi_async.orchestration.network.paths import EgressPaths
+from coi_async.orchestration.network.remote_session import change_carried
 from coi_async.orchestration.network.session import reload_daemon, session_log
 
 FOLLOW_POLL_S = 0.5
@@ -42,6 +43,9 @@ async def change_allowlist(
 ) -> None:
     """Allow or deny `host` for the running session `container`, at once."""
     entry = parse_host_argument(host)
+    if incus.remote:
+        await change_carried(incus, container, entry, allow=action == "allow")
+        return
     registration = registry.find(paths, container, incus.project)
     if registration is None:
         try:

@@ -24,6 +24,8 @@ from coi_async.config.model import Network
 from coi_async.config.network import parse_entries
 from coi_async.egress.netns import can_enter
 from coi_async.egress.policy import Mode, Policy
+from coi_async.errors import EgressError
+from coi_async.orchestration.network.members import KEY_POLICY, MemberEgress
 from coi_async.orchestration.network.paths import EgressPaths, session_key
 from coi_async.tools import Tool
 
@@ -118,6 +120,32 @@ class EgressPlan(msgspec.Struct, frozen=True, kw_only=True):
     through_daemon: bool = True
     inside: bool = False  # the daemon listens inside the container (else: a proxy device)
     root: str = ""  # the daemon's directory ("" when not through it)
+    # Over a remote (members.py): the members whose daemon serves sessions, and the policy the
+    # session carries to the one it is placed on (`on_member` then sets `inside` and `root`).
+    remote: bool = False
+    served: tuple[MemberEgress, ...] = ()
+    carried: str = ""
+
+    @property
+    def needs_member(self) -> bool:
+        """Whether it must go to a member whose daemon serves it, not yet chosen."""
+        return self.remote and self.through_daemon and not self.root
+
+    def served_members(self) -> frozenset[str] | None:
+        """The members it may be placed on; None: any."""
+        return frozenset(a.member for a in self.served) if self.remote and self.through_daemon else None
+
+    def on_member(self, member: str) -> EgressPlan:
+        """The plan for a session on `member`; EgressError when no daemon there serves it."""
+        if not (self.remote and self.through_daemon):
+            return self
+        advert = next((a for a in self.served if a.member == member), None)
+        if advert is None:
+            raise EgressError(
+                f"'{member}' runs no coi egress daemon, so a {self.mode} session cannot go there: "
+                "start `coi egress serve` beside its incusd"
+            )
+        return msgspec.structs.replace(self, inside=advert.inside, root=advert.root)
 
     def socket_of(self, container: str) -> str:
         return str(self.paths.socket_of(session_key(self.project, container)))
@@ -132,4 +160,7 @@ class EgressPlan(msgspec.Struct, frozen=True, kw_only=True):
         return egress_devices(self.nics, self.socket_of(container), inside=self.inside)
 
     def config(self) -> dict[str, str]:
-        return egress_config(self.mode, self.nics, through_daemon=self.through_daemon)
+        config = egress_config(self.mode, self.nics, through_daemon=self.through_daemon)
+        if self.carried:
+            config[KEY_POLICY] = self.carried
+        return config

@@ -44,8 +44,10 @@ class Registration(msgspec.Struct, frozen=True, kw_only=True):
     # The daemon listens on this port inside the container itself (egress/netns.py); 0: the
     # container reaches `socket` through a proxy device.
     inside_port: int = 0
-    # "build": a `coi build` container, whose policy is its `allow` list alone (no config).
+    # "build": a `coi build` container, whose policy is its `allow` list alone (no config);
+    # "carried": a session over a remote, whose policy is `carried` (network/members.py).
     kind: str = "session"
+    carried: str = ""
     # The session's AI tool (its API hosts are in an allowlist); "" for the config's `tool.name`
     # (the session's may come from `--tool`, which the config files do not know).
     tool: str = ""

@@ -37,7 +37,9 @@ from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
 from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.network import registry
+from coi_async.orchestration.network.carried import CARRIED, CarriedSessions
 from coi_async.orchestration.network.daemon import take_daemon_lock
+from coi_async.orchestration.network.members import decode_policy
 from coi_async.orchestration.network.paths import EgressPaths
 from coi_async.orchestration.network.plan import session_policy
 from coi_async.orchestration.network.registry import Registration
@@ -52,8 +54,16 @@ ConfigOf = Callable[[Registration], Config]
 
 
 class _Daemon:
-    def __init__(self, paths: EgressPaths, incus: IncusClient, config_of: ConfigOf, emit: Emit) -> None:
+    def __init__(
+        self,
+        paths: EgressPaths,
+        incus: IncusClient,
+        config_of: ConfigOf,
+        emit: Emit,
+        carried: CarriedSessions | None = None,
+    ) -> None:
         self.paths = paths
+        self.carried = carried
         self.incus = incus
         self.config_of = config_of
         self.emit = emit
@@ -74,7 +84,11 @@ class _Daemon:
     def _policy(self, registration: Registration) -> Policy:
         build = registration.kind == "build"
         cwd, home, env = registration.cwd, registration.home, registration.env
-        files = [] if build else [path for path, _ in config_paths(env, home=home, cwd=cwd)]
+        files = (
+            []
+            if build or registration.kind == CARRIED
+            else [path for path, _ in config_paths(env, home=home, cwd=cwd)]
+        )
         stamp = registry.fingerprint(registration, files)
         known = self._policies.get(registration.key)
         if known is not None and known[0] == stamp:
@@ -83,6 +97,11 @@ class _Daemon:
         try:
             if build:
                 policy = Policy(mode="allowlist", allow=parse_entries(registration.allow))
+            elif registration.kind == CARRIED:
+                carried = decode_policy(registration.carried)
+                if carried is None:
+                    raise ValueError("its carried policy is malformed")
+                policy = carried
             else:
                 config = self.config_of(registration)
                 policy = session_policy(
@@ -127,6 +146,9 @@ class _Daemon:
     async def reload(self) -> None:
         async with self._reload_lock:
             found = registry.read_all(self.paths)
+            if self.carried is not None:
+                await self.carried.refresh()
+                found = {**self.carried.found, **found}
             specs = [
                 SessionSpec(
                     key=r.key,
@@ -145,6 +167,8 @@ class _Daemon:
             await self.server.apply(specs)
             if specs:
                 self.last_session = time.monotonic()
+            if self.carried is not None:
+                await self.carried.mark_served({k: p.pid for k, p in self._places.items()})
 
     async def sweep(self) -> None:
         """Forget the sessions whose containers are gone; incusd's errors skip a round."""
@@ -160,7 +184,9 @@ class _Daemon:
             gone += [r.key for r in registrations if r.container not in names]
         if gone:
             registry.remove(self.paths, gone)
-        if gone or self._not_running:
+        if self.carried is not None:
+            self.carried.dirty = True
+        if gone or self._not_running or self.carried is not None:
             self._not_running.clear()
             await self.reload()
 
@@ -218,6 +244,10 @@ class _Daemon:
                 async with self.incus.events(("lifecycle",), all_projects=True) as stream:
                     async for event in stream:
                         action = _action(event.metadata)
+                        if self.carried is not None and action.startswith("instance-"):
+                            # A session carrying its policy may have come, gone or changed.
+                            self.carried.dirty = True
+                            self.reload_now.set()
                         if action in ("instance-deleted", "instance-renamed"):
                             self.sweep_now.set()
                         elif action in ("instance-started", "instance-restarted"):
@@ -257,16 +287,23 @@ async def serve_daemon(
     *,
     idle_exit_s: float | None = None,
     lock_wait_s: float = 0.0,
+    serve_members: bool = False,
+    inside: bool = False,
     emit: Emit = ignore,
 ) -> None:
     """Run the daemon until stopped. EgressDaemonRunningError when another one runs for the same
-    directory (after `lock_wait_s`, for one that is on its way out)."""
+    directory (after `lock_wait_s`, for one that is on its way out). With `serve_members` it also
+    serves the sessions launched over a remote onto its incusd's member, and advertises that
+    (carried.py), listening inside their containers when `inside`."""
     paths.make()
     lock = await take_daemon_lock(paths, wait_s=lock_wait_s)
     try:
         paths.pid_file.write_text(f"{os.getpid()}\n")
         remove_stale_socket(str(paths.control))
-        daemon = _Daemon(paths, incus, config_of, emit)
+        carried = CarriedSessions(incus, paths, inside=inside) if serve_members else None
+        if carried is not None:
+            await carried.identify()
+        daemon = _Daemon(paths, incus, config_of, emit, carried)
         control_listener = await anyio.create_unix_listener(str(paths.control), mode=0o600)
         note(emit, "egress.serving", root=str(paths.root), pid=str(os.getpid()))
         async with daemon.server.running(), anyio.create_task_group() as tg:
@@ -279,9 +316,14 @@ async def serve_daemon(
                 tg.start_soon(daemon.signals)
                 if idle_exit_s is not None:
                     tg.start_soon(daemon.idle_exit, idle_exit_s)
+                if carried is not None:
+                    tg.start_soon(carried.advertise)
+                    note(emit, "egress.advertised", member=carried.member)
                 await daemon.stop.wait()
                 tg.cancel_scope.cancel()
     finally:
+        if carried is not None:
+            await carried.withdraw()
         with contextlib.suppress(OSError, CoiError):
             remove_stale_socket(str(paths.control))
         with contextlib.suppress(OSError):

@@ -25,12 +25,13 @@ import msgspec
 from coi_async.config import Config
 from coi_async.egress import control
 from coi_async.egress.policy import as_mode
-from coi_async.errors import CoiError, EgressError, NotFoundError, SessionError, UsageError
+from coi_async.errors import CoiError, EgressError, NotFoundError, SessionError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
 from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.network import registry
 from coi_async.orchestration.network.daemon import ensure_daemon, ping
+from coi_async.orchestration.network.members import KEY_POLICY
 from coi_async.orchestration.network.paths import EgressPaths, session_key
 from coi_async.orchestration.network.plan import (
     EGRESS_DEVICE,
@@ -46,6 +47,7 @@ from coi_async.orchestration.network.plan import (
     proxied,
 )
 from coi_async.orchestration.network.registry import Registration
+from coi_async.orchestration.network.remote_session import await_served, plan_remote
 
 _DEFAULT_PROFILE = "default"
 _RELOAD_ATTEMPTS = 3
@@ -59,7 +61,7 @@ async def start_daemon_early(plan: EgressPlan | None) -> AsyncIterator[None]:
     caller knows the container and can clean it up.
     """
     async with anyio.create_task_group() as tg:
-        if plan is not None and plan.through_daemon:
+        if plan is not None and plan.through_daemon and not plan.remote:
 
             async def start() -> None:
                 with contextlib.suppress(CoiError):
@@ -72,22 +74,15 @@ async def start_daemon_early(plan: EgressPlan | None) -> AsyncIterator[None]:
 async def plan_egress(
     incus: IncusClient, config: Config, *, env: Mapping[str, str] | None = None
 ) -> EgressPlan:
-    """The plan for a session launched with the default profile, in the config's mode.
-
-    Over a remote only `open` can be kept: the egress daemon runs beside this coi, not beside
-    the remote's incusd, so the session has what the remote's default profile gives it."""
+    """The plan for a session launched with the default profile, in the config's mode (over a
+    remote: remote_session.py's)."""
     mode = as_mode(config.network.mode)
-    if incus.remote and mode != "open":
-        raise UsageError(
-            f"network mode '{mode}' needs coi's egress daemon on the server, which a remote does "
-            "not have: use --network open there (the network of the remote's default profile)"
-        )
     try:
         nics = nic_names((await incus.get_profile(_DEFAULT_PROFILE)).devices)
     except NotFoundError:
         nics = []
     if incus.remote:
-        return EgressPlan(mode=mode, project=incus.project, nics=tuple(nics), through_daemon=False)
+        return await plan_remote(incus, config, mode, nics)
     through = proxied(mode, nics)
     root = str(EgressPaths.for_environment(env).make().root) if through else ""
     inside = through and may_listen_inside(env)
@@ -110,6 +105,8 @@ def _patch(plan: EgressPlan, instance: Instance) -> InstancePatch | None:
             devices[EGRESS_DEVICE] = wanted
         masked = sorted({*instance.config.get(KEY_MASKED, "").split(","), *nics} - {""})
         wanted_config = egress_config(plan.mode, masked, through_daemon=True)
+        if plan.carried:
+            wanted_config[KEY_POLICY] = plan.carried
     else:
         wanted_config = egress_config(plan.mode, [], through_daemon=False)
     config = {k: v for k, v in wanted_config.items() if instance.config.get(k) != v}
@@ -123,6 +120,8 @@ async def prepare_reused(incus: IncusClient, plan: EgressPlan | None, name: str)
     if plan is None:
         return
     instance = await incus.get_instance(name)
+    if plan.needs_member:
+        plan = plan.on_member(instance.location)
     patch = _patch(plan, instance)
     if patch is not None:
         await incus.update_instance(name, patch)
@@ -169,6 +168,8 @@ async def attach_egress(
     if plan is None:
         return
     instance = await incus.get_instance(name)
+    if plan.needs_member:
+        plan = plan.on_member(instance.location)
     if created and plan.through_daemon and set(nic_names(instance.expanded_devices)) - set(plan.nics):
         raise SessionError(
             f"container {name} was given a network interface the session must not have",
@@ -179,7 +180,9 @@ async def attach_egress(
         # Before the daemon is told: a proxy device from an earlier start holds the port inside.
         note(emit, "egress.devices-updated", name)
         await incus.update_instance(name, patch)
-    if plan.through_daemon:
+    if plan.remote and plan.through_daemon:
+        await await_served(incus, name, plan.carried, inside=plan.inside)
+    elif plan.through_daemon:
         await _register(config, plan, name, origin, keep_live=not created)
 
 
@@ -243,8 +246,8 @@ async def reload_daemon(paths: EgressPaths) -> None:
 
 async def detach_egress(plan: EgressPlan | None, name: str) -> None:
     """The session is over: its registration goes, and with it its socket and log handle."""
-    if plan is None or not plan.through_daemon:
-        return
+    if plan is None or not plan.through_daemon or plan.remote:
+        return  # a remote's daemon forgets a session whose container went by itself
     paths = plan.paths
     registry.remove(paths, [session_key(plan.project, name)])
     with anyio.move_on_after(5, shield=True):

@@ -8,6 +8,7 @@ Every step has a deadline, and a failure keeps nothing.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from pathlib import Path
 
@@ -16,8 +17,10 @@ import msgspec
 
 from coi_async.errors import CoiError, IncusApiError, IncusUnavailableError, UsageError
 from coi_async.incus import IncusClient
+from coi_async.incus.models import ServerInfo
 from coi_async.incus.server_cert import fetch_server_certificate, fingerprint_of_der
 from coi_async.orchestration.events import Emit, ignore, note
+from coi_async.orchestration.network.members import fresh_adverts
 from coi_async.orchestration.remotes import store
 from coi_async.remotes import Remote, check_name, decode_token, normalize_url
 
@@ -25,6 +28,8 @@ from coi_async.remotes import Remote, check_name, decode_token, normalize_url
 ADD_WITHIN_S = 60.0
 
 NOTE_CERTIFICATE = "remote.certificate"  # fingerprint: the server's, before it is trusted
+# served, missing: the members with and without coi's egress daemon (comma-separated)
+NOTE_EGRESS = "remote.egress"
 
 
 async def add_remote(
@@ -59,7 +64,9 @@ async def add_remote(
                 )
             store.save_server_cert(name, ssl.DER_cert_to_PEM_cert(der), directory)
             try:
-                await _trust(name, url, token, Remote(url=url, fingerprint=fingerprint), project, directory)
+                await _trust(
+                    name, url, token, Remote(url=url, fingerprint=fingerprint), project, directory, emit
+                )
             except BaseException:
                 store.forget_server_cert(name, directory)
                 raise
@@ -73,7 +80,7 @@ async def add_remote(
 
 
 async def _trust(
-    name: str, url: str, token: str, remote: Remote, project: str, directory: Path | None
+    name: str, url: str, token: str, remote: Remote, project: str, directory: Path | None, emit: Emit
 ) -> None:
     store.client_certificate(directory)
     endpoint = store.endpoint(name, remote, directory)
@@ -86,5 +93,19 @@ async def _trust(
                     f"{url} refused the token for remote '{name}': {exc}",
                     hint="tokens work once and expire: ask for a new one",
                 ) from exc
-        if (await client.server_info()).auth != "trusted":
+        info = await client.server_info()
+        if info.auth != "trusted":
             raise CoiError(f"{url} took the token but does not trust coi's certificate")
+        await _report_egress(client, info, name, emit)
+
+
+async def _report_egress(client: IncusClient, info: ServerInfo, name: str, emit: Emit) -> None:
+    """Which of the remote's members run coi's egress daemon (restricted and allowlist sessions
+    go only there); a server that cannot say is not worth failing the add for."""
+    served = fresh_adverts(info.config)
+    members = [info.environment.server_name]
+    if info.environment.server_clustered:
+        with contextlib.suppress(CoiError):
+            members = [m.server_name for m in await client.cluster_members()]
+    missing = sorted(m for m in members if m not in served)
+    note(emit, NOTE_EGRESS, name, served=",".join(sorted(served)), missing=",".join(missing))

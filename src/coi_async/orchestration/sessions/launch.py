@@ -40,7 +40,7 @@ from coi_async.orchestration.sessions.instance_spec import (
 )
 from coi_async.orchestration.sessions.model import home_of, user_of_uid
 from coi_async.orchestration.sessions.placement import Placement, survey_cluster
-from coi_async.placement import choose
+from coi_async.placement import choose, with_placed
 from coi_async.slots import Candidate, Occupant, candidates, validate_slot
 
 # How often a launch re-lists and tries again when every candidate slot was taken under it.
@@ -285,16 +285,27 @@ async def launch(
                 note(emit, "launch.restarting", name)
                 return done(choice.slot, reused=True)
             target = ""
+            made = spec
             if placement.clustered:
                 target = choose(
-                    placement.policy, placement.members, slot=choice.slot, target=placement.target
+                    placement.policy,
+                    placement.members,
+                    slot=choice.slot,
+                    target=placement.target,
+                    only=spec.egress.served_members() if spec.egress else None,
                 )
+                if spec.egress is not None and spec.egress.needs_member:
+                    made = msgspec.structs.replace(spec, egress=spec.egress.on_member(target))
             try:
                 if create is None:
-                    kind = await _create(incus, spec, name, choice.slot, emit, target=target)
+                    kind = await _create(incus, made, name, choice.slot, emit, target=target)
                 else:
                     kind = await create(name, choice.slot)
             except ConflictError:
+                if target:
+                    placement = msgspec.structs.replace(
+                        placement, members=with_placed(placement.members, target)
+                    )
                 continue
             if target:
                 note(emit, "launch.placed", name, member=target)

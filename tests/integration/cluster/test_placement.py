@@ -7,102 +7,21 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import re
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.cluster_harness import Cluster, running_cluster
 from tests.coi_cli import COI, Run, coi_env, coi_sync
-from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE
+from tests.helpers import BUSYBOX_IMAGE
+from tests.integration.cluster.client import PREFIX, REMOTE, Client
 
 pytestmark = pytest.mark.incus
 
-REMOTE = "clu"
-PREFIX = "h13c-"
 SESSIONS = 10
-
-
-@dataclass
-class Client:
-    """A coi with its own HOME that has the cluster as the remote `clu`, and a workspace."""
-
-    cluster: Cluster
-    root: Path
-
-    @property
-    def home(self) -> Path:
-        return self.root / "home"
-
-    @property
-    def workspace(self) -> Path:
-        return self.root / "ws"
-
-    def env(self, **extra: str) -> dict[str, str]:
-        return coi_env(home=self.home, prefix=PREFIX, drop=("COI_",), TERM="xterm", **extra)
-
-    def run(self, *args: str, **extra: str) -> Run:
-        return coi_sync(*args, env=self.env(**extra), cwd=self.workspace, timeout=180)
-
-    def over(self, *args: str, **extra: str) -> Run:
-        """`coi --remote clu ARGS`, a session's workspace being this one on the servers."""
-        return self.run("--remote", REMOTE, *args, **extra)
-
-    def ws(self) -> tuple[str, str]:
-        return ("-w", f"remote:{self.workspace}")
-
-    def placed(self) -> dict[str, str]:
-        """coi's containers and their members, as `coi list --format json` tells."""
-        listed = self.over("list", "--format", "json")
-        assert listed.code == 0, listed.stderr
-        return {c["name"]: c.get("location", "") for c in json.loads(listed.stdout)["active_containers"]}
-
-    def sessions(self) -> list[Path]:
-        store = self.home / ".coi" / "sessions-claude"
-        return list(store.iterdir()) if store.is_dir() else []
-
-    def locations(self) -> dict[str, str]:
-        """Every instance of the cluster and its member, as incusd tells."""
-        listed = json.loads(self.cluster.incus("query", "/1.0/instances?recursion=1"))
-        return {i["name"]: i["location"] for i in listed}
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    if os.geteuid() != 0:
-        pytest.skip("a cluster on this machine needs root (network and mount namespaces)")
-    with running_cluster() as c:
-        print(f"cluster up in {c.up_s:.1f} s ({c.net}.0/24, {c.tag})")
-        yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Client:
-    c = Client(cluster, tmp_path_factory.mktemp("cluster-client"))
-    c.workspace.mkdir()
-    conf = c.home / ".config" / "coi"
-    conf.mkdir(parents=True)
-    (conf / "config.toml").write_text(f'[defaults]\nimage = "{DEBIAN_IMAGE}"\n[network]\nmode = "open"\n')
-    claude = c.home / ".claude"
-    claude.mkdir()
-    (claude / ".credentials.json").write_text('{"claudeAiOauth": {"accessToken": "test-token"}}')
-    added = c.run("remote", "add", REMOTE, cluster.url, "--token", cluster.trust_token("coi-cluster-test"))
-    assert added.code == 0, added.stderr
-    return c
-
-
-@pytest.fixture
-def fresh(client: Client) -> Iterator[Client]:
-    """The client, with every instance of the cluster removed afterwards."""
-    try:
-        yield client
-    finally:
-        client.cluster.delete_instances()
 
 
 def _shells(client: Client, *extras: tuple[str, ...]) -> list[subprocess.CompletedProcess[bytes]]:
@@ -139,9 +58,10 @@ def test_ten_concurrent_shells_take_ten_slots_spread_evenly_and_shutdown_all_end
     assert placed == fresh.locations()
     per_member = collections.Counter(placed.values())
     # Every member takes a share. Not always 4/3/3: a launch that lists the instances before
-    # the others' creates show cannot count them (placement is best effort, not a reservation).
+    # the others' creates show cannot count them; but one that loses slots counts them where
+    # their winners put them, so no member takes the lion's share.
     assert sorted(per_member) == ["m1", "m2", "m3"], per_member
-    assert max(per_member.values()) <= 6, per_member
+    assert max(per_member.values()) <= 5, per_member
     text = fresh.over("list")
     assert text.stdout.count("    Location: m") == SESSIONS, text.stdout
 
