@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE
+from tests.leak_watch import LeakWatch
 from tests.private_incusd import INCUSD, START_SCRIPT
 
 PORT = 8443
@@ -171,6 +172,7 @@ class Cluster:
     namespaces: list[str] = field(default_factory=list)
     guard: bool = False
     host_link: str = ""
+    watch: LeakWatch | None = None
 
     @property
     def hub(self) -> str:
@@ -198,6 +200,8 @@ class Cluster:
         subnet = f"{self.net}.0/24"
         sh("ip", "route", "add", "unreachable", subnet, "metric", "4000")
         self.guard = True
+        self.watch = LeakWatch(self.tag, subnet)
+        self.watch.start()
         for ns in [self.hub, *(m.netns for m in self.members)]:
             sh("ip", "netns", "add", ns)
             self.namespaces.append(ns)
@@ -220,9 +224,19 @@ class Cluster:
         sh("ip", "addr", "add", f"{self.net}.1/24", "dev", self.host_link)
         sh("ip", "link", "set", self.host_link, "up")
 
+    def leaked(self) -> int:
+        """The subnet's packets that went out of the default route's interface (it must be 0)."""
+        return self.watch.packets() if self.watch is not None else 0
+
+    def guarded(self) -> bool:
+        return f"unreachable {self.net}.0/24" in sh("ip", "route", "show", check=False)
+
     def check_network(self, *, routed: bool = True) -> None:
         """ip_forward is 0; no namespace of ours has a default route; while the guard route is in
-        place (`routed`), the subnet is the host veth's (or unreachable), never the gateway's."""
+        place (`routed`), the subnet is the host veth's (or unreachable), never the gateway's;
+        nothing of the subnet went out of the default route's interface."""
+        if leaked := self.leaked():
+            raise ClusterError(f"{leaked} packets of {self.net}.0/24 left by the default route")
         if sh("sysctl", "-n", "net.ipv4.ip_forward").strip() != "0":
             raise ClusterError("net.ipv4.ip_forward is not 0")
         for ns in self.namespaces:
@@ -399,7 +413,11 @@ class Cluster:
         if self.guard:
             sh("ip", "route", "del", "unreachable", f"{self.net}.0/24", "metric", "4000", check=False)
         shutil.rmtree(self.base, ignore_errors=True)
-        self.check_network(routed=False)
+        try:
+            self.check_network(routed=False)
+        finally:
+            if self.watch is not None:
+                self.watch.stop()
         if sh("ip", "route", "show", "table", "all", check=False).count(f"{self.net}.0/24"):
             raise ClusterError(f"a route for {self.net}.0/24 is left")
 

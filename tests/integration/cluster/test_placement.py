@@ -220,3 +220,10 @@ async def test_target_on_a_standalone_server_is_refused(incus_project: str, tmp_
     env = coi_env(home=tmp_path, project=incus_project, prefix=PREFIX, drop=("COI_",))
     done = coi_sync("run", "--image", BUSYBOX_IMAGE, "--target", "m1", "--", "true", env=env, cwd=tmp_path)
     done.one_error(2, "--target m1: the server is not a cluster")
+
+
+def test_nothing_for_the_cluster_subnet_left_the_machine(client: Client) -> None:
+    """Last of the package (modules run in name order): after every cluster test so far, the guard
+    route is in place and no packet to or from the subnet went out by the default route."""
+    assert client.cluster.guarded()
+    assert client.cluster.leaked() == 0
