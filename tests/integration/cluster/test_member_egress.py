@@ -215,6 +215,25 @@ def test_allow_and_deny_change_a_running_remote_session_at_once(
         proc.communicate(timeout=30)
 
 
+def test_forks_of_a_restricted_session_stay_on_its_member_and_are_served_there(
+    fresh: Client, daemons: MemberDaemons, tmp_path: Path
+) -> None:
+    config = tmp_path / "network.toml"
+    config.write_text('[network]\nmode = "restricted"\n')
+    shell = fresh.over("shell", "--background", *fresh.ws(), "--target", "m2", COI_CONFIG=str(config))
+    assert shell.code == 0, shell.stderr
+    (name,) = fresh.locations()
+    forked = fresh.over("fork", name, "-n", "2", "--format", "json", COI_CONFIG=str(config))
+    assert forked.code == 0, forked.stderr
+    copies = [f["container"] for f in json.loads(forked.stdout)["forks"]]
+    assert len(copies) == 2
+    assert fresh.locations() == dict.fromkeys([name, *copies], "m2")
+    for copy in copies:  # each carries the policy, and m2's daemon serves it
+        found = json.loads(fresh.cluster.incus("query", f"/1.0/instances/{copy}"))["config"]
+        assert json.loads(found["user.coi.egress.policy"])["mode"] == "restricted"
+        assert found["user.coi.egress.served"]
+
+
 def test_remote_add_names_the_members_without_a_daemon(client: Client, daemons: MemberDaemons) -> None:
     added = client.run(
         "remote", "add", "clu-again", client.cluster.url, "--token", client.cluster.trust_token("again")

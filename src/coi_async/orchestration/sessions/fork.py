@@ -202,6 +202,8 @@ async def _plan(incus: IncusClient, config: Config, request: ForkRequest) -> tup
         )
     egress_plan, repo = found.egress, found.repository
     assert egress_plan is not None
+    if egress_plan.needs_member:  # on a cluster: its forks stay on its member (forking.py)
+        egress_plan = egress_plan.on_member(instance.location)
     coi_dir = str(Path(config.paths.sessions_dir).parent)
     dummy = request.use_dummy or config.environment.get("COI_USE_DUMMY") == "1"
     plan = ForkPlan(

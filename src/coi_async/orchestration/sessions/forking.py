@@ -329,8 +329,11 @@ async def _copy(
         config=config,
         devices=devices,
     )
+    # On a cluster, beside the original: a copy there is a local copy-on-write one, and its
+    # member serves the original's egress.
+    location = plan.instance.location
     try:
-        await incus.create_instance(request)
+        await incus.create_instance(request, target=location if location not in ("", "none") else None)
     except ConflictError:
         raise
     except IncusApiError as exc:
