@@ -51,6 +51,18 @@ class Client:
         store = self.home / ".coi" / "sessions-claude"
         return list(store.iterdir()) if store.is_dir() else []
 
+    def latest_session(self, container: str) -> Path:
+        """The latest saved session of `container` (the package's tests reuse workspace and
+        slots, so one name can have several)."""
+        return max(
+            (
+                p
+                for p in self.sessions()
+                if json.loads((p / "metadata.json").read_text())["container_name"] == container
+            ),
+            key=lambda p: p.stat().st_mtime,
+        )
+
     def locations(self) -> dict[str, str]:
         """Every instance of the cluster and its member, as incusd tells."""
         listed = json.loads(self.cluster.incus("query", "/1.0/instances?recursion=1"))

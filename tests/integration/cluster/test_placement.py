@@ -149,15 +149,7 @@ def test_target_and_the_placement_policies(fresh: Client, runs: Runs, tmp_path: 
     assert shut.code == 0, shut.stdout + shut.stderr
     assert fresh.locations() == {}
     name = _PLACED.search(shell.stderr)[1]  # type: ignore[index]
-    # The latest of that name (the module's earlier tests had the same workspace and slots).
-    saved = max(
-        (
-            p
-            for p in fresh.sessions()
-            if json.loads((p / "metadata.json").read_text())["container_name"] == name
-        ),
-        key=lambda p: p.stat().st_mtime,
-    )
+    saved = fresh.latest_session(name)
     info = fresh.over("info", saved.name)
     assert "Location:       m2" in info.stdout, info.stdout
 
@@ -194,9 +186,13 @@ def test_an_offline_member_is_reported_and_the_others_go_on(fresh: Client) -> No
         assert set(fresh.locations()) == {offline}
     finally:
         cluster.restart(m3)
-    killed = fresh.over("kill", "--all", "--force")
-    assert killed.code == 0, killed.stdout + killed.stderr
+    left = fresh.latest_session(offline)
+    assert not (left / ".claude").exists()
+    # Once it is back, a rerun finishes what it left: the session saved, the container gone.
+    again = fresh.over("shutdown", "--all", "--force")
+    assert again.code == 0, again.stdout + again.stderr
     assert fresh.locations() == {}
+    assert (left / ".claude").is_dir()
 
 
 def test_bad_input_is_one_line_and_makes_nothing(fresh: Client, tmp_path: Path) -> None:
