@@ -3,8 +3,9 @@
 
 The layout and its network-safety rules are ../shared/reference/incus-cluster-on-one-machine.md's:
 
-* an `unreachable` guard route for the cluster's subnet in the host namespace before any member
-  address exists (removed at teardown), so nothing for the subnet can follow the default route;
+* an `unreachable` guard route for the cluster's subnet in the host namespace, made and checked
+  before anything else (GuardRouteMissingError when it is not there; every `check_network` checks
+  it again) and removed at teardown, so nothing for the subnet can follow the default route;
 * members m1..m3, each in its own network namespace with only `lo` and `eth0` (10.77.N.1I/24)
   and no default route, joined by a bridge in a hub namespace; no NAT, ip_forward stays 0; IPv6
   off everywhere;
@@ -22,6 +23,10 @@ kills what is left of their containers by pid, and removes the namespaces, links
 and directories. After bring-up and teardown it checks that ip_forward is 0 and that no
 namespace of the run has a default route.
 
+A cluster is driven from its Popen objects in the process that made it, or from its members' pids
+in another one (`Member.pid`): tests/cluster_cli.py, behind scripts/cluster-up and cluster-down,
+keeps one up between processes with its state in a file.
+
 The cluster keeps incusd's own certificate (m1's, naming the host, not the member addresses):
 coi pins a remote's certificate as the only trust anchor and does not check host names, so no
 member-address certificate is needed.
@@ -38,43 +43,24 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.helpers import BUSYBOX_IMAGE, DEBIAN_IMAGE
+from tests.cluster_member import (
+    MEMBERS,
+    PORT,
+    WAIT_S,
+    ClusterError,
+    GuardRouteMissingError,
+    Member,
+    cluster_images,
+    ip,
+    sh,
+)
 from tests.leak_watch import LeakWatch
-from tests.private_incusd import INCUSD, START_SCRIPT
-
-PORT = 8443
-MEMBERS = 3
-WAIT_S = 60.0
-STOP_WAIT_S = 5.0
 
 _NO_IPV6 = ("net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
-
-
-class ClusterError(Exception):
-    pass
-
-
-def sh(*argv: str, env: Mapping[str, str] | None = None, stdin: str = "", check: bool = True) -> str:
-    done = subprocess.run(
-        list(argv),
-        input=stdin.encode(),
-        env=dict(env) if env else None,
-        capture_output=True,
-        timeout=120,
-        check=False,
-    )
-    if check and done.returncode != 0:
-        raise ClusterError(f"{' '.join(argv)}: {done.stderr.decode().strip()}")
-    return done.stdout.decode()
-
-
-def ip(args: str) -> str:
-    """`ip ARGS` (names and addresses here never hold spaces)."""
-    return sh("ip", *args.split())
 
 
 def _free_subnet() -> str:
@@ -85,79 +71,6 @@ def _free_subnet() -> str:
         if f"{net}." not in used:
             return net
     raise ClusterError("no free 10.77.N.0/24 subnet")
-
-
-@dataclass
-class Member:
-    index: int
-    base: Path
-    netns: str
-    address: str
-    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def name(self) -> str:
-        return f"m{self.index}"
-
-    @property
-    def directory(self) -> Path:
-        return self.base / self.name
-
-    @property
-    def url(self) -> str:
-        return f"https://{self.address}:{PORT}"
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The `incus` CLI on this member's unix socket."""
-        return {**os.environ, "INCUS_DIR": str(self.directory), "INCUS_CONF": str(self.base / "conf")}
-
-    def alive(self) -> bool:
-        """Zombie-aware: a dead daemon not yet reaped still answers `kill -0`."""
-        if self.process is None:
-            return False
-        pid = self.process.pid
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, IndexError):
-            return False
-        return state != "Z" and str(self.directory / "incusd.log").encode() in cmdline
-
-    def spawn(self) -> None:
-        env = {
-            **os.environ,
-            "INCUS_DIR": str(self.directory),
-            "INCUSD": INCUSD,
-            "SYSMOVE": str(self.base / f"sysmove-{self.name}"),
-        }
-        argv = ["nsenter", f"--net=/run/netns/{self.netns}", "unshare", "--mount", "--propagation", "slave"]
-        # The daemon's own stderr (a panic) beside its log; the child keeps its copy of the fd.
-        with (self.directory / "incusd.err").open("ab") as err:
-            self.process = subprocess.Popen(
-                [*argv, "/bin/sh", "-ec", START_SCRIPT],
-                env=env,
-                start_new_session=True,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-            )
-
-    def wait_ready(self) -> None:
-        sh("incus", "admin", "waitready", "--timeout", "60", env=self.env)
-
-    def stop(self, *, grace_s: float = STOP_WAIT_S) -> None:
-        """SIGTERM (SIGKILL after `grace_s`): its containers keep running, as on a crash."""
-        if self.process is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
-            self.process.wait(timeout=30)
-        self.process = None
 
 
 @dataclass
@@ -196,10 +109,14 @@ class Cluster:
 
     # --- bring-up ----------------------------------------------------------------------------
 
+    def _guard(self) -> None:
+        """The guard route, checked before anything else is made."""
+        sh("ip", "route", "add", "unreachable", f"{self.net}.0/24", "metric", "4000")
+        self.guard = True
+        self.require_guard()
+
     def _network(self) -> None:
         subnet = f"{self.net}.0/24"
-        sh("ip", "route", "add", "unreachable", subnet, "metric", "4000")
-        self.guard = True
         self.watch = LeakWatch(self.tag, subnet)
         self.watch.start()
         for ns in [self.hub, *(m.netns for m in self.members)]:
@@ -231,10 +148,16 @@ class Cluster:
     def guarded(self) -> bool:
         return f"unreachable {self.net}.0/24" in sh("ip", "route", "show", check=False)
 
+    def require_guard(self) -> None:
+        if not self.guarded():
+            raise GuardRouteMissingError(
+                f"the guard route 'unreachable {self.net}.0/24' is missing from the host namespace"
+            )
+
     def check_network(self, *, routed: bool = True) -> None:
-        """ip_forward is 0; no namespace of ours has a default route; while the guard route is in
-        place (`routed`), the subnet is the host veth's (or unreachable), never the gateway's;
-        nothing of the subnet went out of the default route's interface."""
+        """ip_forward is 0; no namespace of ours has a default route; until teardown (`routed`)
+        the guard route is there and the subnet is the host veth's (or unreachable), never the
+        gateway's; nothing of the subnet went out of the default route's interface."""
         if leaked := self.leaked():
             raise ClusterError(f"{leaked} packets of {self.net}.0/24 left by the default route")
         if sh("sysctl", "-n", "net.ipv4.ip_forward").strip() != "0":
@@ -242,6 +165,8 @@ class Cluster:
         for ns in self.namespaces:
             if Path(f"/run/netns/{ns}").exists() and sh("ip", "-n", ns, "route", "show", "default").strip():
                 raise ClusterError(f"namespace {ns} has a default route")
+        if routed:
+            self.require_guard()
         got = sh("ip", "route", "get", f"{self.net}.11", check=False) if routed else ""
         if " via " in got:
             raise ClusterError(f"{self.net}.11 is routed via a gateway: {got.strip()}")
@@ -249,13 +174,14 @@ class Cluster:
     def _export_images(self) -> list[subprocess.Popen[bytes]]:
         images = self.base / "images"
         images.mkdir()
+        aliases = cluster_images()
         return [
             subprocess.Popen(
                 ["incus", "image", "export", alias, str(images / alias)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
             )
-            for alias in (BUSYBOX_IMAGE, DEBIAN_IMAGE)
+            for alias in aliases
         ]
 
     def _bootstrap(self) -> None:
@@ -312,13 +238,14 @@ class Cluster:
             _, err = export.communicate(timeout=120)
             if export.returncode != 0:
                 raise ClusterError(f"image export: {err.decode().strip()}")
-        for alias in (BUSYBOX_IMAGE, DEBIAN_IMAGE):
+        for alias in cluster_images():
             files = sorted(str(p) for p in (self.base / "images").glob(f"{alias}*"))
             self.incus("image", "import", *files, "--alias", alias)
         shutil.rmtree(self.base / "images", ignore_errors=True)
 
     def up(self) -> None:
         self.started = time.monotonic()
+        self._guard()
         self.base.mkdir(mode=0o711)
         (self.base / "conf").mkdir(mode=0o700)
         exports = self._export_images()
@@ -394,7 +321,7 @@ class Cluster:
     def down(self) -> None:
         self.delete_instances()
         for m in self.members:
-            if m.alive() or m.process is not None:
+            if m.alive() or m.process is not None or m.pid:
                 with contextlib.suppress(subprocess.TimeoutExpired, OSError):
                     m.stop()
         for pid in self._leftover_pids():
