@@ -24,7 +24,10 @@ from coi_async.incus.paths import instance_path
 from coi_async.incus.transport import WebSocket
 
 ByteSink = Callable[[bytes], Awaitable[None]]
-Stdin = bytes | AsyncIterable[bytes] | None
+# A callable gives a new stream for each start of the command: one that incusd failed before the
+# command started can be started again with it (a held-open stream cannot be given twice).
+Stdin = bytes | AsyncIterable[bytes] | Callable[[], AsyncIterable[bytes]] | None
+_Input = bytes | AsyncIterable[bytes] | None  # what one start of the command is given
 
 _CHUNK = 256 * 1024
 # The exit code incusd reports when it lost track of an exec's process (seen on loaded hosts).
@@ -92,7 +95,7 @@ async def _pump_out(ws: WebSocket, sink: ByteSink | None) -> None:
             await sink(frame)
 
 
-async def _pump_in(ws: WebSocket, stdin: Stdin) -> None:
+async def _pump_in(ws: WebSocket, stdin: _Input) -> None:
     try:
         await _send_stdin(ws, stdin)
     except IncusError:
@@ -100,7 +103,7 @@ async def _pump_in(ws: WebSocket, stdin: Stdin) -> None:
         return
 
 
-async def _send_stdin(ws: WebSocket, stdin: Stdin) -> None:
+async def _send_stdin(ws: WebSocket, stdin: _Input) -> None:
     if isinstance(stdin, bytes):
         for start in range(0, len(stdin), _CHUNK):
             await ws.send_bytes(stdin[start : start + _CHUNK])
@@ -206,10 +209,11 @@ class ExecApi(ApiBase):
         """Run a command without a terminal, streaming its output; return its exit code.
 
         An exec incusd fails before the command starts is started again (a few times, briefly
-        apart) when its input can be given again; only then is LOST_EXEC the answer.
+        apart) when its input can be given again (none, bytes, or a callable that makes the
+        stream); only then is LOST_EXEC the answer.
         """
         request = _request(command, env, user, group, cwd)
-        replayable = stdin is None or isinstance(stdin, bytes)
+        replayable = stdin is None or isinstance(stdin, bytes) or callable(stdin)
         delays = _START_RETRY_DELAYS_S if replayable else ()
         for delay in (*delays, None):
             done = await self._stream_once(name, request, stdin, on_stdout, on_stderr)
@@ -226,6 +230,7 @@ class ExecApi(ApiBase):
         on_stdout: ByteSink | None,
         on_stderr: ByteSink | None,
     ) -> Operation:
+        given = stdin() if callable(stdin) else stdin
         async with self._streams(name, request, last="0") as (operation, sockets):
             result: list[Operation] = []
 
@@ -233,11 +238,14 @@ class ExecApi(ApiBase):
                 result.append(await self._wait(operation))
 
             async with anyio.create_task_group() as tg:
-                tg.start_soon(wait)
-                tg.start_soon(_pump_in, sockets["0"], stdin)
-                async with anyio.create_task_group() as outputs:
-                    outputs.start_soon(_pump_out, sockets["1"], on_stdout)
-                    outputs.start_soon(_pump_out, sockets["2"], on_stderr)
+                tg.start_soon(_pump_in, sockets["0"], given)
+                async with anyio.create_task_group() as ended:
+                    ended.start_soon(wait)
+                    ended.start_soon(_pump_out, sockets["1"], on_stdout)
+                    ended.start_soon(_pump_out, sockets["2"], on_stderr)
+                # The command is gone (or never started): input it did not take has nowhere to
+                # go, and a held-open stream would otherwise keep this exec from ever returning.
+                tg.cancel_scope.cancel()
         return result[0]
 
     async def exec(
