@@ -69,6 +69,18 @@ def check_prefix(prefix: str, *, source: str) -> None:
         )
 
 
+def pool_member_prefix(prefix: str) -> str:
+    """Where the names of warm-pool members start (`<prefix>pool-<fingerprint>-<random>`): no
+    session name, and no session either (orchestration/pool)."""
+    return f"{prefix}pool-"
+
+
+def is_session_listed(name: str, prefix: str) -> bool:
+    """Whether `coi list`, `top` and the `--all` of `persist` and `limit` show the instance: under
+    the prefix, and not a warm-pool member."""
+    return name.startswith(prefix) and not name.startswith(pool_member_prefix(prefix))
+
+
 def tmux_session(container: str) -> str:
     """The tmux session coi runs the tool in inside `container`: `coi-<container>`."""
     return f"{TMUX_PREFIX}{container}"

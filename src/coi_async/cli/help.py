@@ -119,6 +119,10 @@ EXAMPLES: dict[str, tuple[str, ...]] = {
         "coi wait coi-1a2b3c4d-1 --state waiting",
         "coi wait coi-1a2b3c4d-1 coi-1a2b3c4d-2 --state idle --timeout 600",
     ),
+    "pool": ("coi pool status", "coi pool fill", "coi pool drain"),
+    "pool status": ("coi pool status", "coi pool status --format json"),
+    "pool fill": ("coi pool fill", "coi pool fill --image coi --size 3"),
+    "pool drain": ("coi pool drain",),
     "snapshot": ("coi snapshot create my-box before-upgrade", "coi snapshot list my-box"),
     "snapshot create": (
         "coi snapshot create my-box                  # named snap-YYYYMMDD-HHMMSS",

@@ -21,7 +21,7 @@ PROJECT_URL = "https://github.com/coi-async/coi-async"
 def _print_version(ctx: click.Context, *, value: bool) -> None:
     if not value or ctx.resilient_parsing:
         return
-    import coi_async  # read from the package metadata only when asked: it costs ~50 ms
+    import coi_async
 
     click.echo(f"coi version {coi_async.__version__}")
     raise click.exceptions.Exit(0)
@@ -88,6 +88,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tmux": ("tmux", "tmux"),
     "egress": ("egress", "egress"),
     "network": ("network", "network"),
+    "pool": ("pool", "pool"),
     "remote": ("remote", "remote"),
     "trust": ("trust", "trust"),
     "untrust": ("trust", "untrust"),
@@ -180,7 +181,7 @@ async def cli(ctx: click.Context, *, debug: bool, project: str | None, remote: s
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
 async def version() -> None:
     """Show the version and the project's address."""
-    import coi_async  # the version is read from the package metadata on first use
+    import coi_async
 
     click.echo(f"coi-async (coi) v{coi_async.__version__}")
     click.echo(PROJECT_URL)

@@ -54,6 +54,9 @@ SENTENCES: dict[str, str] = {
     "launch.reusing-running": "Container already running, reusing...",
     "launch.restarting": "Restarting existing persistent container...",
     "launch.placed": "Container {item} is on cluster member {member}",
+    # pool/take.py (a take that works says nothing: the session is as a created one)
+    "pool.take-failed": "Warning: pool member {member} could not be used ({error}); creating {item}",
+    "pool.refill-failed": "Warning: the pool is not refilled: {error}",
     # start.py
     "attach.restarted": "Its tmux session had ended: the tool is started again, resuming the conversation",
     "session.dummy": "Using dummy (test stub) for faster testing",

@@ -30,6 +30,7 @@ from coi_async.config.model import (
     NetworkLogging,
     Paths,
     Placement,
+    Pool,
     Profile,
     ProfileNetwork,
     RemoteSettings,
@@ -265,7 +266,24 @@ def _build(b: _Builder, env: Mapping[str, str]) -> Config:
         ),
         remotes=_remotes(b),
         placement=Placement(policy=policy),
+        pool=Pool(size=_pool_size(b)),
     )
+
+
+# More than this many stopped copies of an image per project is disk spent for nothing.
+MAX_POOL_SIZE = 16
+
+
+def _pool_size(b: _Builder) -> int | None:
+    value = b.get("pool.size", "auto")
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_POOL_SIZE:
+        raise ConfigError(
+            f"{b.where('pool.size')}: 'pool.size' must be \"auto\" or between 0 and {MAX_POOL_SIZE}, "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _remotes(b: _Builder) -> dict[str, RemoteSettings]:

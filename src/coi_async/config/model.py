@@ -119,6 +119,13 @@ class Placement(msgspec.Struct, frozen=True, kw_only=True):
     policy: str = DEFAULT_POLICY  # spread, pack or member:NAME
 
 
+class Pool(msgspec.Struct, frozen=True, kw_only=True):
+    """`[pool]`: stopped containers made ahead of time per image, taken by new sessions where
+    creating one is slow (`orchestration/pool`)."""
+
+    size: int | None = None  # None: "auto", POOL_AUTO_SIZE where the storage driver is slow, else 0
+
+
 class UntrustedFile(msgspec.Struct, frozen=True, kw_only=True):
     """A config file read without trust (see `config.trust`) and the keys of it left out."""
 
@@ -156,6 +163,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     limits: Limits = msgspec.field(default_factory=Limits)
     remotes: dict[str, RemoteSettings] = msgspec.field(default_factory=dict)
     placement: Placement = msgspec.field(default_factory=Placement)
+    pool: Pool = msgspec.field(default_factory=Pool)
 
     @property
     def sessions_dir(self) -> str:

@@ -87,6 +87,7 @@ _SECTIONS: dict[str, dict[str, Any]] = {
     "build": {"base": str, "allowed_hosts": list[str], "tools": list[str]},
     "limits": {"max_save_files": int, "max_save_file_bytes": int, "max_save_bytes": int},
     "placement": {"policy": str},
+    "pool": {"size": int | str},  # a number, or "auto"
 }
 _RENAMED = {"incus.claude_uid": "incus.code_uid"}
 

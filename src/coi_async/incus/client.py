@@ -18,7 +18,7 @@ from coi_async.incus.files import FilesApi
 from coi_async.incus.images import ImagesApi
 from coi_async.incus.instances import InstancesApi
 from coi_async.incus.models import ServerInfo
-from coi_async.incus.projects import ProfilesApi, ProjectsApi
+from coi_async.incus.projects import ProfilesApi, ProjectsApi, StoragePoolsApi
 from coi_async.incus.snapshots import SnapshotsApi
 from coi_async.incus.transport import Transport
 
@@ -30,6 +30,7 @@ class IncusClient(
     ImagesApi,
     ProjectsApi,
     ProfilesApi,
+    StoragePoolsApi,
     EventsApi,
     CertificatesApi,
     ClusterApi,
@@ -64,8 +65,16 @@ class IncusClient(
         """The same connection, scoped to another project."""
         return IncusClient(self._transport, project=project)
 
-    async def server_info(self) -> ServerInfo:
-        return await self._get("/1.0", ServerInfo, what="server info")
+    async def server_info(self, *, cached: bool = False) -> ServerInfo:
+        """GET /1.0. With `cached`, the connection's last answer when it has one: for what does
+        not change while a command runs (clustered or not, the storage drivers, the server's
+        config as a launch reads it), never for what may (the trust `remote add` waits for).
+        Its `environment.project` is then the project of whichever client asked."""
+        if cached and isinstance(self._transport.server_info, ServerInfo):
+            return self._transport.server_info
+        info = await self._get("/1.0", ServerInfo, what="server info")
+        self._transport.server_info = info
+        return info
 
     async def update_server_config(self, config: dict[str, str]) -> None:
         """Set server configuration keys, leaving the others as they are."""

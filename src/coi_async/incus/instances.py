@@ -12,6 +12,7 @@ from coi_async.incus.base import ApiBase
 from coi_async.incus.models import (
     Instance,
     InstancePatch,
+    InstancePut,
     InstancesPost,
     InstancesStatePut,
     InstanceState,
@@ -105,6 +106,10 @@ class InstancesApi(ApiBase):
     async def update_instance(self, name: str, patch: InstancePatch) -> None:
         """Change only the given fields (config keys are merged, not replaced)."""
         await self._run("PATCH", instance_path(name), body=patch)
+
+    async def replace_instance(self, name: str, put: InstancePut) -> None:
+        """Replace the instance's config, devices, profiles and ephemeral flag as a whole."""
+        await self._run("PUT", instance_path(name), body=put)
 
     async def rename_instance(self, name: str, new_name: str) -> None:
         """Rename a stopped instance; a taken `new_name` is a ConflictError, a gone `name` NotFound."""

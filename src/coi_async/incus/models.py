@@ -132,6 +132,7 @@ class InstanceState(msgspec.Struct, kw_only=True):
 class Instance(msgspec.Struct, kw_only=True):
     name: str
     status: str = ""
+    architecture: str = ""
     status_code: int = 0
     type: str = "container"
     ephemeral: bool = False
@@ -188,6 +189,18 @@ class InstancePatch(msgspec.Struct, kw_only=True, omit_defaults=True):
     devices: dict[str, dict[str, str]] | None = None
     ephemeral: bool | None = None
     description: str | None = None
+
+
+class InstancePut(msgspec.Struct, kw_only=True):
+    """The whole writable part of an instance (`PUT /1.0/instances/NAME`): what is not given is
+    removed (config keys, devices), unlike a patch."""
+
+    architecture: str
+    config: dict[str, str]
+    devices: dict[str, dict[str, str]]
+    ephemeral: bool
+    profiles: list[str]
+    description: str = ""
 
 
 class StatePut(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -279,6 +292,12 @@ class Profile(msgspec.Struct, kw_only=True, omit_defaults=True):
     config: dict[str, str] = {}
     devices: dict[str, dict[str, str]] = {}
     used_by: list[str] = []
+
+
+class StoragePool(msgspec.Struct, kw_only=True):
+    name: str
+    driver: str = ""  # dir, btrfs, zfs, lvm, ceph, ...
+    status: str = ""
 
 
 class Project(msgspec.Struct, kw_only=True, omit_defaults=True):

@@ -1,10 +1,10 @@
-"""Projects and profiles."""
+"""Projects, profiles and storage pools."""
 
 from __future__ import annotations
 
 from coi_async.incus.base import ApiBase, decode
-from coi_async.incus.models import AsyncResponse, Profile, Project
-from coi_async.incus.paths import profile_path, project_path
+from coi_async.incus.models import AsyncResponse, Profile, Project, StoragePool
+from coi_async.incus.paths import profile_path, project_path, storage_pool_path
 
 
 class ProjectsApi(ApiBase):
@@ -50,3 +50,20 @@ class ProfilesApi(ApiBase):
 
     async def delete_profile(self, name: str) -> None:
         await self._call("DELETE", profile_path(name))
+
+
+class StoragePoolsApi(ApiBase):
+    async def get_storage_pool(self, name: str) -> StoragePool:
+        """A storage pool (server-wide, not per project) with its driver."""
+        return await self._get(storage_pool_path(name), StoragePool, what="storage pool")
+
+    async def create_storage_pool(
+        self, name: str, driver: str, *, config: dict[str, str] | None = None
+    ) -> None:
+        await self._run(
+            "POST", "/1.0/storage-pools", body={"name": name, "driver": driver, "config": config or {}}
+        )
+
+    async def delete_storage_pool(self, name: str) -> None:
+        """Delete an unused storage pool."""
+        await self._run("DELETE", storage_pool_path(name))

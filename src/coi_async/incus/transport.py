@@ -143,6 +143,9 @@ class Transport:
         self._session = session
         self.where = where
         self._https = endpoint
+        # The last GET /1.0 answer (IncusClient.server_info): one per connection will do for
+        # what a one-shot command asks several times.
+        self.server_info: Any = None
 
     @property
     def remote(self) -> bool:

@@ -19,6 +19,7 @@ from coi_async.agent_state import EXITED, UNKNOWN, AgentState
 from coi_async.config import Config
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance
+from coi_async.naming import is_session_listed
 from coi_async.orchestration.fleet.agent import agent_states
 from coi_async.orchestration.network.plan import KEY_NETWORK
 from coi_async.orchestration.sessions.model import session_of
@@ -53,7 +54,9 @@ class FleetRow(msgspec.Struct, frozen=True, kw_only=True):
 
 async def take_sample(incus: IncusClient, prefix: str) -> Sample:
     instances = await incus.list_instances(recursion=2)
-    return Sample(taken=time.monotonic(), instances=tuple(i for i in instances if i.name.startswith(prefix)))
+    return Sample(
+        taken=time.monotonic(), instances=tuple(i for i in instances if is_session_listed(i.name, prefix))
+    )
 
 
 def _uptime(started_at: str, now: dt.datetime) -> float | None:

@@ -35,7 +35,7 @@ async def plan_remote(incus: IncusClient, config: Config, mode: Mode, nics: Sequ
     plan = EgressPlan(mode=mode, project=incus.project, nics=tuple(nics), through_daemon=False, remote=True)
     if not proxied(mode, nics):
         return plan
-    info = await incus.server_info()
+    info = await incus.server_info(cached=True)
     served = fresh_adverts(info.config)
     if not served:
         if mode == "open":

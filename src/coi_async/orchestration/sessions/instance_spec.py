@@ -22,6 +22,7 @@ import msgspec
 
 from coi_async import naming
 from coi_async.config import Config, Mount
+from coi_async.errors import IdmapUnsupportedError, IncusApiError, OperationFailedError
 from coi_async.orchestration.containers.config import DOCKER_CONFIG
 from coi_async.orchestration.network.plan import EgressPlan
 from coi_async.orchestration.sessions.model import home_of, user_of_uid
@@ -67,6 +68,9 @@ class LaunchSpec(msgspec.Struct, frozen=True, kw_only=True):
     # On a cluster: the member it must go to (`--target`), else `[placement] policy` chooses.
     target: str = ""
     placement: str = DEFAULT_POLICY
+    # `[pool] size`: made-ahead containers of the image to take instead of creating one (0: no
+    # pool, None: "auto", decided by the storage driver; orchestration/pool).
+    pool_size: int | None = 0
 
 
 class IdmapPlan(msgspec.Struct, frozen=True):
@@ -111,6 +115,15 @@ def idmap_plans(spec: LaunchSpec) -> list[IdmapPlan]:
     known = _working_plan.get(_plan_key(spec))
     order.sort(key=lambda p: p.kind != known)
     return order
+
+
+def refused_plan(plan: IdmapPlan, exc: IncusApiError, *, created: bool) -> bool:
+    """Whether the failure is the host refusing this way of mapping ids (so the next may work)."""
+    if isinstance(exc, IdmapUnsupportedError):
+        return True
+    # A raw.idmap the host cannot grant fails the start with a bare "failed to start" that does
+    # not mention ids (tests/data/incus_errors.json): our instance exists but never ran.
+    return plan.kind == "raw.idmap" and created and isinstance(exc, OperationFailedError)
 
 
 def instance_config(spec: LaunchSpec, slot: int) -> dict[str, str]:
@@ -180,5 +193,6 @@ def spec_from_config(config: Config, *, workspace: str, **choices: Unpack[Launch
         code_user=config.incus.code_user,
         disable_shift=config.incus.disable_shift,
         placement=config.placement.policy,
+        pool_size=config.pool.size,
         **choices,
     )

@@ -17,11 +17,9 @@ import msgspec
 from coi_async.errors import (
     CoiError,
     ConflictError,
-    IdmapUnsupportedError,
     IncusApiError,
     InstanceBusyError,
     NoFreeSlotError,
-    OperationFailedError,
     SessionError,
 )
 from coi_async.incus import IncusClient
@@ -30,12 +28,13 @@ from coi_async.naming import KEY_LAUNCH, KEY_PERSISTENT, KEY_TOOLS, SessionName,
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.network.session import prepare_reused
+from coi_async.orchestration.pool.take import open_pool
 from coi_async.orchestration.sessions.instance_spec import (
-    IdmapPlan,
     LaunchSpec,
     idmap_plans,
     instance_config,
     instance_devices,
+    refused_plan,
     remember_plan,
 )
 from coi_async.orchestration.sessions.model import home_of, user_of_uid
@@ -130,7 +129,7 @@ async def _create(
                 if owner is None and isinstance(exc, InstanceBusyError):
                     # A rival's create was in flight (and may yet fail): treat the name as taken.
                     raise ConflictError(409, exc.message) from exc
-                if not _refused_plan(plan, exc, created=owner == token):
+                if not refused_plan(plan, exc, created=owner == token):
                     raise
                 note(emit, "launch.idmap-fallback", name, plan=plan.kind, error=exc.message)
                 last = exc
@@ -151,15 +150,6 @@ async def owner_after_failure(incus: IncusClient, name: str, token: str, exc: In
     if owner is not None and owner != token:
         raise ConflictError(409, exc.message) from exc
     return owner
-
-
-def _refused_plan(plan: IdmapPlan, exc: IncusApiError, *, created: bool) -> bool:
-    """Whether the failure is the host refusing this way of mapping ids (so the next may work)."""
-    if isinstance(exc, IdmapUnsupportedError):
-        return True
-    # A raw.idmap the host cannot grant fails the start with a bare "failed to start" that does
-    # not mention ids (tests/data/incus_errors.json): our instance exists but never ran.
-    return plan.kind == "raw.idmap" and created and isinstance(exc, OperationFailedError)
 
 
 async def _check_image(incus: IncusClient, image: str, tool: str) -> None:
@@ -186,7 +176,7 @@ async def _survey(
         found.extend(await incus.list_instances())
 
     async def server() -> None:
-        clustered.append((await incus.server_info()).environment.server_clustered)
+        clustered.append((await incus.server_info(cached=True)).environment.server_clustered)
 
     async with anyio.create_task_group() as tg:
         if check_image:
@@ -238,6 +228,8 @@ async def launch(
             location=location,
         )
 
+    # Made-ahead containers of the image, when its storage makes creating one slow.
+    warm = await open_pool(incus, spec, emit) if create is None else None
     for _ in range(_ROUNDS):
         taken, placement = await _survey(incus, spec, check_image=create is None)
         order: list[Candidate]
@@ -297,10 +289,10 @@ async def launch(
                 if spec.egress is not None and spec.egress.needs_member:
                     made = msgspec.structs.replace(spec, egress=spec.egress.on_member(target))
             try:
-                if create is None:
-                    kind = await _create(incus, made, name, choice.slot, emit, target=target)
-                else:
+                if create is not None:
                     kind = await create(name, choice.slot)
+                elif warm is None or not (kind := await warm.take(name, choice.slot)):
+                    kind = await _create(incus, made, name, choice.slot, emit, target=target)
             except ConflictError:
                 if target:
                     placement = msgspec.structs.replace(
@@ -309,6 +301,8 @@ async def launch(
                 continue
             if target:
                 note(emit, "launch.placed", name, member=target)
+            if warm is not None:
+                warm.refill()  # after the take: the making competes with no session's create
             return done(choice.slot, reused=False, idmap=kind, location=target)
         if spec.slot and not spec.next_if_busy:
             raise SessionError(f"slot {spec.slot} was taken by another session just now")

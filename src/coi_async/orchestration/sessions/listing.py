@@ -11,7 +11,7 @@ from coi_async.config import Config
 from coi_async.errors import NotFoundError, SessionNotFoundError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import Instance, InstancePatch
-from coi_async.naming import KEY_FORKED_FROM, KEY_PERSISTENT, KEY_TOOL, KEY_WORKSPACE
+from coi_async.naming import KEY_FORKED_FROM, KEY_PERSISTENT, KEY_TOOL, KEY_WORKSPACE, is_session_listed
 from coi_async.orchestration.network.plan import KEY_NETWORK
 from coi_async.orchestration.runner import ItemContext, run_bulk
 from coi_async.orchestration.sessions.model import session_of
@@ -75,9 +75,10 @@ def to_active(
 
 
 async def prefixed_instances(incus: IncusClient, prefix: str) -> list[Instance]:
-    """Every instance whose name starts with the prefix (all states), sorted by name."""
+    """Every instance whose name starts with the prefix (all states) but the warm pool's, sorted
+    by name."""
     instances = await incus.list_instances()
-    return sorted((i for i in instances if i.name.startswith(prefix)), key=lambda i: i.name)
+    return sorted((i for i in instances if is_session_listed(i.name, prefix)), key=lambda i: i.name)
 
 
 async def addresses(incus: IncusClient, instances: Sequence[Instance]) -> dict[str, str]:

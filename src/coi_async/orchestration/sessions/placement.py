@@ -58,7 +58,7 @@ async def check_placement(incus: IncusClient, *, policy: str, target: str) -> No
     a policy chooses."""
     if not fixed_member(policy, target):
         return
-    clustered = (await incus.server_info()).environment.server_clustered
+    clustered = (await incus.server_info(cached=True)).environment.server_clustered
     await survey_cluster(incus, [], clustered=clustered, policy=policy, target=target, prefix="")
 
 
