@@ -17,7 +17,7 @@ from typing import Protocol
 import anyio
 import msgspec
 
-from coi_async.errors import IncusError, ReadLimitError
+from coi_async.errors import IncusApiError, IncusError, ReadLimitError
 from coi_async.incus.base import ApiBase, decode
 from coi_async.incus.models import STATUS_SUCCESS, AsyncResponse, ExecPost, Operation
 from coi_async.incus.paths import instance_path
@@ -114,6 +114,24 @@ async def _send_stdin(ws: WebSocket, stdin: _Input) -> None:
     await ws.send_text("")  # EOF
 
 
+class _StreamsRefusedError(Exception):
+    """incusd refused one of an exec's websockets before the set was complete: the command
+    never started (`error` is what it said)."""
+
+    def __init__(self, error: IncusApiError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+@contextlib.asynccontextmanager
+async def _refusals_as_errors() -> AsyncIterator[None]:
+    """Where an exec is not started again: the refusal as incusd's own error."""
+    try:
+        yield
+    except _StreamsRefusedError as refused:
+        raise refused.error from None
+
+
 def never_started(op: Operation) -> bool:
     """Whether incusd failed the exec before its command started (so starting it again is safe)."""
     return (op.metadata or {}).get("return") == LOST_EXEC and _NEVER_STARTED in (op.err or "")
@@ -182,11 +200,20 @@ class ExecApi(ApiBase):
             )
 
         try:
-            async with anyio.create_task_group() as tg:
-                for fd in fds:
-                    if fd != last:
-                        tg.start_soon(connect, fd)
-            await connect(last)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for fd in fds:
+                        if fd != last:
+                            tg.start_soon(connect, fd)
+                await connect(last)
+            except* IncusApiError as group:
+                # The set never completed, so the command never started. A cluster member that
+                # forwards the websocket to the instance's member refuses one now and then under
+                # load (a 500).
+                first: IncusApiError | BaseExceptionGroup[IncusApiError] = group.exceptions[0]
+                while isinstance(first, BaseExceptionGroup):
+                    first = first.exceptions[0]
+                raise _StreamsRefusedError(first) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
                 await _close_all(sockets)
@@ -216,11 +243,16 @@ class ExecApi(ApiBase):
         replayable = stdin is None or isinstance(stdin, bytes) or callable(stdin)
         delays = _START_RETRY_DELAYS_S if replayable else ()
         for delay in (*delays, None):
-            done = await self._stream_once(name, request, stdin, on_stdout, on_stderr)
-            if delay is None or not never_started(done):
-                return _exit_code(done)
+            try:
+                done = await self._stream_once(name, request, stdin, on_stdout, on_stderr)
+            except _StreamsRefusedError as refused:
+                if delay is None:
+                    raise refused.error from None
+            else:
+                if delay is None or not never_started(done):
+                    return _exit_code(done)
             await anyio.sleep(delay)
-        raise AssertionError("unreachable")  # the loop's last pass returns
+        raise AssertionError("unreachable")  # the loop's last pass returns or raises
 
     async def _stream_once(
         self,
@@ -322,6 +354,7 @@ class ExecApi(ApiBase):
             _request(command, env, user, group, cwd), interactive=True, width=width, height=height
         )
         async with (
+            _refusals_as_errors(),
             self._streams(name, request, last="control") as (operation, sockets),
             anyio.create_task_group() as tg,
         ):
