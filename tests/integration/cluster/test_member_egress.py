@@ -136,6 +136,15 @@ def web(client: Client) -> Iterator[tuple[WebServer, WebServer]]:
         other.close()
 
 
+def _allowlist(tmp_path: Path, server: WebServer) -> Path:
+    """A config of allowlist mode that lists `server` alone."""
+    config = tmp_path / "network.toml"
+    config.write_text(
+        f'[network]\nmode = "allowlist"\nallowed_domains = ["{server.address}:{server.port}"]\n'
+    )
+    return config
+
+
 def _run(client: Client, *args: str, config: Path) -> Run:
     return client.over("run", *client.ws(), "--image", BUSYBOX_IMAGE, *args, COI_CONFIG=str(config))
 
@@ -144,10 +153,7 @@ def test_allowlist_sessions_go_to_the_members_that_serve_them_and_reach_only_wha
     fresh: Client, daemons: MemberDaemons, web: tuple[WebServer, WebServer], tmp_path: Path
 ) -> None:
     allowed, other = web
-    config = tmp_path / "network.toml"
-    config.write_text(
-        f'[network]\nmode = "allowlist"\nallowed_domains = ["{allowed.address}:{allowed.port}"]\n'
-    )
+    config = _allowlist(tmp_path, allowed)
     fetch = (
         f"wget -qO- http://{allowed.address}:{allowed.port}/listed; "
         f"wget -qO- http://{other.address}:{other.port}/unlisted 2>&1; echo unlisted=$?"
@@ -178,10 +184,7 @@ def test_allow_and_deny_change_a_running_remote_session_at_once(
     fresh: Client, daemons: MemberDaemons, web: tuple[WebServer, WebServer], tmp_path: Path
 ) -> None:
     allowed, other = web
-    config = tmp_path / "network.toml"
-    config.write_text(
-        f'[network]\nmode = "allowlist"\nallowed_domains = ["{allowed.address}:{allowed.port}"]\n'
-    )
+    config = _allowlist(tmp_path, allowed)
     argv = [COI, "--remote", REMOTE, "run", *fresh.ws(), "--image", BUSYBOX_IMAGE]
     proc = subprocess.Popen(
         [*argv, "--", "sh", "-c", "echo ready; sleep 120"],

@@ -12,7 +12,6 @@ cancelled make removes its member.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import subprocess
@@ -28,6 +27,7 @@ from coi_async.incus import IncusClient, resolve_socket
 from coi_async.incus.models import InstancePatch, InstanceSource, InstancesPost
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit, ignore, note
+from coi_async.orchestration.flock import wait_for_flock
 from coi_async.orchestration.network.plan import nic_names
 from coi_async.orchestration.pool.members import (
     KEY_POOL,
@@ -75,12 +75,7 @@ async def fill_lock(project: str, prefix: str) -> AsyncIterator[None]:
     path = pool_dir() / f"{hashlib.sha256(f'{project}/{prefix}'.encode()).hexdigest()[:16]}.lock"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await anyio.sleep(_LOCK_POLL_S)
+        await wait_for_flock(fd, poll_s=_LOCK_POLL_S)
         yield
     finally:
         os.close(fd)  # releases the lock

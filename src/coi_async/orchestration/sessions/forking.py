@@ -26,7 +26,6 @@ lists, untracked files included) is refused: the forks would not have them.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -52,6 +51,7 @@ from coi_async.incus.models import Instance, InstanceSource, InstancesPost
 from coi_async.naming import KEY_FORKED_FROM, KEY_LAUNCH, tmux_session, workspace_hash
 from coi_async.orchestration.containers import ops
 from coi_async.orchestration.events import Emit
+from coi_async.orchestration.flock import wait_for_flock
 from coi_async.orchestration.network.plan import EgressPlan
 from coi_async.orchestration.network.session import (
     SessionOrigin,
@@ -234,12 +234,7 @@ async def _one_git_at_a_time(root: Path) -> AsyncIterator[None]:
     theirs at once."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | os.O_NOFOLLOW)
     try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                await anyio.sleep(0.02)
+        await wait_for_flock(fd)
         yield
     finally:
         os.close(fd)
