@@ -88,6 +88,25 @@ def decode_token(token: str) -> TrustToken:
     return decoded
 
 
+def urls_of_token(token: TrustToken) -> list[str]:
+    """The server's URLs a trust token names (its `addresses`, in its order); UsageError when it
+    names none."""
+    urls: list[str] = []
+    for address in token.addresses:
+        try:
+            url = normalize_url(f"https://{address}")
+        except UsageError:
+            continue
+        if url not in urls:
+            urls.append(url)
+    if not urls:
+        raise UsageError(
+            "the token names no address of the server: give its URL too "
+            "(coi remote add NAME https://HOST:8443 --token TOKEN)"
+        )
+    return urls
+
+
 def choose(
     flag: str | None, env: Mapping[str, str], configured: str, store: RemoteStore
 ) -> tuple[str, Remote | None]:

@@ -200,3 +200,21 @@ async def test_a_remote_that_shakes_hands_and_never_answers_is_an_error_within_t
             done = await world.run("--remote", REMOTE, "list")
         done.one_error(3, f"remote '{REMOTE}' (https://127.0.0.1:{port}) did not answer within")
         tg.cancel_scope.cancel()
+
+
+async def test_a_token_alone_adds_the_remote_at_the_first_address_that_answers(remotes: Remotes) -> None:
+    world = remotes.world
+    token = json.loads(base64.b64decode(await remotes.token()))
+    address = remotes.url.removeprefix("https://")
+    # A token names every address of its server; the first here answers nothing.
+    both = base64.b64encode(json.dumps({**token, "addresses": ["127.0.0.1:1", address]}).encode()).decode()
+    added = await world.run("remote", "add", REMOTE, both)
+    assert added.code == 0, added.stderr
+    assert "https://127.0.0.1:1 did not answer; trying the token's next address" in added.stderr
+    listed = json.loads((await world.run("remote", "list", "--format", "json")).stdout)
+    assert [r["url"] for r in listed if r["name"] == REMOTE] == [remotes.url]
+    assert (await world.run("--remote", REMOTE, "list")).code == 0
+
+    none = base64.b64encode(json.dumps({**token, "addresses": []}).encode()).decode()
+    (await world.run("remote", "add", "other", none)).one_error(2, "the token names no address")
+    (await world.run("remote", "add", "other", remotes.url)).one_error(2, "missing --token")

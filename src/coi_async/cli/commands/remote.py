@@ -21,22 +21,41 @@ async def remote() -> None:
 
 @remote.command("add")
 @click.argument("name")
-@click.argument("url")
-@click.option("--token", required=True, help="A trust token from the server ('incus config trust add NAME').")
+@click.argument("where", metavar="URL|TOKEN")
+@click.option("--token", default=None, help="A trust token from the server ('incus config trust add NAME').")
 @click.pass_obj
-async def add(app: App, *, name: str, url: str, token: str) -> None:
-    """Add the remote NAME at URL (https://HOST[:PORT]), trusted with an Incus trust token.
+async def add(app: App, *, name: str, where: str, token: str | None) -> None:
+    """Add the remote NAME at URL (https://HOST[:PORT]), trusted with an Incus trust token; or
+    `coi remote add NAME TOKEN`, at the first address the token names that answers.
 
     With `coi --project P remote add ...`, P is the project commands use on that remote unless
     told otherwise (a token restricted to projects admits only those)."""
     from coi_async.orchestration.events import Event, Note
-    from coi_async.orchestration.remotes.add import NOTE_CERTIFICATE, NOTE_EGRESS, add_remote
+    from coi_async.orchestration.remotes.add import (
+        NOTE_CERTIFICATE,
+        NOTE_EGRESS,
+        NOTE_UNREACHABLE,
+        add_remote_at,
+    )
+    from coi_async.remotes import decode_token, urls_of_token
+
+    if token is None:
+        if "://" in where:
+            raise UsageError(
+                "missing --token TOKEN (a trust token from the server: 'incus config trust add NAME')"
+            )
+        token = where
+        urls = urls_of_token(decode_token(token))
+    else:
+        urls = [where]
 
     lines: list[str] = []
 
     def show(event: Event) -> None:
         if isinstance(event, Note) and event.kind == NOTE_CERTIFICATE:
             click.echo(f"Certificate fingerprint: {event.values['fingerprint']}")
+        elif isinstance(event, Note) and event.kind == NOTE_UNREACHABLE:
+            click.echo(f"{event.values['url']} did not answer; trying the token's next address", err=True)
         elif isinstance(event, Note) and event.kind == NOTE_EGRESS and event.values["missing"]:
             missing = event.values["missing"].replace(",", ", ")
             lines.append(
@@ -44,7 +63,7 @@ async def add(app: App, *, name: str, url: str, token: str) -> None:
                 "there until `coi egress serve` runs beside its incusd)"
             )
 
-    added = await add_remote(name, url, token, project=app.project or "", emit=show)
+    added = await add_remote_at(name, urls, token, project=app.project or "", emit=show)
     click.echo(f"Remote '{name}' added: {added.url} (use it with 'coi --remote {name} ...')")
     for line in lines:
         click.echo(line)

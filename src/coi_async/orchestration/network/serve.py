@@ -215,7 +215,7 @@ class _Daemon:
         return {"ok": False, "error": f"unknown command {command!r}"}
 
     def _session_status(self) -> list[dict[str, Any]]:
-        found = registry.read_all(self.paths)
+        found = {**(self.carried.found if self.carried is not None else {}), **registry.read_all(self.paths)}
         sessions = self.server.status()
         for session in sessions:
             known = found.get(str(session["key"]))

@@ -28,6 +28,8 @@ from coi_async.remotes import Remote, check_name, decode_token, normalize_url
 ADD_WITHIN_S = 60.0
 
 NOTE_CERTIFICATE = "remote.certificate"  # fingerprint: the server's, before it is trusted
+# url, error: an address of the token's that did not answer (the next one is tried)
+NOTE_UNREACHABLE = "remote.unreachable"
 # served, missing: the members with and without coi's egress daemon (comma-separated)
 NOTE_EGRESS = "remote.egress"
 
@@ -77,6 +79,25 @@ async def add_remote(
     remote = Remote(url=url, fingerprint=fingerprint, project=project)
     store.save(msgspec.structs.replace(kept, remotes={**kept.remotes, name: remote}), directory)
     return remote
+
+
+async def add_remote_at(
+    name: str,
+    urls: list[str],
+    token: str,
+    *,
+    project: str = "",
+    emit: Emit = ignore,
+    directory: Path | None = None,
+) -> Remote:
+    """`add_remote` at the first of `urls` that answers (a token names every address of its
+    server, not all of them reachable from here); the last one's error when none does."""
+    for url in urls[:-1]:
+        try:
+            return await add_remote(name, url, token, project=project, emit=emit, directory=directory)
+        except IncusUnavailableError as exc:
+            note(emit, NOTE_UNREACHABLE, name, url=url, error=str(exc))
+    return await add_remote(name, urls[-1], token, project=project, emit=emit, directory=directory)
 
 
 async def _trust(
