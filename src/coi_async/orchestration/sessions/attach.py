@@ -126,7 +126,9 @@ async def attach_session(
                 code = await attach_terminal(incus, target.container, ["bash"], terminal, env, session.uid)
             else:
                 code = await attach_tmux(incus, tmux, terminal)
-            outcome = await after_session(incus, target.container, tmux)
+            # A side shell's exit code is its own, not a sign of anything: only a broken link is.
+            attach_code = 0 if use_bash and code is not None else code
+            outcome = await after_session(incus, target.container, tmux, attach_code=attach_code)
             if use_bash:
                 # A side shell says nothing about the session: save, keep, whatever tmux does.
                 outcome = Outcome.DETACHED if outcome is not Outcome.STOPPED else outcome

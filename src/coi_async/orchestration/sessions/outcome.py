@@ -21,9 +21,14 @@ _FORCE_STOP_S = 20.0
 _SHUTDOWN_GRACE_S = 5.0
 
 
-async def after_session(incus: IncusClient, container: str, tmux: TmuxSession | None) -> Outcome:
+async def after_session(
+    incus: IncusClient, container: str, tmux: TmuxSession | None, *, attach_code: int | None = 0
+) -> Outcome:
     """Why the terminal came back: a detach, the end of the session, or the container stopping.
 
+    `attach_code` is the exit code of the terminal's exec (None: its link broke). A detach, or
+    the session's end, is a clean 0; anything else with the tmux session still there may be a
+    container powering off whose tmux has not been stopped yet, so it gets a moment to stop.
     When incusd cannot tell in time, the answer is DETACHED: the container is kept (and its
     data saved), which is never the wrong thing to do with a session that may still be alive.
     """
@@ -37,9 +42,10 @@ async def after_session(incus: IncusClient, container: str, tmux: TmuxSession | 
             alive = True
             with absorbing_coi_errors() as failed:
                 alive = await tmux.exists()
-            if failed:
-                # No answer from inside: the container may be on its way down (poweroff). Give
-                # it a moment to reach Stopped; if it does not, keep it as if detached.
+            if failed or (alive and attach_code != 0):
+                # No answer from inside, or a terminal cut off while tmux lives on: the container
+                # may be on its way down (poweroff). Give it a moment to reach Stopped; if it
+                # does not, keep it as if detached.
                 instance = await poll_stopped(incus, container, within_s=_SHUTDOWN_GRACE_S)
                 if instance is None or not instance.running:
                     return Outcome.STOPPED

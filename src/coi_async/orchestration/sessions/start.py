@@ -94,5 +94,5 @@ async def run_tool(
         return Outcome.BACKGROUND
     if not exists:
         await tmux.start(argv, size=terminal.size())
-    await attach_tmux(incus, tmux, terminal)
-    return await after_session(incus, session.container, tmux)
+    code = await attach_tmux(incus, tmux, terminal)
+    return await after_session(incus, session.container, tmux, attach_code=code)
