@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from paired import paired
-from session_start import SHELL_HOME_FILES
+from session_start import write_shell_home
 
 COI = str(Path(sys.executable).with_name("coi"))
 
@@ -110,9 +110,7 @@ def main() -> None:
             tempfile.TemporaryDirectory(prefix="bench-home-") as home,
             tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
         ):
-            for rel, text in SHELL_HOME_FILES.items():
-                (Path(home) / rel).parent.mkdir(parents=True, exist_ok=True)
-                (Path(home) / rel).write_text(text)
+            write_shell_home(home)
             base = {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))}
             base |= {"HOME": home, "COI_CONTAINER_PREFIX": prefix, "COI_INCUS_PROJECT": project}
             envs: dict[str, dict[str, str]] = {}

@@ -215,6 +215,13 @@ def coi_sides(
     return sides
 
 
+def write_shell_home(home: str) -> None:
+    """The files a `coi shell` session's home needs here (SHELL_HOME_FILES)."""
+    for rel, text in SHELL_HOME_FILES.items():
+        (Path(home) / rel).parent.mkdir(parents=True, exist_ok=True)
+        (Path(home) / rel).write_text(text)
+
+
 def clean_env(home: str, project: str, prefix: str, image: str) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith(("COI_", "CLAUDE_ON_INCUS_"))} | {
         "HOME": home,
@@ -230,9 +237,7 @@ def bench_shell(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
         tempfile.TemporaryDirectory(prefix="bench-home-") as home,
         tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
     ):
-        for rel, text in SHELL_HOME_FILES.items():
-            (Path(home) / rel).parent.mkdir(parents=True, exist_ok=True)
-            (Path(home) / rel).write_text(text)
+        write_shell_home(home)
         env = clean_env(home, opts.project, f"{prefix}coi-", opts.shell_image)
         try:
             sides = coi_sides(opts, lambda coi, extra: coi_shell_background(coi, env | extra, workspace))
