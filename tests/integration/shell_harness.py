@@ -168,3 +168,6 @@ def killing(child: pexpect.spawn) -> Iterator[pexpect.spawn]:
     finally:
         if child.isalive():
             child.close(force=True)
+        # A test that failed before finish() still closes its terminal log.
+        if child.logfile_read is not None and not child.logfile_read.closed:
+            child.logfile_read.close()

@@ -17,7 +17,9 @@ STATE_S = 10.0
 # How long a container that is shutting down itself (poweroff inside) gets to reach Stopped.
 _POWEROFF_WAIT_S = 30.0
 _FORCE_STOP_S = 20.0
-# How long an unanswered tmux check waits for a container that may be stopping.
+# How long the tmux check inside the container gets before its answer counts as unknown.
+_TMUX_CHECK_S = 5.0
+# How long a terminal cut off while tmux still answers waits for a container that may be stopping.
 _SHUTDOWN_GRACE_S = 5.0
 
 
@@ -27,30 +29,36 @@ async def after_session(
     """Why the terminal came back: a detach, the end of the session, or the container stopping.
 
     `attach_code` is the exit code of the terminal's exec (None: its link broke). A detach, or
-    the session's end, is a clean 0; anything else with the tmux session still there may be a
-    container powering off whose tmux has not been stopped yet, so it gets a moment to stop.
-    When incusd cannot tell in time, the answer is DETACHED: the container is kept (and its
-    data saved), which is never the wrong thing to do with a session that may still be alive.
+    the session's end, is a clean 0. A container that no longer answers the tmux check is most
+    likely powering off (its shutdown kills the check), so it gets the whole poweroff window to
+    reach Stopped; a terminal cut off while tmux lives on gets a short grace. When incusd cannot
+    tell in time, the answer is DETACHED: the container is kept (and its data saved), which is
+    never the wrong thing to do with a session that may still be alive.
     """
     try:
         with anyio.fail_after(STATE_S):
             instance = await ops.state(incus, container)
-            if instance is None or not instance.running:
-                return Outcome.STOPPED
-            if tmux is None:
-                return Outcome.ENDED
-            alive = True
-            with absorbing_coi_errors() as failed:
-                alive = await tmux.exists()
-            if failed or (alive and attach_code != 0):
-                # No answer from inside, or a terminal cut off while tmux lives on: the container
-                # may be on its way down (poweroff). Give it a moment to reach Stopped; if it
-                # does not, keep it as if detached.
-                instance = await poll_stopped(incus, container, within_s=_SHUTDOWN_GRACE_S)
-                if instance is None or not instance.running:
-                    return Outcome.STOPPED
     except TimeoutError:
         return Outcome.DETACHED
+    if instance is None or not instance.running:
+        return Outcome.STOPPED
+    if tmux is None:
+        return Outcome.ENDED
+    alive = True
+    with anyio.move_on_after(_TMUX_CHECK_S) as check, absorbing_coi_errors() as failed:
+        alive = await tmux.exists()
+    unanswered = bool(failed) or check.cancelled_caught
+    if unanswered or (alive and attach_code != 0):
+        within_s = _POWEROFF_WAIT_S if unanswered else _SHUTDOWN_GRACE_S
+        try:
+            with anyio.fail_after(within_s + STATE_S):
+                instance = await poll_stopped(incus, container, within_s=within_s)
+        except TimeoutError:
+            return Outcome.DETACHED
+        if instance is None or not instance.running:
+            return Outcome.STOPPED
+        if unanswered:
+            return Outcome.DETACHED
     return Outcome.DETACHED if alive else Outcome.ENDED
 
 
