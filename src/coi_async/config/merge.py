@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
+from coi_async.config.files import display_path
 from coi_async.config.model import (
     DEFAULT_ALLOWED_DOMAINS,
     MAX_SLOTS_LIMIT,
@@ -44,11 +45,6 @@ from coi_async.errors import ConfigError, UsageError
 from coi_async.naming import DEFAULT_PREFIX, PREFIX_ENV, check_prefix
 from coi_async.placement import DEFAULT_POLICY, check_policy
 from coi_async.tools import DEFAULT_TOOL, get_tool
-
-SYSTEM_CONFIG = "/etc/coi/config.toml"
-PROJECT_CONFIG = ".coi.toml"
-CONFIG_ENV = "COI_CONFIG"
-
 
 # --- merging --------------------------------------------------------------------------------------
 
@@ -299,31 +295,6 @@ def _remotes(b: _Builder) -> dict[str, RemoteSettings]:
 
 
 # --- the public API ------------------------------------------------------------------------------
-
-
-def config_paths(env: Mapping[str, str], *, home: str, cwd: str) -> list[tuple[str, bool]]:
-    """The config files to read, in order, each with whether it must exist.
-
-    Only `$COI_CONFIG` must: naming a file that is not there is a mistake worth reporting.
-    """
-    user = os.path.join(env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config"), "coi", "config.toml")
-    paths = [(SYSTEM_CONFIG, False), (user, False), (workspace_config_path(cwd), False)]
-    if explicit := env.get(CONFIG_ENV):
-        explicit = home + explicit[1:] if explicit == "~" or explicit.startswith("~/") else explicit
-        paths.append((os.path.join(cwd, explicit), True))
-    return paths
-
-
-def workspace_config_path(cwd: str) -> str:
-    """The workspace's own config file: untrusted until `coi trust` (see `config.trust`)."""
-    return os.path.join(cwd, PROJECT_CONFIG)
-
-
-def display_path(path: str, home: str) -> str:
-    """A path as error messages show it, with the home directory as `~`."""
-    if home and (path == home or path.startswith(home.rstrip("/") + "/")):
-        return "~" + path[len(home.rstrip("/")) :]
-    return path
 
 
 def resolve_config(

@@ -19,17 +19,15 @@ import msgspec
 
 from coi_async.errors import IncusApiError, IncusError, ReadLimitError
 from coi_async.incus.base import ApiBase, decode
+from coi_async.incus.exec_streams import ByteSink, close_all, pump_in, pump_out, send_resize
 from coi_async.incus.models import STATUS_SUCCESS, AsyncResponse, ExecPost, Operation
 from coi_async.incus.paths import instance_path
 from coi_async.incus.transport import WebSocket
 
-ByteSink = Callable[[bytes], Awaitable[None]]
 # A callable gives a new stream for each start of the command: one that incusd failed before the
 # command started can be started again with it (a held-open stream cannot be given twice).
 Stdin = bytes | AsyncIterable[bytes] | Callable[[], AsyncIterable[bytes]] | None
-_Input = bytes | AsyncIterable[bytes] | None  # what one start of the command is given
 
-_CHUNK = 256 * 1024
 # The exit code incusd reports when it lost track of an exec's process (seen on loaded hosts).
 LOST_EXEC = -1
 # incusd's error when forkexec never reported the attached process: the attach itself failed, so
@@ -73,45 +71,6 @@ class ExecResult:
     @property
     def ok(self) -> bool:
         return self.exit_code == 0
-
-
-class _Resize(msgspec.Struct):
-    width: str
-    height: str
-
-
-class _Control(msgspec.Struct, omit_defaults=True):
-    command: str
-    args: _Resize | None = None
-    signal: int = 0
-
-
-async def _pump_out(ws: WebSocket, sink: ByteSink | None) -> None:
-    while True:
-        frame = await ws.receive()
-        if frame is None or isinstance(frame, str):
-            return  # the end-of-stream barrier (empty text frame) or a close
-        if sink is not None and frame:
-            await sink(frame)
-
-
-async def _pump_in(ws: WebSocket, stdin: _Input) -> None:
-    try:
-        await _send_stdin(ws, stdin)
-    except IncusError:
-        # The command ended without reading all its input; its exit code still tells the story.
-        return
-
-
-async def _send_stdin(ws: WebSocket, stdin: _Input) -> None:
-    if isinstance(stdin, bytes):
-        for start in range(0, len(stdin), _CHUNK):
-            await ws.send_bytes(stdin[start : start + _CHUNK])
-    elif stdin is not None:
-        async for chunk in stdin:
-            if chunk:
-                await ws.send_bytes(chunk)
-    await ws.send_text("")  # EOF
 
 
 class _StreamsRefusedError(Exception):
@@ -170,7 +129,7 @@ class ExecApi(ApiBase):
             yield operation, sockets
         finally:
             with anyio.CancelScope(shield=True):
-                await _close_all(sockets)
+                await close_all(sockets)
 
     async def _start_exec(self, name: str, request: ExecPost) -> tuple[str, dict[str, str]]:
         envelope = await self._call("POST", f"{instance_path(name)}/exec", body=request)
@@ -216,7 +175,7 @@ class ExecApi(ApiBase):
                 raise _StreamsRefusedError(first) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await _close_all(sockets)
+                await close_all(sockets)
             raise
         return sockets
 
@@ -270,11 +229,11 @@ class ExecApi(ApiBase):
                 result.append(await self._wait(operation))
 
             async with anyio.create_task_group() as tg:
-                tg.start_soon(_pump_in, sockets["0"], given)
+                tg.start_soon(pump_in, sockets["0"], given)
                 async with anyio.create_task_group() as ended:
                     ended.start_soon(wait)
-                    ended.start_soon(_pump_out, sockets["1"], on_stdout)
-                    ended.start_soon(_pump_out, sockets["2"], on_stderr)
+                    ended.start_soon(pump_out, sockets["1"], on_stdout)
+                    ended.start_soon(pump_out, sockets["2"], on_stderr)
                 # The command is gone (or never started): input it did not take has nowhere to
                 # go, and a held-open stream would otherwise keep this exec from ever returning.
                 tg.cancel_scope.cancel()
@@ -371,7 +330,7 @@ class ExecApi(ApiBase):
 
             tg.start_soon(forward_input)
             tg.start_soon(forward_resizes)
-            await _pump_out(sockets["0"], write_output)
+            await pump_out(sockets["0"], write_output)
             # incusd holds the operation open until our side of the PTY stream ends too.
             with contextlib.suppress(IncusError):
                 await sockets["0"].send_text("")
@@ -405,15 +364,3 @@ class ExecApi(ApiBase):
                 group=group,
                 cwd=cwd,
             )
-
-
-async def send_resize(control: WebSocket, columns: int, rows: int) -> None:
-    # incusd parses the sizes with Atoi: they must be strings.
-    message = _Control(command="window-resize", args=_Resize(width=str(columns), height=str(rows)))
-    await control.send_text(msgspec.json.encode(message).decode())
-
-
-async def _close_all(sockets: Mapping[str, WebSocket]) -> None:
-    # Control last: closing it kills the command, and by now the streams are done.
-    for fd in sorted(sockets, key=lambda fd: fd == "control"):
-        await sockets[fd].close()
