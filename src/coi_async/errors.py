@@ -109,6 +109,11 @@ class InstanceBusyError(InstanceStateError):
     """Another operation on the instance holds it (incusd: "busy running a ... operation")."""
 
 
+class SourceFrozenError(InstanceStateError):
+    """A copy of a running instance found it frozen by another copy of it (storage without
+    copy-on-write freezes the source while it copies); the same copy works once that one is done."""
+
+
 class StopTimedOutError(InstanceStateError):
     """A graceful stop whose timeout passed while the guest kept running."""
 
@@ -123,6 +128,11 @@ class SourcePathMissingError(BadRequestError):
 
 class OperationTimedOutError(IncusApiError):
     """incusd gave up waiting on its own side ("context deadline exceeded")."""
+
+
+class ServerNotReadyError(IncusApiError):
+    """incusd is still starting (it refuses every request until its state is loaded); the same
+    request works seconds later."""
 
 
 class FileHelperNotReadyError(IncusApiError):

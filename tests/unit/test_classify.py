@@ -18,6 +18,8 @@ from coi_async.errors import (
     InstanceNotFoundError,
     NotFoundError,
     OperationTimedOutError,
+    ServerNotReadyError,
+    SourceFrozenError,
     SourcePathMissingError,
     StopTimedOutError,
 )
@@ -90,6 +92,14 @@ def test_missing_file_is_not_a_missing_instance() -> None:
     assert type(classify(404, "Not Found")) is NotFoundError
     missing = classify(404, 'Failed to fetch instance "x" in project "p": Instance not found')
     assert isinstance(missing, InstanceNotFoundError)
+
+
+def test_a_restarting_member_and_a_frozen_copy_source_seen_on_the_cluster() -> None:
+    # Seen in CI: a rerun right after a member's incusd came back, and two forks copying one
+    # running container on storage that freezes the source.
+    assert isinstance(classify(503, "Server isn't ready yet"), ServerNotReadyError)
+    frozen = classify(400, "Create instance from copy: container is already frozen", operation_id="x")
+    assert isinstance(frozen, SourceFrozenError)
 
 
 def test_file_helper_not_ready_seen_under_load() -> None:

@@ -32,6 +32,8 @@ from coi_async.errors import (
     OperationFailedError,
     OperationTimedOutError,
     PermissionDeniedError,
+    ServerNotReadyError,
+    SourceFrozenError,
     SourcePathMissingError,
     StopTimedOutError,
 )
@@ -42,6 +44,7 @@ _MARKERS: tuple[tuple[str, type[IncusApiError]], ...] = (
     # 'dial unix /var/lib/incus/containers/x/forkfile.sock: connect: no such file or directory'
     # (seen under load; not provokable on purpose).
     ("forkfile.sock", FileHelperNotReadyError),
+    ("Server isn't ready yet", ServerNotReadyError),  # a restarting incusd (HTTP 503)
     # A failed create: 'Failed creating instance record: Add instance info to the database: Failed
     # to create "instances" entry: UNIQUE constraint failed: instances.project_id, instances.name'.
     ("UNIQUE constraint failed", ConflictError),
@@ -51,6 +54,8 @@ _MARKERS: tuple[tuple[str, type[IncusApiError]], ...] = (
     ("is busy running", InstanceBusyError),
     # 'Failed shutting down instance, status is "Running": context deadline exceeded'.
     ("Failed shutting down instance", StopTimedOutError),
+    # 'Create instance from copy: container is already frozen': another copy holds the source.
+    ("is already frozen", SourceFrozenError),
     ("already running", AlreadyRunningError),  # 'The instance is already running'
     ("already stopped", AlreadyStoppedError),  # 'The instance is already stopped'
     ("is not running", InstanceNotRunningError),  # 'Instance is not running': an exec when stopped

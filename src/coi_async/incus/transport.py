@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
+import anyio
 import msgspec
 
 
@@ -36,7 +37,7 @@ def _without_system_certificates() -> Iterator[None]:
 with _without_system_certificates():
     import aiohttp
 
-from coi_async.errors import IncusError, IncusUnavailableError, PermissionDeniedError
+from coi_async.errors import IncusError, IncusUnavailableError, PermissionDeniedError, ServerNotReadyError
 from coi_async.incus.classify import classify
 from coi_async.incus.endpoint import Endpoint, HttpsEndpoint, UnixEndpoint
 from coi_async.incus.models import ENVELOPE_DECODER, AsyncResponse, ErrorResponse, SyncResponse
@@ -246,10 +247,17 @@ class Transport:
         if body is not None:
             data = msgspec.json.encode(body)
             hdrs.setdefault("Content-Type", "application/json")
-        async with self._send(method, path, params=params, data=data, headers=hdrs) as resp:
-            raw = await resp.read()
-            status = resp.status
-        return self._decode(method, path, status, raw)
+        for delay in (*_NOT_READY_DELAYS_S, None):
+            try:
+                async with self._send(method, path, params=params, data=data, headers=hdrs) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                return self._decode(method, path, status, raw)
+            except ServerNotReadyError:
+                if delay is None or not _resendable(data):
+                    raise
+            await anyio.sleep(delay)
+        raise AssertionError("unreachable")
 
     async def request_raw(
         self,
@@ -261,11 +269,18 @@ class Transport:
         headers: Mapping[str, str] | None = None,
     ) -> RawResponse:
         """A request whose success body is not an envelope (file contents); errors still are."""
-        async with self._send(method, path, params=params, data=data, headers=headers) as resp:
-            raw = await resp.read()
-            if resp.status >= 400:
-                self._decode(method, path, resp.status, raw)
-            return RawResponse(resp.status, dict(resp.headers), raw)
+        for delay in (*_NOT_READY_DELAYS_S, None):
+            try:
+                async with self._send(method, path, params=params, data=data, headers=headers) as resp:
+                    raw = await resp.read()
+                    if resp.status >= 400:
+                        self._decode(method, path, resp.status, raw)
+                    return RawResponse(resp.status, dict(resp.headers), raw)
+            except ServerNotReadyError:
+                if delay is None or not _resendable(data):
+                    raise
+            await anyio.sleep(delay)
+        raise AssertionError("unreachable")
 
     @asynccontextmanager
     async def download(
@@ -316,6 +331,15 @@ class Transport:
             yield ws
         finally:
             await ws.close()
+
+
+# A restarting incusd refuses every request ("Server isn't ready yet") until its state is loaded,
+# which takes seconds; the refusal did nothing, so a request whose body can be sent again waits.
+_NOT_READY_DELAYS_S = (0.2, 0.3, 0.5, 0.5, 1.0, 1.0, 1.0, 1.5, 2.0, 2.0)  # 10 s in all
+
+
+def _resendable(data: bytes | IO[bytes] | None) -> bool:
+    return data is None or isinstance(data, bytes)
 
 
 def decode_envelope(method: str, path: str, status: int, raw: bytes) -> SyncResponse | AsyncResponse:

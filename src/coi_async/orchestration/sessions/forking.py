@@ -43,6 +43,7 @@ from coi_async.errors import (
     IncusApiError,
     InstanceBusyError,
     SessionError,
+    SourceFrozenError,
     UsageError,
 )
 from coi_async.hostfs import make_private_dir
@@ -298,6 +299,11 @@ async def make_fork(
     )
 
 
+# Where a copy freezes the original (storage without copy-on-write), concurrent forks take turns:
+# a copy that finds it frozen by another waits for that one, about as long as a full copy takes.
+_FROZEN_RETRY_DELAYS_S = (0.5, 1.0, 1.0, 2.0, 2.0, 3.0, 3.0, 5.0, 5.0, 10.0, 10.0, 15.0)
+
+
 async def _copy(
     incus: IncusClient,
     plan: ForkPlan,
@@ -327,8 +333,17 @@ async def _copy(
     # On a cluster, beside the original: a copy there is a local copy-on-write one, and its
     # member serves the original's egress.
     location = plan.instance.location
+    target = location if location not in ("", "none") else None
     try:
-        await incus.create_instance(request, target=location if location not in ("", "none") else None)
+        for delay in (*_FROZEN_RETRY_DELAYS_S, None):
+            try:
+                await incus.create_instance(request, target=target)
+                return
+            except SourceFrozenError:
+                await ops.remove_if_ours(incus, name, token)
+                if delay is None:
+                    raise
+            await anyio.sleep(delay)
     except ConflictError:
         raise
     except IncusApiError as exc:
