@@ -247,17 +247,8 @@ class Transport:
         if body is not None:
             data = msgspec.json.encode(body)
             hdrs.setdefault("Content-Type", "application/json")
-        for delay in (*_NOT_READY_DELAYS_S, None):
-            try:
-                async with self._send(method, path, params=params, data=data, headers=hdrs) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-                return self._decode(method, path, status, raw)
-            except ServerNotReadyError:
-                if delay is None or not _resendable(data):
-                    raise
-            await anyio.sleep(delay)
-        raise AssertionError("unreachable")
+        response = await self._exchange(method, path, params=params, data=data, headers=hdrs)
+        return self._decode(method, path, response.status, response.body)
 
     async def request_raw(
         self,
@@ -269,17 +260,31 @@ class Transport:
         headers: Mapping[str, str] | None = None,
     ) -> RawResponse:
         """A request whose success body is not an envelope (file contents); errors still are."""
+        return await self._exchange(method, path, params=params, data=data, headers=headers)
+
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Params | None,
+        data: bytes | IO[bytes] | None,
+        headers: Mapping[str, str] | None,
+    ) -> RawResponse:
+        """One request answered; an error envelope raises, a restarting incusd's is waited out."""
         for delay in (*_NOT_READY_DELAYS_S, None):
+            async with self._send(method, path, params=params, data=data, headers=headers) as resp:
+                response = RawResponse(resp.status, dict(resp.headers), await resp.read())
+            if response.status < 400:
+                return response
             try:
-                async with self._send(method, path, params=params, data=data, headers=headers) as resp:
-                    raw = await resp.read()
-                    if resp.status >= 400:
-                        self._decode(method, path, resp.status, raw)
-                    return RawResponse(resp.status, dict(resp.headers), raw)
+                self._decode(method, path, response.status, response.body)
             except ServerNotReadyError:
                 if delay is None or not _resendable(data):
                     raise
-            await anyio.sleep(delay)
+                await anyio.sleep(delay)
+                continue
+            return response
         raise AssertionError("unreachable")
 
     @asynccontextmanager

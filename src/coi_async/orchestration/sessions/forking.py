@@ -340,9 +340,9 @@ async def _copy(
                 await incus.create_instance(request, target=target)
                 return
             except SourceFrozenError:
-                await ops.remove_if_ours(incus, name, token)
                 if delay is None:
-                    raise
+                    raise  # cleaned up below, as every failed copy is
+                await ops.remove_if_ours(incus, name, token)
             await anyio.sleep(delay)
     except ConflictError:
         raise
