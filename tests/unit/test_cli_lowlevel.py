@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import asyncclick as click
@@ -188,3 +189,28 @@ def test_every_help_page_has_flags_and_examples() -> None:
 def test_completion_scripts_name_their_shell(shell: str) -> None:
     lines = coi_sync("completion", shell).stdout.splitlines()
     assert f"# {shell} completion for coi" in lines[:2]
+
+
+def test_starting_coi_imports_no_command_until_it_runs() -> None:
+    """What each `coi` process pays at start: the root group alone, then one command's module
+    (here `container`, with what it borrows), never every command's."""
+    probe = (
+        "import sys, asyncclick as click\n"
+        "from coi_async.cli.main import cli\n"
+        "def loaded(): return ' '.join(sorted(m for m in sys.modules if m.startswith('coi_async.cli.commands.')))\n"
+        "print(loaded())\n"
+        "cli.get_command(click.Context(cli), 'container')\n"
+        "print(loaded())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    at_start, after = done.stdout.splitlines()
+    assert at_start == ""
+    assert set(after.split()) == {
+        "coi_async.cli.commands._lowlevel",
+        "coi_async.cli.commands._options",
+        "coi_async.cli.commands.container",
+        "coi_async.cli.commands.run",
+    }

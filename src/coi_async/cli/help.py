@@ -192,7 +192,14 @@ def walk(command: click.Command, path: str = "") -> Iterator[tuple[str, click.Co
 
 
 def install(root: click.Command) -> None:
-    """Give every command of the tree the help context (flags heading, examples)."""
-    for _, command in walk(root):
+    """Give every command of the tree that is loaded the help context (flags heading, examples).
+
+    Not through `walk`: that would import every command the root loads on first use, at every
+    start of coi; the root installs it on each of those as it loads it."""
+    stack = [root]
+    while stack:
+        command = stack.pop()
         command.context_class = CoiContext
         command.options_metavar = "[flags]"
+        if isinstance(command, click.Group):
+            stack.extend(command.commands.values())
