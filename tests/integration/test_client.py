@@ -146,6 +146,18 @@ async def test_an_exec_incusd_could_not_start_is_started_again(incus: IncusClien
     assert time.monotonic() - started >= lifted_after_s  # it could only run once the limit was gone
 
 
+async def test_an_exec_given_up_on_ends_at_once_and_its_command_with_it(incus: IncusClient, box: str) -> None:
+    """A caller's deadline (Ctrl-C, a bounded check) ends a still-running exec promptly: its
+    command is killed rather than each of its streams waiting out the websocket's close."""
+    for _ in range(2):
+        started = time.monotonic()
+        with anyio.move_on_after(1.0):
+            await incus.exec(box, ["sleep", "600"])
+        assert time.monotonic() - started < 4
+    left = await incus.exec(box, ["sh", "-c", "pgrep -x sleep || true"])
+    assert left.stdout == b""
+
+
 async def test_exec_missing_command_gives_127(incus: IncusClient, box: str) -> None:
     result = await incus.exec(box, ["/no/such/command"])
     assert result.exit_code in (126, 127)

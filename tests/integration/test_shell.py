@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 
 import anyio
 import pexpect
 import pytest
 
 from tests.coi_cli import Run
-from tests.integration.shell_harness import ShellWorld, detach, finish, killing, talk
+from tests.integration.shell_harness import DETACH, ShellWorld, detach, finish, killing, talk
 
 pytestmark = [pytest.mark.incus, pytest.mark.timeout(240)]
 
@@ -127,6 +128,33 @@ async def test_poweroff_inside_saves_and_removes_ephemeral(world: ShellWorld) ->
     assert await world.ours() == []
     [session] = world.saved_sessions()
     assert "then power off" in world.conversation(session)
+
+
+async def test_an_agent_that_hangs_the_tmux_check_only_delays_its_own_end(world: ShellWorld) -> None:
+    """The agent (root inside) shadows tmux with one that never answers: a detach still ends coi
+    within its bounds (the check's 5 s, then the poweroff window), saves the session and keeps
+    the container whose state coi could not see, rather than deleting a session that may live."""
+    with killing(world.spawn("shell")) as child:
+        talk(child, "before the trap")
+        child.sendline("exit")
+        child.expect(r"code@.*\$ ")
+        child.sendline(
+            "printf '#!/bin/sh\\nexec sleep 600\\n' | sudo tee /usr/local/bin/tmux >/dev/null"
+            " && sudo chmod 755 /usr/local/bin/tmux && echo trap-$((20+3))"
+        )
+        child.expect("trap-23")
+        detached_at = time.monotonic()
+        child.send(DETACH)
+        child.expect(r"\[detached")
+        child.expect("Container kept running", timeout=90)
+        assert finish(child) == 0
+        # The check's 5 s and the 30 s poweroff window, plus the save: coi's bounds, not the agent's.
+        assert time.monotonic() - detached_at < 50
+    instance = await world.instance(1)
+    assert instance is not None
+    assert instance.running
+    [session] = world.saved_sessions()
+    assert "before the trap" in world.conversation(session)
 
 
 async def test_persistent_is_kept_and_resumed_in_its_own_container(world: ShellWorld) -> None:

@@ -127,9 +127,12 @@ class ExecApi(ApiBase):
         sockets = await self._connect_all(operation, fds, last=last)
         try:
             yield operation, sockets
-        finally:
+        except BaseException:
             with anyio.CancelScope(shield=True):
-                await close_all(sockets)
+                await close_all(sockets, abandoned=True)
+            raise
+        with anyio.CancelScope(shield=True):
+            await close_all(sockets)
 
     async def _start_exec(self, name: str, request: ExecPost) -> tuple[str, dict[str, str]]:
         envelope = await self._call("POST", f"{instance_path(name)}/exec", body=request)
@@ -175,7 +178,7 @@ class ExecApi(ApiBase):
                 raise _StreamsRefusedError(first) from None
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await close_all(sockets)
+                await close_all(sockets, abandoned=True)
             raise
         return sockets
 
@@ -254,7 +257,7 @@ class ExecApi(ApiBase):
         """Run a command and collect its stdout and stderr byte for byte.
 
         ReadLimitError once they come to more than `max_output_bytes` together; the command is
-        then left (its streams closed) and nothing more is read.
+        then killed (its exec abandoned) and nothing more is read.
         """
         out: list[bytes] = []
         err: list[bytes] = []

@@ -60,7 +60,10 @@ async def send_resize(control: WebSocket, columns: int, rows: int) -> None:
     await control.send_text(msgspec.json.encode(message).decode())
 
 
-async def close_all(sockets: Mapping[str, WebSocket]) -> None:
-    # Control last: closing it kills the command, and by now the streams are done.
-    for fd in sorted(sockets, key=lambda fd: fd == "control"):
+async def close_all(sockets: Mapping[str, WebSocket], *, abandoned: bool = False) -> None:
+    """Close an exec's streams. Control goes last when the command is done (closing it kills
+    the command). An abandoned exec (its caller gave up on it, or failed) closes control first:
+    incusd then kills the command and ends its streams at once, where a stream of a command
+    still running would answer the close only after the close's timeout."""
+    for fd in sorted(sockets, key=lambda fd: (fd == "control") != abandoned):
         await sockets[fd].close()
