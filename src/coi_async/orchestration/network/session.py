@@ -162,19 +162,16 @@ async def attach_egress(
     *,
     created: bool,
     emit: Emit = ignore,
+    checked: Instance | None = None,
 ) -> None:
     """Have the session's egress working (see the module docstring). SessionError when a new
-    container has a NIC it must not have (the caller removes it)."""
+    container has a NIC it must not have (the caller removes it). `checked`: the instance as
+    `checked_instance` returned it, when the caller checked it first."""
     if plan is None:
         return
-    instance = await incus.get_instance(name)
+    instance = checked or await checked_instance(incus, plan, name, created=created)
     if plan.needs_member:
         plan = plan.on_member(instance.location)
-    if created and plan.through_daemon and set(nic_names(instance.expanded_devices)) - set(plan.nics):
-        raise SessionError(
-            f"container {name} was given a network interface the session must not have",
-            hint="its profile changed while it was made; try again",
-        )
     patch = _patch(plan, instance)
     if patch is not None:
         # Before the daemon is told: a proxy device from an earlier start holds the port inside.
@@ -184,6 +181,19 @@ async def attach_egress(
         await await_served(incus, name, plan.carried, inside=plan.inside)
     elif plan.through_daemon:
         await _register(config, plan, name, origin, keep_live=not created)
+
+
+async def checked_instance(incus: IncusClient, plan: EgressPlan, name: str, *, created: bool) -> Instance:
+    """The session's container, once it is known to have no NIC but the plan's: SessionError
+    when a new one has another (its profile changed while it was made). Nothing of the host's
+    may go into a container before this."""
+    instance = await incus.get_instance(name)
+    if created and plan.through_daemon and set(nic_names(instance.expanded_devices)) - set(plan.nics):
+        raise SessionError(
+            f"container {name} was given a network interface the session must not have",
+            hint="its profile changed while it was made; try again",
+        )
+    return instance
 
 
 async def _register(

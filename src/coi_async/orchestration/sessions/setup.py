@@ -18,6 +18,7 @@ from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.network.session import (
     SessionOrigin,
     attach_egress,
+    checked_instance,
     configure_container,
     plan_egress,
     start_daemon_early,
@@ -82,13 +83,6 @@ async def setup_session(
     session = state.session
     # Every start path (new, reused, found running) comes through here.
     origin = SessionOrigin.here(config.profile)
-    # The proxy files inside need no daemon (nor boot): written while the daemon takes it on.
-    async with anyio.create_task_group() as tg:
-        if egress.through_daemon:
-            tg.start_soon(configure_container, incus, session.container)
-        await attach_egress(
-            incus, config, egress, session.container, origin, created=state.created, emit=emit
-        )
     state.metadata = started_metadata(
         session,
         tool=state.tool.name,
@@ -141,11 +135,26 @@ async def setup_session(
         assert state.metadata is not None
         await anyio.to_thread.run_sync(state.store.save_metadata, state.metadata)
 
-    # A new session's home is filled while the init system is still booting; nothing here waits
-    # for boot but a restore (tmux keeps its socket where boot leaves it: instance_spec.py).
+    # All at once, as none needs another's work: the proxy files inside (which need no daemon,
+    # nor boot), the daemon taking the session on, the home filled while the init system is
+    # still booting (nothing waits for boot but a restore: tmux keeps its socket where boot
+    # leaves it, instance_spec.py), and the store's record.
+    checked = await checked_instance(incus, egress, session.container, created=state.created)
     async with anyio.create_task_group() as tg:
+        if egress.through_daemon:
+            tg.start_soon(configure_container, incus, session.container)
         tg.start_soon(restore_then_inject)
         tg.start_soon(save_metadata)
+        await attach_egress(
+            incus,
+            config,
+            egress,
+            session.container,
+            origin,
+            created=state.created,
+            emit=emit,
+            checked=checked,
+        )
 
 
 async def _resume_container(
