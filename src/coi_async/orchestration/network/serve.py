@@ -43,11 +43,29 @@ from coi_async.orchestration.network.members import decode_policy
 from coi_async.orchestration.network.paths import EgressPaths
 from coi_async.orchestration.network.plan import session_policy
 from coi_async.orchestration.network.registry import Registration
+from coi_async.orchestration.runner import ItemContext, run_bulk
 from coi_async.tools import get_tool
 
 RELOAD_S = 1.0
 SWEEP_S = 10.0
 _EVENTS_RETRY_S = 5.0
+# How many sessions' containers a reload asks incusd about at once, and for how long each: one
+# that does not answer in time is not listened for until the next reload.
+_LOCATE_WIDTH = 16
+_LOCATE_S = 10.0
+# The lifecycle events after which a carried session may have come, gone, moved or changed its
+# policy; the many others (every exec and file read of every instance) change none of them, and
+# each listing costs incusd as much as a hundred of them.
+_CARRIED_CHANGES = frozenset(
+    (
+        "instance-created",
+        "instance-deleted",
+        "instance-renamed",
+        "instance-updated",
+        "instance-restored",
+        "instance-migrated",
+    )
+)
 
 # The config of a registration's session, as its coi would resolve it now.
 ConfigOf = Callable[[Registration], Config]
@@ -79,6 +97,8 @@ class _Daemon:
         # request a second).
         self._not_running: set[str] = set()
         self._reload_lock = anyio.Lock()
+        self._reloads_begun = 0
+        self._last_reload_ok = False
         self.reload_now = anyio.Event()
 
     def _policy(self, registration: Registration) -> Policy:
@@ -145,30 +165,55 @@ class _Daemon:
 
     async def reload(self) -> None:
         async with self._reload_lock:
-            found = registry.read_all(self.paths)
-            if self.carried is not None:
-                await self.carried.refresh()
-                found = {**self.carried.found, **found}
-            specs = [
-                SessionSpec(
-                    key=r.key,
-                    socket=r.socket,
-                    container=r.container,
-                    project=r.project,
-                    policy=self._policy(r),
-                    log=r.log,
-                    inside=await self._inside(r),
-                )
-                for r in found.values()
-            ]
-            for known in (self._policies, self._places):
-                for key in [k for k in known if k not in found]:
-                    del known[key]
-            await self.server.apply(specs)
-            if specs:
-                self.last_session = time.monotonic()
-            if self.carried is not None:
-                await self.carried.mark_served({k: p.pid for k, p in self._places.items()})
+            await self._reload_held()
+
+    async def reload_asked(self) -> None:
+        """A reload for a coi that has just changed the registrations: one that began after it
+        asked (and went well) reads them too, so cois that ask together (a fork -n 4) share it
+        instead of queueing for one each."""
+        asked = self._reloads_begun
+        async with self._reload_lock:
+            if self._reloads_begun > asked and self._last_reload_ok:
+                return
+            await self._reload_held()
+
+    async def _reload_held(self) -> None:
+        self._reloads_begun += 1
+        self._last_reload_ok = False
+        found = registry.read_all(self.paths)
+        if self.carried is not None:
+            await self.carried.refresh()
+            found = {**self.carried.found, **found}
+        places: dict[str, Inside | None] = {}
+
+        async def locate(item: ItemContext) -> None:
+            places[item.name] = await self._inside(found[item.name])
+
+        # All at once: the state of each new session's container (for its init's pid) costs
+        # incusd tens of milliseconds, more while containers boot, and sessions started
+        # together (a fork -n 4) would otherwise wait for each other's.
+        await run_bulk(list(found), locate, limit=_LOCATE_WIDTH, per_item_s=_LOCATE_S)
+        specs = [
+            SessionSpec(
+                key=r.key,
+                socket=r.socket,
+                container=r.container,
+                project=r.project,
+                policy=self._policy(r),
+                log=r.log,
+                inside=places.get(r.key),
+            )
+            for r in found.values()
+        ]
+        for known in (self._policies, self._places):
+            for key in [k for k in known if k not in found]:
+                del known[key]
+        await self.server.apply(specs)
+        if specs:
+            self.last_session = time.monotonic()
+        if self.carried is not None:
+            await self.carried.mark_served({k: p.pid for k, p in self._places.items()})
+        self._last_reload_ok = True
 
     async def sweep(self) -> None:
         """Forget the sessions whose containers are gone; incusd's errors skip a round."""
@@ -196,7 +241,7 @@ class _Daemon:
         if command == "reload":
             if self.stop.is_set():
                 return {"ok": False, "error": "stopping"}  # the caller starts a new one
-            await self.reload()
+            await self.reload_asked()
             return {"ok": True, "sessions": len(self.server.sessions)}
         if command == "status":
             usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -244,7 +289,7 @@ class _Daemon:
                 async with self.incus.events(("lifecycle",), all_projects=True) as stream:
                     async for event in stream:
                         action = _action(event.metadata)
-                        if self.carried is not None and action.startswith("instance-"):
+                        if self.carried is not None and action in _CARRIED_CHANGES:
                             # A session carrying its policy may have come, gone or changed.
                             self.carried.dirty = True
                             self.reload_now.set()
