@@ -291,19 +291,20 @@ class Transport:
     async def download(
         self, path: str, *, params: Params | None = None
     ) -> AsyncIterator[tuple[Mapping[str, str], AsyncIterator[bytes]]]:
-        """Stream a response body in chunks, for files too large to hold in memory."""
-        async with self._send("GET", path, params=params, data=None, headers=None) as resp:
-            if resp.status >= 400:
-                self._decode("GET", path, resp.status, await resp.read())
-
-            async def chunks() -> AsyncIterator[bytes]:
+        """Stream a response body in chunks, for files too large to hold in memory; a restarting
+        incusd's refusal is waited out, as `request` does."""
+        for delay in (*_NOT_READY_DELAYS_S, None):
+            async with self._send("GET", path, params=params, data=None, headers=None) as resp:
                 try:
-                    async for chunk in resp.content.iter_chunked(CHUNK):
-                        yield chunk
-                except aiohttp.ClientError as exc:
-                    raise IncusError(f"download of {path} failed: {exc}") from exc
-
-            yield dict(resp.headers), chunks()
+                    if resp.status >= 400:
+                        self._decode("GET", path, resp.status, await resp.read())
+                except ServerNotReadyError:
+                    if delay is None:
+                        raise
+                else:
+                    yield dict(resp.headers), _chunks(resp, path)
+                    return
+            await anyio.sleep(delay)
 
     async def connect_websocket(
         self, path: str, *, params: Params | None = None, answer_pings: bool = False
@@ -341,6 +342,14 @@ class Transport:
 # A restarting incusd refuses every request ("Server isn't ready yet") until its state is loaded,
 # which takes seconds; the refusal did nothing, so a request whose body can be sent again waits.
 _NOT_READY_DELAYS_S = (0.2, 0.3, 0.5, 0.5, 1.0, 1.0, 1.0, 1.5, 2.0, 2.0)  # 10 s in all
+
+
+async def _chunks(resp: aiohttp.ClientResponse, path: str) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in resp.content.iter_chunked(CHUNK):
+            yield chunk
+    except aiohttp.ClientError as exc:
+        raise IncusError(f"download of {path} failed: {exc}") from exc
 
 
 def _resendable(data: bytes | IO[bytes] | None) -> bool:
