@@ -220,7 +220,7 @@ class Coi:
         if done.returncode != 0:
             print(f"\n    ! coi shutdown exited {done.returncode}: {done.stderr.decode().strip()[-300:]}")
             # Its per-container lines say why (piped output: the reference's lines).
-            why = [line for line in done.stdout.decode().splitlines() if "rror" in line or "fail" in line]
+            why = [line for line in done.stdout.decode().splitlines() if "✗" in line or "rror" in line]
             for line in why[:5]:
                 print(f"      {line.strip()[:300]}")
         saved = len(list(self.sessions.iterdir())) if self.sessions.is_dir() else 0

@@ -33,8 +33,10 @@ LOST_EXEC = -1
 # incusd's error when forkexec never reported the attached process: the attach itself failed, so
 # the command did not start (right after a container starts, or under load) and may be started again.
 _NEVER_STARTED = "Failed to retrieve PID of executing child process"
-# How often, and after which pauses, an exec that never started is started again.
-_START_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8)
+# How often, and after which pauses, an exec that never started is started again: about 6 s in
+# all, as a cluster member under load refuses the websockets of the execs it forwards for
+# seconds at a time (`benchmarks/cluster.py`, 96 sessions on 3 members sharing 2 CPUs).
+_START_RETRY_DELAYS_S = (0.05, 0.1, 0.2, 0.4, 0.8, 1.0, 1.5, 2.0)
 # The most `exec` collects of a command's stdout and stderr together: the instance decides what
 # its commands print, and a replaced `sh` must not be able to fill the host's memory.
 EXEC_OUTPUT_MAX_BYTES = 16 * 1024 * 1024
