@@ -275,17 +275,24 @@ class Transport:
         for delay in (*_NOT_READY_DELAYS_S, None):
             async with self._send(method, path, params=params, data=data, headers=headers) as resp:
                 response = RawResponse(resp.status, dict(resp.headers), await resp.read())
-            if response.status < 400:
+            can_wait = delay is not None and _resendable(data)
+            if not self._not_ready(method, path, response.status, response.body, can_wait=can_wait):
                 return response
-            try:
-                self._decode(method, path, response.status, response.body)
-            except ServerNotReadyError:
-                if delay is None or not _resendable(data):
-                    raise
-                await anyio.sleep(delay)
-                continue
-            return response
+            await anyio.sleep(delay or 0)
         raise AssertionError("unreachable")
+
+    def _not_ready(self, method: str, path: str, status: int, body: bytes, *, can_wait: bool) -> bool:
+        """Whether the answer is a restarting incusd's refusal that the request may wait out; any
+        other error envelope raises (as that refusal does when it may not)."""
+        if status < 400:
+            return False
+        try:
+            self._decode(method, path, status, body)
+        except ServerNotReadyError:
+            if not can_wait:
+                raise
+            return True
+        return False
 
     @asynccontextmanager
     async def download(
@@ -295,16 +302,11 @@ class Transport:
         incusd's refusal is waited out, as `request` does."""
         for delay in (*_NOT_READY_DELAYS_S, None):
             async with self._send("GET", path, params=params, data=None, headers=None) as resp:
-                try:
-                    if resp.status >= 400:
-                        self._decode("GET", path, resp.status, await resp.read())
-                except ServerNotReadyError:
-                    if delay is None:
-                        raise
-                else:
+                body = await resp.read() if resp.status >= 400 else b""
+                if not self._not_ready("GET", path, resp.status, body, can_wait=delay is not None):
                     yield dict(resp.headers), _chunks(resp, path)
                     return
-            await anyio.sleep(delay)
+            await anyio.sleep(delay or 0)
 
     async def connect_websocket(
         self, path: str, *, params: Params | None = None, answer_pings: bool = False
