@@ -83,7 +83,7 @@ def _loopback_up(sock: socket.socket) -> None:
         fcntl.ioctl(sock.fileno(), _SIOCSIFFLAGS, struct.pack("16sH22x", b"lo", flags | _IFF_UP))
 
 
-def _alive(pidfd: int) -> bool:
+def pidfd_alive(pidfd: int) -> bool:
     # A pidfd turns readable when its process exits.
     return not select.select([pidfd], [], [], 0)[0]
 
@@ -93,7 +93,7 @@ def _bind_inside(pid: int, inode: int, port: int) -> socket.socket:
     try:
         target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            if os.fstat(target).st_ino != inode or not _alive(pidfd):
+            if os.fstat(target).st_ino != inode or not pidfd_alive(pidfd):
                 raise EgressError(f"process {pid} is no longer the container's init")
             home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             try:

@@ -70,6 +70,7 @@ class ServerEnvironment(msgspec.Struct, kw_only=True):
     storage: str = ""
     server_name: str = ""
     server_clustered: bool = False
+    server_pid: int = 0
 
 
 class ServerInfo(msgspec.Struct, kw_only=True):

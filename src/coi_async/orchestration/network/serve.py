@@ -9,6 +9,7 @@
 - A session the daemon listens for inside its container (egress/netns.py) is followed across
   restarts: its init's namespace is checked on every reload, and incusd's start events make the
   reload happen at once, so the listener moves into the new namespace and the old one is freed.
+  A new init is found on the host (egress/container_init.py), else by asking incusd.
 - SIGTERM, SIGINT, `coi egress stop`, or (started on demand) `idle_exit_s` without sessions end
   it; its sockets, control socket and pid file go with it.
 """
@@ -30,6 +31,7 @@ import msgspec
 from coi_async.config import Config, config_paths
 from coi_async.config.network import parse_entries
 from coi_async.egress import control
+from coi_async.egress.container_init import incus_lxcpath, init_on_host
 from coi_async.egress.netns import Inside, namespace_of
 from coi_async.egress.policy import Policy, as_mode
 from coi_async.egress.server import EgressServer, SessionSpec, remove_stale_socket
@@ -92,6 +94,7 @@ class _Daemon:
         self.last_session = time.monotonic()
         self._policies: dict[str, tuple[tuple[object, ...], Policy]] = {}
         self._places: dict[str, Inside] = {}
+        self._lxcpath: str | None = None  # "" once known to be of no use
         # Registrations whose containers were not running when last asked: asked again only
         # once incusd reports a start, or by the sweep (a stopped persistent session costs no
         # request a second).
@@ -138,9 +141,21 @@ class _Daemon:
         self._policies[registration.key] = (stamp, policy)
         return policy
 
-    async def _inside(self, registration: Registration) -> Inside | None:
+    async def _host_lxcpath(self) -> str | None:
+        """Where this machine's incusd keeps its containers for LXC, once asked; None when
+        incusd is not here to look at (container_init.py)."""
+        if self._lxcpath is None and not self.incus.remote:
+            try:
+                info = await self.incus.server_info(cached=True)
+            except CoiError:
+                return None
+            self._lxcpath = incus_lxcpath(info.environment.server_pid) or ""
+        return self._lxcpath or None
+
+    async def _inside(self, registration: Registration, lxcpath: str | None) -> Inside | None:
         """Where the session's listener inside its container goes: its init's namespace, as long
-        as that init lives (a restart makes a new one); None while it is not running."""
+        as that init lives (a restart makes a new one); None while it is not running. The init
+        is looked for on the host first, under `lxcpath`."""
         if not registration.inside_port:
             return None
         known = self._places.get(registration.key)
@@ -149,17 +164,24 @@ class _Daemon:
         self._places.pop(registration.key, None)
         if registration.key in self._not_running:
             return None  # until an instance starts, or the next sweep
-        try:
-            state = await self.incus.in_project(registration.project).get_instance_state(
-                registration.container
+        found = None
+        if lxcpath is not None:
+            found = await anyio.to_thread.run_sync(
+                init_on_host, lxcpath, registration.project, registration.container
             )
-        except CoiError:
-            return None
-        inode = namespace_of(state.pid) if state.status == "Running" and state.pid > 0 else 0
-        if not inode:
+        if found is None:  # the host cannot tell: incusd can
+            try:
+                state = await self.incus.in_project(registration.project).get_instance_state(
+                    registration.container
+                )
+            except CoiError:
+                return None
+            running = state.status == "Running" and state.pid > 0
+            found = (state.pid, namespace_of(state.pid)) if running else None
+        if found is None or not found[1]:
             self._not_running.add(registration.key)
             return None
-        place = Inside(pid=state.pid, inode=inode, port=registration.inside_port)
+        place = Inside(pid=found[0], inode=found[1], port=registration.inside_port)
         self._places[registration.key] = place
         return place
 
@@ -185,12 +207,13 @@ class _Daemon:
             await self.carried.refresh()
             found = {**self.carried.found, **found}
         places: dict[str, Inside | None] = {}
+        lxcpath = await self._host_lxcpath() if any(r.inside_port for r in found.values()) else None
 
         async def locate(item: ItemContext) -> None:
-            places[item.name] = await self._inside(found[item.name])
+            places[item.name] = await self._inside(found[item.name], lxcpath)
 
-        # All at once: the state of each new session's container (for its init's pid) costs
-        # incusd tens of milliseconds, more while containers boot, and sessions started
+        # All at once: where the host cannot tell a container's init, asking incusd for its
+        # state costs tens of milliseconds, more while containers boot, and sessions started
         # together (a fork -n 4) would otherwise wait for each other's.
         await run_bulk(list(found), locate, limit=_LOCATE_WIDTH, per_item_s=_LOCATE_S)
         specs = [
