@@ -107,3 +107,11 @@ def test_wrapped_command_quotes_and_falls_back_to_bash() -> None:
 )
 def test_root_flags_run_shell(args: list[str], expected: list[str]) -> None:
     assert default_to_shell(cli, args) == expected
+
+
+def test_a_gated_command_waits_for_its_file_before_the_tool() -> None:
+    command = wrapped_command(["claude"], gate="/home/code/it's here", wait_s=2)
+    wait, tool = command.split("rm -f '/home/code/it'\"'\"'s here'; ", 1)
+    assert "[ ! -e '/home/code/it'\"'\"'s here' ]" in wait
+    assert "-gt 40 ]" in wait  # 2 s of 0.05 s steps
+    assert tool == "claude; exec bash"

@@ -54,6 +54,8 @@ class SessionState:
     resumed: SavedSession | None = None
     # What a save of its data may hold (the config's `[limits]`).
     limits: Limits = field(default_factory=Limits)
+    # The file the tool's tmux session waits for, when it was started during setup ("": not).
+    gate: str = ""
 
 
 class SaveResult(enum.Enum):

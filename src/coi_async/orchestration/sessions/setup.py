@@ -3,7 +3,9 @@ host's credentials injected and the session's metadata written."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.to_thread
@@ -41,8 +43,12 @@ async def setup_session(
     request: ShellRequest,
     state: SessionState,
     emit: Emit,
+    *,
+    alongside: Callable[[SessionState], Coroutine[Any, Any, None]] | None = None,
 ) -> None:
-    """Have the session's container running with its state and credentials in place."""
+    """Have the session's container running with its state and credentials in place.
+    `alongside` runs with the last steps, once the container is checked, unless a saved state
+    is restored (which waits for boot): start.py's `early_tmux`."""
     resumed = state.resumed
     prefer = ""
     if resumed is not None and resumed.metadata is not None and resumed.metadata.container_name:
@@ -138,13 +144,16 @@ async def setup_session(
     # All at once, as none needs another's work: the proxy files inside (which need no daemon,
     # nor boot), the daemon taking the session on, the home filled while the init system is
     # still booting (nothing waits for boot but a restore: tmux keeps its socket where boot
-    # leaves it, instance_spec.py), and the store's record.
+    # leaves it, instance_spec.py), the store's record, and the tool's tmux session, its tool
+    # held back until all that is done (start.py's early_tmux).
     checked = await checked_instance(incus, egress, session.container, created=state.created)
     async with anyio.create_task_group() as tg:
         if egress.through_daemon:
             tg.start_soon(configure_container, incus, session.container)
         tg.start_soon(restore_then_inject)
         tg.start_soon(save_metadata)
+        if alongside is not None and not restore:
+            tg.start_soon(alongside, state)
         await attach_egress(
             incus,
             config,

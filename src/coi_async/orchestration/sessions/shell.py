@@ -28,7 +28,7 @@ from coi_async.orchestration.sessions.model import new_session
 from coi_async.orchestration.sessions.request import Outcome, ShellRequest
 from coi_async.orchestration.sessions.resume import resolve_persistent, resolve_resume
 from coi_async.orchestration.sessions.setup import setup_session
-from coi_async.orchestration.sessions.start import announce, run_tool
+from coi_async.orchestration.sessions.start import announce, early_tmux, run_tool
 from coi_async.orchestration.sessions.store import SessionStore, new_session_id
 from coi_async.slots import validate_slot
 from coi_async.tools import get_tool
@@ -63,7 +63,8 @@ async def run_shell(
                     session=session, tool=tool, store=store, resumed=resumed, limits=config.limits
                 )
                 note(emit, "setup.started", session_id=session.session_id)
-                await setup_session(incus, config, request, state, emit)
+                early = early_tmux(incus, config, request, terminal)
+                await setup_session(incus, config, request, state, emit, alongside=early)
                 state.ready = True
                 announce(state, request, emit)
                 outcome = await run_tool(incus, config, request, state, emit=emit, terminal=terminal)

@@ -3,6 +3,10 @@ attached to (or left detached with --background), or directly on the terminal (-
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import Any
+
 from coi_async.config import Config
 from coi_async.incus import IncusClient
 from coi_async.incus.exec import LOST_EXEC, Terminal
@@ -10,6 +14,7 @@ from coi_async.naming import tmux_session
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.sessions.attach import attach_terminal, attach_tmux
 from coi_async.orchestration.sessions.cleanup import SessionState
+from coi_async.orchestration.sessions.instance_spec import tmux_dir
 from coi_async.orchestration.sessions.outcome import after_session
 from coi_async.orchestration.sessions.request import Outcome, ShellRequest
 from coi_async.orchestration.sessions.store import discover_cli_session_id
@@ -58,6 +63,36 @@ def tool_command(state: SessionState, config: Config, request: ShellRequest) -> 
     return tool.new_session_command(state.session.session_id, binary=binary)
 
 
+def _session_env(config: Config, request: ShellRequest, state: SessionState) -> dict[str, str]:
+    session = state.session
+    # -e pairs over the profile's environment, for every process of the session.
+    extra = {**state.tool.environment, **config.environment, **request.env}
+    return user_env(home=session.home, user=session.user, term=request.term, extra=extra)
+
+
+def _tmux_of(incus: IncusClient, config: Config, request: ShellRequest, state: SessionState) -> TmuxSession:
+    session = state.session
+    env = _session_env(config, request, state)
+    return TmuxSession(incus, session.container, tmux_session(session.container), uid=session.uid, env=env)
+
+
+def early_tmux(
+    incus: IncusClient, config: Config, request: ShellRequest, terminal: Terminal
+) -> Callable[[SessionState], Coroutine[Any, Any, None]]:
+    """For `setup_session`: the tmux session of a new session started while the rest of the
+    setup is done, its tool held back (`wrapped_command`'s gate) until `run_tool` opens the gate.
+    Only for a container made in this run: one found running may have its tmux session already."""
+
+    async def start(state: SessionState) -> None:
+        if not (state.created and request.use_tmux):
+            return
+        state.gate = f"{tmux_dir(state.session.home)}/ready-{secrets.token_hex(8)}"
+        tmux = _tmux_of(incus, config, request, state)
+        await tmux.start(tool_command(state, config, request), size=terminal.size(), gate=state.gate)
+
+    return start
+
+
 async def run_tool(
     incus: IncusClient,
     config: Config,
@@ -69,22 +104,27 @@ async def run_tool(
 ) -> Outcome:
     """Start the tool and give it the terminal; how the session ended when the terminal is back."""
     session = state.session
-    # -e pairs over the profile's environment, for every process of the session.
-    extra = {**state.tool.environment, **config.environment, **request.env}
-    env = user_env(home=session.home, user=session.user, term=request.term, extra=extra)
     argv = tool_command(state, config, request)
     state.has_state = True
     if not request.use_tmux:
+        env = _session_env(config, request, state)
         if await attach_terminal(incus, session.container, argv, terminal, env, session.uid) == LOST_EXEC:
             # Not retried: the tool may have run, and a second one could run beside it.
             note(emit, "session.exec-lost", session.container, level="warning")
         return await after_session(incus, session.container, None)
 
-    tmux = TmuxSession(incus, session.container, tmux_session(session.container), uid=session.uid, env=env)
+    tmux = _tmux_of(incus, config, request, state)
+    started = bool(state.gate)
+    if started:  # during setup (early_tmux); its tool goes once this file is there
+        await incus.push_file(
+            session.container, state.gate, b"", uid=session.uid, gid=session.uid, mode=0o600
+        )
     # A container made a moment ago has no tmux session yet: one exec saved.
-    exists = False if state.created else await tmux.exists()
+    exists = started or (False if state.created else await tmux.exists())
     if request.background:
-        if exists:
+        if started:
+            note(emit, "background.created", session.container, tmux=tmux.session)
+        elif exists:
             await tmux.send_command(argv)
             note(emit, "background.sent", session.container, tmux=tmux.session)
         else:

@@ -17,6 +17,8 @@ from coi_async.incus import IncusClient
 WORKDIR = "/workspace"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _START_ATTEMPTS = 3
+GATE_WAIT_S = 60.0
+GATE_MISSED = "coi did not finish setting this session up: the tool was not started"
 # Terminals whose terminfo entries images rarely ship; they all speak xterm-256color.
 _FOREIGN_TERMS = ("xterm-ghostty", "wezterm", "alacritty", "kitty", "tmux-256color", "screen-256color")
 
@@ -51,13 +53,23 @@ def user_env(
     return env
 
 
-def wrapped_command(argv: Sequence[str]) -> str:
+def wrapped_command(argv: Sequence[str], *, gate: str = "", wait_s: float = GATE_WAIT_S) -> str:
     """The pane's shell command: run the tool, then stay in bash when it exits.
 
     `trap : INT` keeps Ctrl-C aimed at the tool from also ending the wrapper, so the user lands
-    in bash rather than losing the pane.
+    in bash rather than losing the pane. With a `gate` (a path), the tool waits until coi has
+    made that file, for at most `wait_s`: a session whose tmux starts while coi is still
+    setting it up (its proxy settings, credentials) never runs the tool before that is done,
+    nor at all when coi gave up.
     """
-    return f"trap : INT; {shlex.join(argv)}; exec bash"
+    wait = ""
+    if gate:
+        path = shlex.quote(gate)
+        wait = (
+            f"n=0; while [ ! -e {path} ]; do n=$((n + 1)); if [ $n -gt {int(wait_s * 20)} ]; then "
+            f"echo {shlex.quote(GATE_MISSED)}; exec bash; fi; sleep 0.05; done; rm -f {path}; "
+        )
+    return f"trap : INT; {wait}{shlex.join(argv)}; exec bash"
 
 
 class TmuxSession:
@@ -85,8 +97,9 @@ class TmuxSession:
             raise CoiError(f"cannot ask tmux in {self.container} about {self.session}: exit {code}")
         return code == 0
 
-    async def start(self, argv: Sequence[str], *, size: tuple[int, int] = (80, 24)) -> None:
-        """Start the session detached, running `argv` (then bash) in /workspace."""
+    async def start(self, argv: Sequence[str], *, size: tuple[int, int] = (80, 24), gate: str = "") -> None:
+        """Start the session detached, running `argv` (then bash) in /workspace; with a `gate`,
+        only once that file exists (`wrapped_command`)."""
         columns, rows = size
         env_args = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
         command = [
@@ -110,7 +123,7 @@ class TmuxSession:
             "--",
             "bash",
             "-c",
-            wrapped_command(argv),
+            wrapped_command(argv, gate=gate),
         ]
         failure = ""
         for _ in range(_START_ATTEMPTS):

@@ -1,0 +1,62 @@
+"""The gate a new session's tool waits behind while coi finishes its setup (tmux.py's
+`wrapped_command`, start.py's `early_tmux`), run by bash in a real container: the tool starts
+only once the gate file is there, and takes the file away; without it, the tool never starts and
+the pane says why."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import anyio
+import pytest
+
+from coi_async.incus import IncusClient
+from coi_async.orchestration.sessions.tmux import GATE_MISSED, wrapped_command
+from tests.helpers import DEBIAN_IMAGE, from_image, remove_instance, require_image
+
+pytestmark = pytest.mark.incus
+
+GATE = "/home/code/.local/state/coi-tmux/ready-test"
+TOOL = ["sh", "-c", "echo TOOL-RAN >>/root/tool.log"]
+
+
+@pytest.fixture
+async def debian(incus: IncusClient, unique: str) -> AsyncIterator[str]:
+    await require_image(incus, DEBIAN_IMAGE)
+    name = f"{unique}-gate"
+    await incus.create_instance(from_image(name, DEBIAN_IMAGE))
+    try:
+        yield name
+    finally:
+        await remove_instance(incus, name)
+
+
+async def shell(incus: IncusClient, name: str, script: str) -> str:
+    done = await incus.exec(name, ["sh", "-c", script])
+    assert done.ok, done.stderr
+    return done.stdout.decode()
+
+
+async def test_the_tool_waits_for_its_gate_and_takes_it_away(incus: IncusClient, debian: str) -> None:
+    pane = wrapped_command(TOOL, gate=GATE, wait_s=30)
+    await shell(incus, debian, f"mkdir -p {GATE.rsplit('/', 1)[0]}; touch /root/tool.log")
+    # As tmux runs it: detached from the exec, which returns at once.
+    await incus.exec(
+        debian, ["sh", "-c", 'setsid -f bash -c "$1" </dev/null >/root/pane.log 2>&1', "sh", pane]
+    )
+    await anyio.sleep(1.0)
+    assert await shell(incus, debian, "cat /root/tool.log") == ""  # held back
+
+    await shell(incus, debian, f": >{GATE}")
+    await shell(
+        incus, debian, "for i in $(seq 100); do grep -q TOOL-RAN /root/tool.log && exit; sleep 0.1; done"
+    )
+    assert await shell(incus, debian, f"test -e {GATE} && echo still-there; true") == ""
+    assert await shell(incus, debian, "cat /root/tool.log") == "TOOL-RAN\n"  # once
+
+
+async def test_without_its_gate_the_tool_never_starts(incus: IncusClient, debian: str) -> None:
+    pane = wrapped_command(TOOL, gate=GATE, wait_s=0.5)
+    done = await incus.exec(debian, ["bash", "-c", pane], stdin=b"")
+    assert GATE_MISSED in done.stdout.decode()
+    assert await shell(incus, debian, "cat /root/tool.log 2>/dev/null; true") == ""
