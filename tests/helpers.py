@@ -63,6 +63,20 @@ def busybox(name: str, *, start: bool = True, config: dict[str, str] | None = No
     return from_image(name, BUSYBOX_IMAGE, start=start, config=config)
 
 
+@contextlib.asynccontextmanager
+async def running(incus: IncusClient, image: str, *names: str) -> AsyncIterator[None]:
+    """The containers `names` made from `image` and started, removed afterwards (also after a
+    failure, and when making one of them failed). Fails when the image is not built."""
+    await require_image(incus, image)
+    try:
+        for name in names:
+            await incus.create_instance(from_image(name, image))
+        yield
+    finally:
+        for name in names:
+            await remove_instance(incus, name)
+
+
 async def remove_instance(incus: IncusClient, name: str, *, limit_s: float = 30) -> None:
     """Force-stop and delete an instance; gone already is fine. Shielded, and bounded by `limit_s` seconds."""
     with anyio.move_on_after(limit_s, shield=True):

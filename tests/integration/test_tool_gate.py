@@ -12,7 +12,7 @@ import pytest
 
 from coi_async.incus import IncusClient
 from coi_async.orchestration.sessions.tmux import GATE_MISSED, wrapped_command
-from tests.helpers import DEBIAN_IMAGE, from_image, remove_instance, require_image
+from tests.helpers import DEBIAN_IMAGE, running
 
 pytestmark = pytest.mark.incus
 
@@ -22,13 +22,8 @@ TOOL = ["sh", "-c", "echo TOOL-RAN >>/root/tool.log"]
 
 @pytest.fixture
 async def debian(incus: IncusClient, unique: str) -> AsyncIterator[str]:
-    await require_image(incus, DEBIAN_IMAGE)
-    name = f"{unique}-gate"
-    await incus.create_instance(from_image(name, DEBIAN_IMAGE))
-    try:
-        yield name
-    finally:
-        await remove_instance(incus, name)
+    async with running(incus, DEBIAN_IMAGE, f"{unique}-gate"):
+        yield f"{unique}-gate"
 
 
 async def shell(incus: IncusClient, name: str, script: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from coi_async.egress.container_init import incus_lxcpath, init_on_host, lxc_name
 from coi_async.incus import IncusClient
-from tests.helpers import DEBIAN_IMAGE, from_image, remove_instance, require_image
+from tests.helpers import DEBIAN_IMAGE, running
 
 pytestmark = pytest.mark.incus
 
@@ -40,15 +40,9 @@ grep -c '/evil$' /proc/1/cgroup
 
 @pytest.fixture
 async def pair(incus: IncusClient, unique: str) -> AsyncIterator[tuple[str, str]]:
-    await require_image(incus, DEBIAN_IMAGE)
     names = (f"{unique}-attacker", f"{unique}-neighbour")
-    try:
-        for name in names:
-            await incus.create_instance(from_image(name, DEBIAN_IMAGE))
+    async with running(incus, DEBIAN_IMAGE, *names):
         yield names
-    finally:
-        for name in names:
-            await remove_instance(incus, name)
 
 
 async def incusd_init(incus: IncusClient, name: str) -> tuple[int, int]:
