@@ -17,7 +17,10 @@ sample after an untimed warm-up round (benchmarks/paired.py). Prints the medians
 the ratios to the reference and to the floor.
 
     .venv/bin/python benchmarks/fork.py [--rounds 5] [--forks 4] [--image coi-test-debian]
-                                        [--project P]
+                                        [--project P] [--baseline OTHER/.venv/bin/coi]
+
+With --baseline, a second coi (another checkout's: the tree before a change) forks in the same
+interleaved rounds, and its ratio to this coi is printed: before and after from one machine state.
 
 Without --project the script works in a throwaway project (sharing the default project's images
 and profiles) that it removes at the end; its containers are named with a prefix of this run's
@@ -60,8 +63,8 @@ def incus(project: str, *args: str, check: bool = True) -> str:
     return done.stdout.decode().strip()
 
 
-def coi(env: dict[str, str], workspace: str, *args: str) -> str:
-    done = subprocess.run([COI, *args], env=env, cwd=workspace, capture_output=True, check=False)
+def coi(env: dict[str, str], workspace: str, *args: str, binary: str = COI) -> str:
+    done = subprocess.run([binary, *args], env=env, cwd=workspace, capture_output=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"coi {shlex.join(args)} failed ({done.returncode}): {done.stderr.decode().strip()}")
     return done.stdout.decode()
@@ -130,6 +133,7 @@ def bench(opts: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
             "COI_CONTAINER_PREFIX": prefix,
             "COI_INCUS_PROJECT": opts.project,
             "CLAUDE_ON_INCUS_IMAGE": opts.image,
+            "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="bench-run-coi-"),
         }
         coi(env, workspace, "shell", "--background")
         [original] = names(opts.project, prefix)
@@ -140,6 +144,12 @@ def bench(opts: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
             "reference": lambda: reference(opts.project, original, prefix, opts.forks),
             "floor": lambda: floor(opts.project, original, prefix, opts.forks),
         }
+        if opts.baseline:
+            # With an egress daemon of its own code (the daemon is per runtime directory).
+            base_env = env | {"XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="bench-run-base-")}
+            sides["baseline"] = lambda: coi(
+                base_env, workspace, "fork", original, "-n", n, binary=opts.baseline
+            )
         try:
             return paired(sides, opts.rounds, between=lambda: remove_copies(opts.project, prefix, original))
         finally:
@@ -156,6 +166,9 @@ def report(opts: argparse.Namespace, samples: dict[str, list[float]]) -> None:
     print(f"  floor: {n} API copies at once   {med['floor']:7.3f} s ({low['floor']:.3f})")
     print(f"  ratio coi / reference        {med['coi'] / med['reference']:7.2f}")
     print(f"  ratio coi / floor            {med['coi'] / med['floor']:7.2f}")
+    if "baseline" in med:
+        print(f"  baseline coi fork            {med['baseline']:7.3f} s ({low['baseline']:.3f})")
+        print(f"  ratio coi / baseline         {med['coi'] / med['baseline']:7.2f}")
 
 
 def main() -> None:
@@ -166,6 +179,9 @@ def main() -> None:
     parser.add_argument("--forks", type=int, default=4)
     parser.add_argument("--image", default="coi-test-debian", help="needs tmux and the fake Claude CLI")
     parser.add_argument("--project", default="", help="an existing project (default: a throwaway one)")
+    parser.add_argument(
+        "--baseline", default="", help="another coi executable (e.g. an older checkout's), timed alongside"
+    )
     opts = parser.parse_args()
     prefix = f"bench{secrets.token_hex(2)}-"
     throwaway = not opts.project

@@ -20,7 +20,8 @@ the medians and the ratio (target: coi at most 0.3× the reference sequence).
 
 With --baseline, a second coi (another checkout's: the tree before a change) is timed in the same
 interleaved rounds, and its ratio to this coi is printed: before and after from one machine state.
-With --baseline-env, the baseline side gets those variables too; with this coi as the baseline,
+Each coi side has a runtime directory of its own, so an egress daemon of its own code serves
+it. With --baseline-env, the baseline side gets those variables too; with this coi as the baseline,
 e.g. `--baseline .venv/bin/coi --baseline-env COI_EGRESS_ATTACH=proxy-device` times the way a
 coi not running as root reaches the egress daemon against listening inside the container.
 
@@ -209,9 +210,13 @@ def coi_sides(
     """The coi side, and the baseline coi (another checkout's, or this one with
     --baseline-env) when --baseline names one."""
     extra = dict(item.split("=", 1) for item in opts.baseline_env)
-    sides: dict[str, Callable[[], object]] = {"coi": lambda: job(opts.coi, {})}
+    # Each coi with an egress daemon of its own code (the daemon is per runtime directory).
+    runtime = {side: tempfile.mkdtemp(prefix=f"bench-run-{side}-") for side in ("coi", "baseline")}
+    sides: dict[str, Callable[[], object]] = {
+        "coi": lambda: job(opts.coi, {"XDG_RUNTIME_DIR": runtime["coi"]})
+    }
     if opts.baseline:
-        sides["baseline"] = lambda: job(opts.baseline, extra)
+        sides["baseline"] = lambda: job(opts.baseline, extra | {"XDG_RUNTIME_DIR": runtime["baseline"]})
     return sides
 
 

@@ -72,6 +72,19 @@ async def test_released_slot_lets_others_work_while_waiting() -> None:
     assert time.monotonic() - start < 1.0  # not 8 x 0.3 s
 
 
+async def test_an_error_from_an_action_s_own_task_group_is_its_failure() -> None:
+    async def action(ctx: ItemContext) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.sleep, 0)
+            if ctx.name == "b":
+                raise CoiError("cannot start tmux session")
+
+    report = await run_bulk(["a", "b"], action, limit=2, per_item_s=5)
+    by_name = {r.item: r for r in report.results}
+    assert by_name["a"].outcome == "ok"
+    assert (by_name["b"].outcome, by_name["b"].error) == ("failed", "cannot start tmux session")
+
+
 async def test_bugs_propagate() -> None:
     async def action(ctx: ItemContext) -> None:
         raise ValueError("a bug")

@@ -2,8 +2,9 @@
 
 `run_bulk` applies an action to every name in one anyio task group. A `CapacityLimiter` bounds
 how many items do work at once, and each item's deadline starts only once it holds a slot, so
-queueing is not charged to it. An item's failure (a `CoiError`, or its deadline passing) is
-recorded as data and never cancels the others; anything else is a bug and propagates.
+queueing is not charged to it. An item's failure (a `CoiError`, also in an exception group from
+a task group of its own, or its deadline passing) is recorded as data and never cancels the
+others; anything else is a bug and propagates.
 
 Progress goes out as events (`events.ItemStarted`, `events.StepStarted`, `events.ItemResult`);
 the results are `events.ItemResult`s too, collected in one `BulkReport`.
@@ -24,7 +25,7 @@ from contextlib import asynccontextmanager, contextmanager
 import anyio
 import msgspec
 
-from coi_async.errors import CoiError
+from coi_async.errors import CoiError, coi_error
 from coi_async.orchestration import events
 from coi_async.orchestration.events import Emit, ItemOutcome, ItemResult, ItemStarted, StepStarted
 
@@ -179,6 +180,11 @@ async def run_bulk(
             record(_result(name, "timed-out", start, "did not finish in time"))
         except CoiError as exc:
             record(_result(name, "failed", start, _message(exc)))
+        except BaseExceptionGroup as group:  # of an action's own task group
+            error = coi_error(group)
+            if error is None:
+                raise
+            record(_result(name, "failed", start, _message(error)))
         except anyio.get_cancelled_exc_class():
             record(_result(name, "cancelled", start if acquired else queued, "interrupted"))
             raise

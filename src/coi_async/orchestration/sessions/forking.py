@@ -11,7 +11,8 @@ entry and tool:
   host gave the original, or newer ones the tool wrote there since (a refreshed token), which a
   fresh copy of the host's would undo;
 - the tool starts in a detached tmux session as with `coi shell --background` (tmux.py), going
-  on with a copy of the original's conversation (Claude Code: `--resume ID --fork-session`).
+  on with a copy of the original's conversation (Claude Code: `--resume ID --fork-session`); the
+  session starts beside the egress, its tool held back until the rest is done.
 
 Worktrees are made on the host with the host's `git`, as the user running coi (the worktree is
 theirs, like the workspace): `~/.coi/worktrees/<repository>-<hash8>/<id8>`, on the new branch
@@ -26,6 +27,7 @@ lists, untracked files included) is refused: the forks would not have them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 from collections.abc import AsyncIterator, Callable
@@ -65,7 +67,7 @@ from coi_async.orchestration.sessions.instance_spec import WORKSPACE_PATH, Launc
 from coi_async.orchestration.sessions.launch import launch, owner_after_failure
 from coi_async.orchestration.sessions.model import Session, started_metadata
 from coi_async.orchestration.sessions.store import SessionStore
-from coi_async.orchestration.sessions.tmux import TmuxSession, user_env
+from coi_async.orchestration.sessions.tmux import TmuxSession, new_gate, user_env
 from coi_async.tools import Tool
 
 # The steps of a fork (stable `StepStarted.step` ids).
@@ -369,6 +371,9 @@ async def _start(incus: IncusClient, plan: ForkPlan, session: Session, made: _Ma
     async def egress() -> None:
         await attach_egress(incus, plan.config, plan.egress, name, plan.origin, created=True, emit=emit)
 
+    env = user_env(home=session.home, user=session.user, term=plan.term, extra=plan.config.environment)
+    tmux = TmuxSession(incus, name, tmux_session(name), uid=session.uid, env=env)
+    gate = new_gate(session.home)
     # The proxy settings inside (/etc/environment, apt, npm, git) came with the copy; what is left
     # is bringing up its loopback for a proxy device (a daemon listening inside does that itself).
     async with anyio.create_task_group() as tg:
@@ -376,9 +381,10 @@ async def _start(incus: IncusClient, plan: ForkPlan, session: Session, made: _Ma
         if plan.egress.through_daemon and not plan.egress.inside:
             tg.start_soon(configure_container, incus, name)
         tg.start_soon(save_metadata)
-    env = user_env(home=session.home, user=session.user, term=plan.term, extra=plan.config.environment)
-    tmux = TmuxSession(incus, name, tmux_session(name), uid=session.uid, env=env)
-    await tmux.start(tool_argv(plan, session.session_id), size=plan.size)
+        tg.start_soon(
+            functools.partial(tmux.start, tool_argv(plan, session.session_id), size=plan.size, gate=gate)
+        )
+    await tmux.open_gate(gate)
 
 
 def tool_argv(plan: ForkPlan, session_id: str) -> list[str]:

@@ -3,7 +3,6 @@ attached to (or left detached with --background), or directly on the terminal (-
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -14,11 +13,10 @@ from coi_async.naming import tmux_session
 from coi_async.orchestration.events import Emit, note
 from coi_async.orchestration.sessions.attach import attach_terminal, attach_tmux
 from coi_async.orchestration.sessions.cleanup import SessionState
-from coi_async.orchestration.sessions.instance_spec import tmux_dir
 from coi_async.orchestration.sessions.outcome import after_session
 from coi_async.orchestration.sessions.request import Outcome, ShellRequest
 from coi_async.orchestration.sessions.store import discover_cli_session_id
-from coi_async.orchestration.sessions.tmux import TmuxSession, user_env
+from coi_async.orchestration.sessions.tmux import TmuxSession, new_gate, user_env
 
 # The test stub the coi image ships (recipes/dummy), run instead of the tool with COI_USE_DUMMY=1.
 DUMMY_BINARY = "dummy"
@@ -86,7 +84,7 @@ def early_tmux(
     async def start(state: SessionState) -> None:
         if not (state.created and request.use_tmux):
             return
-        state.gate = f"{tmux_dir(state.session.home)}/ready-{secrets.token_hex(8)}"
+        state.gate = new_gate(state.session.home)
         tmux = _tmux_of(incus, config, request, state)
         await tmux.start(tool_command(state, config, request), size=terminal.size(), gate=state.gate)
 

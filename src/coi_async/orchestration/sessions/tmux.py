@@ -8,11 +8,13 @@ root would talk to another server and see no sessions (upstream #588).
 
 from __future__ import annotations
 
+import secrets
 import shlex
 from collections.abc import Mapping, Sequence
 
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
+from coi_async.orchestration.sessions.instance_spec import tmux_dir
 
 WORKDIR = "/workspace"
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -51,6 +53,12 @@ def user_env(
     env.update(extra or {})
     env["TERM"] = sanitize_term((extra or {}).get("TERM") or term)
     return env
+
+
+def new_gate(home: str) -> str:
+    """A gate for `TmuxSession.start` that no other start used, beside the tmux socket (where
+    boot does not clear it)."""
+    return f"{tmux_dir(home)}/ready-{secrets.token_hex(8)}"
 
 
 def wrapped_command(argv: Sequence[str], *, gate: str = "", wait_s: float = GATE_WAIT_S) -> str:
@@ -137,6 +145,10 @@ class TmuxSession:
             if await self.exists():
                 return
         raise CoiError(f"cannot start tmux session {self.session} in {self.container}: {failure}")
+
+    async def open_gate(self, gate: str) -> None:
+        """Let the tool of a session started with `gate` go."""
+        await self.incus.push_file(self.container, gate, b"", uid=self.uid, gid=self.uid, mode=0o600)
 
     async def send_command(self, argv: Sequence[str]) -> None:
         """Type `argv` into the session's pane, as if the user had (reference behaviour for reuse)."""
