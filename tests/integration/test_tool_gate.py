@@ -1,7 +1,8 @@
 """The gate a new session's tool waits behind while coi finishes its setup (tmux.py's
 `wrapped_command`, start.py's `early_tmux`), run by bash in a real container: the tool starts
 only once the gate file is there, and takes the file away; without it, the tool never starts and
-the pane says why."""
+the pane says why. And a tmux session started behind a gate in a home that has no place for it
+yet: the session is there at once, its tool once coi opens the gate."""
 
 from __future__ import annotations
 
@@ -11,7 +12,13 @@ import anyio
 import pytest
 
 from coi_async.incus import IncusClient
-from coi_async.orchestration.sessions.tmux import GATE_MISSED, wrapped_command
+from coi_async.orchestration.sessions.tmux import (
+    GATE_MISSED,
+    TmuxSession,
+    new_gate,
+    user_env,
+    wrapped_command,
+)
 from tests.helpers import DEBIAN_IMAGE, running
 
 pytestmark = pytest.mark.incus
@@ -55,3 +62,20 @@ async def test_without_its_gate_the_tool_never_starts(incus: IncusClient, debian
     done = await incus.exec(debian, ["bash", "-c", pane], stdin=b"")
     assert GATE_MISSED in done.stdout.decode()
     assert await shell(incus, debian, "cat /root/tool.log 2>/dev/null; true") == ""
+
+
+async def test_a_tmux_session_started_behind_a_gate_runs_its_tool_once_coi_opens_it(
+    incus: IncusClient, debian: str
+) -> None:
+    # A home without the tmux directory yet (a container that never had a coi tmux session).
+    env = user_env(home="/home/code", user="code", term="xterm") | {"TMUX_TMPDIR": "/home/code/.tmux-test"}
+    tmux = TmuxSession(incus, debian, "gated", uid=1000, env=env)
+    gate = new_gate("/home/code")
+    await tmux.start(["sh", "-c", "echo TOOL-RAN >/home/code/tool.log; sleep 600"], gate=gate)
+    assert await tmux.exists()
+    await anyio.sleep(0.5)
+    assert await shell(incus, debian, "cat /home/code/tool.log 2>/dev/null; true") == ""
+
+    await tmux.open_gate(gate)
+    await shell(incus, debian, "for i in $(seq 100); do [ -s /home/code/tool.log ] && exit; sleep 0.1; done")
+    assert await shell(incus, debian, "cat /home/code/tool.log") == "TOOL-RAN\n"

@@ -114,9 +114,7 @@ async def run_tool(
     tmux = _tmux_of(incus, config, request, state)
     started = bool(state.gate)
     if started:  # during setup (early_tmux); its tool goes once this file is there
-        await incus.push_file(
-            session.container, state.gate, b"", uid=session.uid, gid=session.uid, mode=0o600
-        )
+        await tmux.open_gate(state.gate)
     # A container made a moment ago has no tmux session yet: one exec saved.
     exists = started or (False if state.created else await tmux.exists())
     if request.background:

@@ -8,6 +8,7 @@ root would talk to another server and see no sessions (upstream #588).
 
 from __future__ import annotations
 
+import posixpath
 import secrets
 import shlex
 from collections.abc import Mapping, Sequence
@@ -111,11 +112,13 @@ class TmuxSession:
         columns, rows = size
         env_args = [arg for key, value in self.env.items() for arg in ("-e", f"{key}={value}")]
         command = [
-            # tmux makes its socket's directory, not the one that holds it (TMUX_TMPDIR).
+            # tmux makes its socket's directory, not the one that holds it (TMUX_TMPDIR), nor
+            # does the gate's maker (the files API).
             "sh",
             "-c",
-            'if [ -n "$TMUX_TMPDIR" ]; then mkdir -p "$TMUX_TMPDIR"; fi; exec "$@"',
+            'for d in "$TMUX_TMPDIR" "$1"; do if [ -n "$d" ]; then mkdir -p "$d"; fi; done; shift; exec "$@"',
             "sh",
+            posixpath.dirname(gate),
             "tmux",
             "new-session",
             "-d",
