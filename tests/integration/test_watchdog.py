@@ -65,6 +65,11 @@ async def test_run_survives_a_watcher_exec_incusd_could_not_start(
     def exhaust_then_lift(name: str) -> None:
         async def go() -> None:
             async with IncusClient.connect(project=incus_project) as own:
+                # Not before the init has its sleep: an init whose own fork fails exits, and the
+                # container goes (a loaded host returns from the launch that early).
+                with anyio.fail_after(30):
+                    while (await own.get_instance_state(name)).processes < 2:  # noqa: ASYNC110 - polling incusd
+                        await anyio.sleep(0.02)
                 await own.update_instance(name, InstancePatch(config={"limits.processes": "1"}))
                 filled_at.append(time.monotonic())
                 filled.set()
