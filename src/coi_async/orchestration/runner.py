@@ -178,10 +178,8 @@ async def run_bulk(
                 record(_result(name, "ok", start, None, ctx.detail))
         except TimeoutError:
             record(_result(name, "timed-out", start, "did not finish in time"))
-        except CoiError as exc:
-            record(_result(name, "failed", start, _message(exc)))
-        except BaseExceptionGroup as group:  # of an action's own task group
-            error = coi_error(group)
+        except Exception as exc:  # a CoiError, also from the action's own task group
+            error = coi_error(exc)
             if error is None:
                 raise
             record(_result(name, "failed", start, _message(error)))
