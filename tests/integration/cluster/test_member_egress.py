@@ -97,12 +97,19 @@ class MemberDaemons:
                     stderr=log,
                     start_new_session=True,
                 )
+        self.root = root
+
+    def wait_advertised(self) -> None:
         deadline = time.monotonic() + _UP_S
-        while not set(SERVED) <= _adverts(cluster):
+        while not set(SERVED) <= _adverts(self.cluster):
             for name, proc in self.procs.items():
-                assert proc.poll() is None, (root / f"daemon-{name}.log").read_text()
-            assert time.monotonic() < deadline, "the members' daemons did not advertise themselves"
+                assert proc.poll() is None, self.log(name)
+            logs = "\n".join(self.log(name) for name in SERVED)
+            assert time.monotonic() < deadline, f"the members' daemons did not advertise themselves:\n{logs}"
             time.sleep(0.1)
+
+    def log(self, name: str) -> str:
+        return (self.root / f"daemon-{name}.log").read_text(errors="replace")
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -120,6 +127,7 @@ class MemberDaemons:
 def daemons(client: Client, tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemberDaemons]:
     d = MemberDaemons(client.cluster, tmp_path_factory.mktemp("member-egress"))
     try:
+        d.wait_advertised()
         yield d
     finally:
         d.stop()

@@ -26,6 +26,7 @@ _DAEMON_LINES = {
     "egress.signal": "signal {signal}; exiting",
     "egress.stopped": "egress daemon stopped",
     "egress.advertised": "serving the sessions launched over a remote onto {member}",
+    "egress.advert-failed": "could not advertise this daemon for {member} yet: {error}",
 }
 
 

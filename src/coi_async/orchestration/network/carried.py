@@ -23,6 +23,7 @@ import anyio
 from coi_async.errors import CoiError
 from coi_async.incus import IncusClient
 from coi_async.incus.models import InstancePatch
+from coi_async.orchestration.events import Emit, ignore, note
 from coi_async.orchestration.network import members
 from coi_async.orchestration.network.members import (
     KEY_POLICY,
@@ -37,6 +38,8 @@ from coi_async.orchestration.network.registry import Registration
 
 CARRIED = "carried"
 _WITHDRAW_S = 5.0
+_RETRY_FIRST_S = 0.5
+_ADVERT_S = 10.0  # an advert incusd has not taken by then is sent again
 
 
 class CarriedSessions:
@@ -113,12 +116,27 @@ class CarriedSessions:
             member=self.member, at=time.time(), inside=self.inside, root=str(self.paths.root), pid=os.getpid()
         )
 
-    async def advertise(self) -> None:
-        """Keep the advert fresh until cancelled."""
+    async def advertise(self, emit: Emit = ignore) -> None:
+        """Keep the advert fresh until cancelled. One that incusd refused or kept waiting (a
+        cluster still settling, a busy member) is sent again soon, not a whole period later:
+        until it lands, no coi places a session that needs this daemon on this member."""
+        key = members.advert_key(self.member)
+        retry_s = _RETRY_FIRST_S
+        advertised = False
         while True:
-            with contextlib.suppress(CoiError):
-                key = members.advert_key(self.member)
-                await self.incus.update_server_config({key: members.encode_advert(self.advert())})
+            try:
+                with anyio.fail_after(_ADVERT_S):
+                    await self.incus.update_server_config({key: members.encode_advert(self.advert())})
+            except (CoiError, TimeoutError) as e:
+                error = str(e) if isinstance(e, CoiError) else f"incusd did not answer in {_ADVERT_S:g} s"
+                note(emit, "egress.advert-failed", level="warning", member=self.member, error=error)
+                await anyio.sleep(retry_s)
+                retry_s = min(retry_s * 2, members.ADVERT_EVERY_S)
+                continue
+            if not advertised:
+                advertised = True
+                note(emit, "egress.advertised", member=self.member)
+            retry_s = _RETRY_FIRST_S
             await anyio.sleep(members.ADVERT_EVERY_S)
 
     async def withdraw(self) -> None:

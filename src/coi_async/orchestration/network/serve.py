@@ -375,6 +375,10 @@ async def serve_daemon(
         control_listener = await anyio.create_unix_listener(str(paths.control), mode=0o600)
         note(emit, "egress.serving", root=str(paths.root), pid=str(os.getpid()))
         async with daemon.server.running(), anyio.create_task_group() as tg:
+            # Advertised at once, not after the first reload: a session placed on the member
+            # meanwhile is found by the reload that its instance's events bring.
+            if carried is not None:
+                tg.start_soon(carried.advertise, emit)
             await daemon.reload()
             async with control_listener:
                 tg.start_soon(control.serve_control, control_listener, daemon.dispatch)
@@ -384,9 +388,6 @@ async def serve_daemon(
                 tg.start_soon(daemon.signals)
                 if idle_exit_s is not None:
                     tg.start_soon(daemon.idle_exit, idle_exit_s)
-                if carried is not None:
-                    tg.start_soon(carried.advertise)
-                    note(emit, "egress.advertised", member=carried.member)
                 await daemon.stop.wait()
                 tg.cancel_scope.cancel()
     finally:
