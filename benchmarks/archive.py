@@ -39,7 +39,11 @@ from coi_async.tools import get_tool
 
 async def save_all(project: str) -> None:
     """One sample (in its own process): save every container of `project`, print the seconds."""
-    home = tempfile.mkdtemp(prefix="bench-archive-")
+    with tempfile.TemporaryDirectory(prefix="bench-archive-") as home:
+        await _save_all(project, home)
+
+
+async def _save_all(project: str, home: str) -> None:
     tool = get_tool("claude")
     config = resolve_config([], {PREFIX_ENV: PREFIX}, home=home)
     saver = lc.SessionSaver(SessionStore(Path(home) / ".coi" / "s", config_dir=tool.config_dir), tool, config)

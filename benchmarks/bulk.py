@@ -262,9 +262,13 @@ async def left(incus: IncusClient) -> int:
 
 
 async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="h4-bench-") as tmp:  # the homes of the coi processes
+        await measure(args, tmp)
+
+
+async def measure(args: argparse.Namespace, tmp: str) -> None:
     sizes = [int(x) for x in args.n.split(",")]
     project = f"h4b-{secrets.token_hex(3)}"
-    tmp = tempfile.mkdtemp(prefix="h4-bench-")
     samples = Samples()
     began = time.perf_counter()
     async with IncusClient.connect() as root:

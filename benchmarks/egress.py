@@ -26,6 +26,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import statistics
@@ -134,6 +135,7 @@ async def sessions(
             for process in processes:
                 await process.wait()
             await anyio.run_process([COI, "egress", "stop"], env=env, check=False)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @contextmanager

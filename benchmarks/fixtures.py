@@ -2,12 +2,16 @@
 
 `throwaway_project` makes the project (sharing the default project's images and profiles) and
 removes it with everything in it afterwards; `launch` starts containers in it; `clear` empties it.
+`runtime_dir` is a coi's own XDG_RUNTIME_DIR, and so its own egress daemon, gone afterwards.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+import os
+import subprocess
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 
 import anyio
 
@@ -34,6 +38,19 @@ async def throwaway_project(
             await clear(incus)
             # Never `?force=true` (it wipes the shared default profile on Incus 6.0).
             await root.delete_project(name)
+
+
+@contextlib.contextmanager
+def runtime_dir(label: str, coi: str) -> Iterator[str]:
+    """A new XDG_RUNTIME_DIR for the coi executable `coi` (the egress daemon is per runtime
+    directory, so each side of a comparison runs its own code's); afterwards the daemon the
+    side started there is stopped and the directory removed."""
+    with tempfile.TemporaryDirectory(prefix=f"bench-run-{label}-") as path:
+        try:
+            yield path
+        finally:
+            env = os.environ | {"XDG_RUNTIME_DIR": path}
+            subprocess.run([coi, "egress", "stop"], env=env, capture_output=True, check=False, timeout=60)
 
 
 def post(name: str, image: str) -> InstancesPost:

@@ -41,6 +41,7 @@ import time
 from pathlib import Path
 
 import anyio
+from fixtures import runtime_dir
 from paired import paired
 
 from coi_async.incus import IncusClient
@@ -124,6 +125,8 @@ def bench(opts: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
     with (
         tempfile.TemporaryDirectory(prefix="bench-home-") as home,
         tempfile.TemporaryDirectory(prefix="bench-ws-") as workspace,
+        runtime_dir("coi", COI) as run_coi,
+        runtime_dir("baseline", opts.baseline or COI) as run_base,
     ):
         for rel, text in HOME_FILES.items():
             (Path(home) / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -133,7 +136,7 @@ def bench(opts: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
             "COI_CONTAINER_PREFIX": prefix,
             "COI_INCUS_PROJECT": opts.project,
             "CLAUDE_ON_INCUS_IMAGE": opts.image,
-            "XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="bench-run-coi-"),
+            "XDG_RUNTIME_DIR": run_coi,
         }
         coi(env, workspace, "shell", "--background")
         [original] = names(opts.project, prefix)
@@ -146,7 +149,7 @@ def bench(opts: argparse.Namespace, prefix: str) -> dict[str, list[float]]:
         }
         if opts.baseline:
             # With an egress daemon of its own code (the daemon is per runtime directory).
-            base_env = env | {"XDG_RUNTIME_DIR": tempfile.mkdtemp(prefix="bench-run-base-")}
+            base_env = env | {"XDG_RUNTIME_DIR": run_base}
             sides["baseline"] = lambda: coi(
                 base_env, workspace, "fork", original, "-n", n, binary=opts.baseline
             )

@@ -38,6 +38,7 @@ at a temporary directory so ~/.coi is not touched.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import secrets
 import shlex
@@ -46,9 +47,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from fixtures import runtime_dir
 from paired import paired
 
 # The coi under test: this interpreter's, unless --coi names another.
@@ -204,20 +206,20 @@ def compare(
     return {name: statistics.median(samples) for name, samples in times.items()}
 
 
+@contextlib.contextmanager
 def coi_sides(
     opts: argparse.Namespace, job: Callable[[str, dict[str, str]], None]
-) -> dict[str, Callable[[], object]]:
+) -> Iterator[dict[str, Callable[[], object]]]:
     """The coi side, and the baseline coi (another checkout's, or this one with
-    --baseline-env) when --baseline names one."""
+    --baseline-env) when --baseline names one, each in a runtime directory of its own."""
     extra = dict(item.split("=", 1) for item in opts.baseline_env)
-    # Each coi with an egress daemon of its own code (the daemon is per runtime directory).
-    runtime = {side: tempfile.mkdtemp(prefix=f"bench-run-{side}-") for side in ("coi", "baseline")}
-    sides: dict[str, Callable[[], object]] = {
-        "coi": lambda: job(opts.coi, {"XDG_RUNTIME_DIR": runtime["coi"]})
-    }
-    if opts.baseline:
-        sides["baseline"] = lambda: job(opts.baseline, extra | {"XDG_RUNTIME_DIR": runtime["baseline"]})
-    return sides
+    with contextlib.ExitStack() as stack:
+        run_coi = stack.enter_context(runtime_dir("coi", opts.coi))
+        sides: dict[str, Callable[[], object]] = {"coi": lambda: job(opts.coi, {"XDG_RUNTIME_DIR": run_coi})}
+        if opts.baseline:
+            run_base = stack.enter_context(runtime_dir("baseline", opts.baseline))
+            sides["baseline"] = lambda: job(opts.baseline, extra | {"XDG_RUNTIME_DIR": run_base})
+        yield sides
 
 
 def write_shell_home(home: str) -> None:
@@ -245,11 +247,13 @@ def bench_shell(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
         write_shell_home(home)
         env = clean_env(home, opts.project, f"{prefix}coi-", opts.shell_image)
         try:
-            sides = coi_sides(opts, lambda coi, extra: coi_shell_background(coi, env | extra, workspace))
-            sides["reference"] = lambda: reference_shell_background(
-                opts.project, opts.shell_image, workspace, home, prefix
-            )
-            return compare(sides, opts.runs, project=opts.project, prefix=prefix)
+            with coi_sides(
+                opts, lambda coi, extra: coi_shell_background(coi, env | extra, workspace)
+            ) as sides:
+                sides["reference"] = lambda: reference_shell_background(
+                    opts.project, opts.shell_image, workspace, home, prefix
+                )
+                return compare(sides, opts.runs, project=opts.project, prefix=prefix)
         finally:
             remove_all(opts.project, prefix)
 
@@ -262,9 +266,9 @@ def bench_run(opts: argparse.Namespace, prefix: str) -> dict[str, float]:
     ):
         env = clean_env(home, opts.project, prefix, opts.image)
         try:
-            sides = coi_sides(opts, lambda coi, extra: coi_run(coi, env | extra, workspace))
-            sides["reference"] = lambda: reference_run(opts.project, opts.image, workspace, prefix)
-            return compare(sides, opts.runs, project=opts.project, prefix=prefix)
+            with coi_sides(opts, lambda coi, extra: coi_run(coi, env | extra, workspace)) as sides:
+                sides["reference"] = lambda: reference_run(opts.project, opts.image, workspace, prefix)
+                return compare(sides, opts.runs, project=opts.project, prefix=prefix)
         finally:
             remove_all(opts.project, prefix)
 
