@@ -19,7 +19,8 @@ from coi_async.incus.models import Event, Instance
 from coi_async.naming import KEY_WORKSPACE
 from coi_async.orchestration.fleet import follow
 from coi_async.orchestration.fleet.events import FleetEvent, SessionState, session_event
-from coi_async.orchestration.fleet.follow import Retry, Source, fleet_events
+from coi_async.orchestration.fleet.follow import Source, fleet_events
+from coi_async.orchestration.retry import Retry
 
 
 @pytest.fixture
@@ -153,15 +154,13 @@ async def test_a_source_that_does_not_answer_in_time_is_told_as_disconnected(con
     assert [e.remote for e in seen if e.type == "resync"] == ["local"]
 
 
-def test_retry_pauses_grow_and_a_connection_resets_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(follow, "_BACKOFF_START_S", 0.5)
-    monkeypatch.setattr(follow, "_BACKOFF_MAX_S", 10.0)
-    retry = Retry()
+def test_retry_pauses_grow_and_a_connection_resets_them() -> None:
+    retry = Retry(0.5, 10.0)
     assert [retry.next_pause() for _ in range(7)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0, 10.0]
     assert retry.tell("refused")
     assert not retry.tell("refused")
     assert retry.tell("certificate changed")
-    retry.connected()
+    retry.succeeded()
     assert retry.next_pause() == 0.5
     assert retry.tell("certificate changed")
 

@@ -104,8 +104,10 @@ class MemberDaemons:
         while not set(SERVED) <= _adverts(self.cluster):
             for name, proc in self.procs.items():
                 assert proc.poll() is None, self.log(name)
-            logs = "\n".join(self.log(name) for name in SERVED)
-            assert time.monotonic() < deadline, f"the members' daemons did not advertise themselves:\n{logs}"
+            assert time.monotonic() < deadline, (
+                "the members' daemons did not advertise themselves:\n"
+                + "\n".join(self.log(name) for name in SERVED)
+            )
             time.sleep(0.1)
 
     def log(self, name: str) -> str:

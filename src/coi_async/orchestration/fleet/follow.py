@@ -38,6 +38,7 @@ from coi_async.orchestration.fleet.events import (
     session_event,
 )
 from coi_async.orchestration.network.live import FOLLOW_POLL_S, LogTail, log_paths
+from coi_async.orchestration.retry import Retry
 from coi_async.orchestration.sessions.model import Session, session_of
 
 _BACKOFF_START_S = 0.5
@@ -61,29 +62,6 @@ class Source:
     answer_s: float | None = None
 
 
-class Retry:
-    """A source's reconnection: the growing pause between attempts, and the reason last told."""
-
-    def __init__(self) -> None:
-        self.pause = _BACKOFF_START_S
-        self.told = ""
-
-    def connected(self) -> None:
-        self.pause = _BACKOFF_START_S
-        self.told = ""
-
-    def tell(self, reason: str) -> bool:
-        """Whether a failure for `reason` is news: the first since connected, or another reason."""
-        news = reason != self.told
-        self.told = reason
-        return news
-
-    def next_pause(self) -> float:
-        pause = self.pause
-        self.pause = min(pause * 2, _BACKOFF_MAX_S)
-        return pause
-
-
 @asynccontextmanager
 async def fleet_events(sources: Sequence[Source], config: Config) -> AsyncIterator[AsyncIterator[FleetEvent]]:
     """The merged stream of every source while the context is open, as the events come."""
@@ -99,7 +77,7 @@ async def fleet_events(sources: Sequence[Source], config: Config) -> AsyncIterat
 
 async def _follow(source: Source, config: Config, send: Send) -> None:
     """One source, for ever: connected, its events; not, a `disconnected` event and a pause."""
-    retry = Retry()
+    retry = Retry(_BACKOFF_START_S, _BACKOFF_MAX_S)
     while True:
         try:
             async with source.connect() as incus:
@@ -125,7 +103,7 @@ async def _connected(incus: IncusClient, source: Source, config: Config, send: S
             # Each session's last agent state told (by the resync or a change).
             told = {name: agent.state for name, agent in agents.items()}
             await send(resync(known.values(), config, incus.project, agents, remote=remote))
-            retry.connected()
+            retry.succeeded()
             failed: CoiError | None = None
             async with anyio.create_task_group() as tg:
                 tg.start_soon(_forward, _agent_changes(incus, config, told, remote), send)

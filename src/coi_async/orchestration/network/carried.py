@@ -35,6 +35,7 @@ from coi_async.orchestration.network.members import (
 from coi_async.orchestration.network.paths import EgressPaths, session_key
 from coi_async.orchestration.network.plan import EGRESS_PORT, KEY_NETWORK
 from coi_async.orchestration.network.registry import Registration
+from coi_async.orchestration.retry import Retry
 
 CARRIED = "carried"
 _WITHDRAW_S = 5.0
@@ -121,7 +122,7 @@ class CarriedSessions:
         cluster still settling, a busy member) is sent again soon, not a whole period later:
         until it lands, no coi places a session that needs this daemon on this member."""
         key = members.advert_key(self.member)
-        retry_s = _RETRY_FIRST_S
+        retry = Retry(_RETRY_FIRST_S, members.ADVERT_EVERY_S)
         advertised = False
         while True:
             try:
@@ -130,13 +131,12 @@ class CarriedSessions:
             except (CoiError, TimeoutError) as e:
                 error = str(e) if isinstance(e, CoiError) else f"incusd did not answer in {_ADVERT_S:g} s"
                 note(emit, "egress.advert-failed", level="warning", member=self.member, error=error)
-                await anyio.sleep(retry_s)
-                retry_s = min(retry_s * 2, members.ADVERT_EVERY_S)
+                await anyio.sleep(retry.next_pause())
                 continue
             if not advertised:
                 advertised = True
                 note(emit, "egress.advertised", member=self.member)
-            retry_s = _RETRY_FIRST_S
+            retry.succeeded()
             await anyio.sleep(members.ADVERT_EVERY_S)
 
     async def withdraw(self) -> None:
