@@ -6,7 +6,9 @@ yet: the session is there at once, its tool once coi opens the gate."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import anyio
 import pytest
@@ -79,3 +81,23 @@ async def test_a_tmux_session_started_behind_a_gate_runs_its_tool_once_coi_opens
     await tmux.open_gate(gate)
     await shell(incus, debian, "for i in $(seq 100); do [ -s /home/code/tool.log ] && exit; sleep 0.1; done")
     assert await shell(incus, debian, "cat /home/code/tool.log") == "TOOL-RAN\n"
+
+
+async def test_a_gate_directory_the_agent_made_a_link_keeps_the_gate_inside_its_container(
+    incus: IncusClient, debian: str, tmp_path: Path
+) -> None:
+    # The agent of the session a fork copies (root inside) turns the gate's directory into a
+    # link to a path that is also the host's; coi's gate write resolves it in the container.
+    outside = tmp_path / "gate-escape"
+    gate = new_gate("/home/code")
+    directory = posixpath.dirname(gate)
+    await shell(
+        incus, debian, f"mkdir -p {outside} {posixpath.dirname(directory)} && ln -sfn {outside} {directory}"
+    )
+    tmux = TmuxSession(
+        incus, debian, "gated", uid=1000, env=user_env(home="/home/code", user="code", term="xterm")
+    )
+    await tmux.open_gate(gate)
+    assert not outside.exists()  # nothing of it on the host
+    name = posixpath.basename(gate)
+    assert await shell(incus, debian, f"stat -c '%u %a %s' {outside}/{name}") == "1000 600 0\n"
